@@ -1,0 +1,142 @@
+"""Privacy core benchmarks: serialize_for_telemetry vs model_dump, scrubber throughput.
+
+Printed, never asserted. Run with ./scripts/bench.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from collections.abc import Callable
+from typing import ClassVar
+
+from pydantic import Field
+
+from codeweaver_telemetry import AnonymityConversion, BasedModel, FilteredKey, scrub
+
+C = AnonymityConversion
+K = FilteredKey
+
+
+class Match(BasedModel):
+    file_path: str
+    language: str
+    score: float
+    match_type: str
+    snippet: str
+
+    def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
+        return {K("file_path"): C.HASH, K("snippet"): C.TEXT_COUNT}
+
+
+class Index(BasedModel):
+    state: str = "ready"
+    coverage: float = 0.97
+    chunk_count: int = 12034
+
+
+class SearchSummary(BasedModel):
+    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset({"status", "intent"})
+    query: str
+    intent: str = "understand"
+    status: str = "ok"
+    candidates: int = 50
+    returned: int = 10
+    token_count: int = 4210
+    languages: list[str] = Field(default_factory=list)
+    matches: list[Match] = Field(default_factory=list)
+    index: Index = Field(default_factory=Index)
+    warnings: list[str] = Field(default_factory=list)
+
+    def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
+        return {
+            K("query"): C.TEXT_COUNT,
+            K("languages"): C.DISTRIBUTION,
+            K("warnings"): C.COUNT,
+        }
+
+
+def make_summary() -> SearchSummary:
+    matches = [
+        Match(
+            file_path=f"/home/alice/src/project/module_{i}.py",
+            language="python" if i % 3 else "rust",
+            score=0.5 + i / 40,
+            match_type="semantic" if i % 2 else "keyword",
+            snippet="def handler(request):\n    return authenticate(request.user)\n" * 3,
+        )
+        for i in range(10)
+    ]
+    return SearchSummary(
+        query="how does authentication work",
+        languages=[m.language for m in matches],
+        matches=matches,
+        warnings=["index is 3% stale"],
+    )
+
+
+def per_call_us(fn: Callable[[], object], rounds: int = 7, number: int = 2000) -> float:
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        samples.append((time.perf_counter() - start) / number * 1e6)
+    return statistics.median(samples)
+
+
+def mixed_strings() -> list[str]:
+    clean = ["hybrid", "UNDERSTAND", "python", "0.5.0", "ok", "codeweaver_search", "dense"]
+    medium = [
+        "Search finished in 125 ms with 10 results",
+        "2026-11-23T14:55:02Z index refreshed",
+        "123e4567-e89b-12d3-a456-426614174000",
+    ]
+    long_lines = [
+        'Traceback (most recent call last):\n  File "/home/alice/app/main.py", line 3, in run\n'
+        "    connect(password=hunter2)\nConnectionError: could not reach 10.0.0.12 as "
+        "bob@example.com with Bearer abcdef1234567890abcdef",
+        "2026-11-23 14:55:02 INFO request from 192.168.1.20 token=ghp_"
+        + "a" * 36
+        + " took 125ms; payload was "
+        + "x" * 300,
+    ]
+    # A realistic mix: mostly clean short strings, some medium, a few long log lines.
+    return clean * 14 + medium * 4 + long_lines * 2
+
+
+def main() -> None:
+    summary = make_summary()
+    dump_us = per_call_us(summary.model_dump)
+    dump_json_us = per_call_us(lambda: summary.model_dump(mode="json"))
+    ser_us = per_call_us(summary.serialize_for_telemetry)
+    print("serialize_for_telemetry on a nested search summary (10 matches, 3 levels)")
+    print(f"  model_dump()               {dump_us:8.1f} us")
+    print(f"  model_dump(mode='json')    {dump_json_us:8.1f} us")
+    print(f"  serialize_for_telemetry()  {ser_us:8.1f} us")
+    print(f"  ratio to model_dump()      {ser_us / dump_us:8.2f}x   (goal: <= 3x)")
+    print(f"  ratio to model_dump(json)  {ser_us / dump_json_us:8.2f}x")
+
+    strings = mixed_strings()
+    email = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+
+    def run_scrub() -> None:
+        for s in strings:
+            scrub(s)
+
+    def run_email() -> None:
+        for s in strings:
+            email.sub("<email>", s)
+
+    n = len(strings)
+    scrub_us = per_call_us(run_scrub, number=200)
+    email_us = per_call_us(run_email, number=200)
+    print(f"\nscrubber on a realistic mix of {n} strings (mostly clean, a few long log lines)")
+    print(f"  scrub()                    {n / scrub_us * 1e6:12,.0f} strings/s")
+    print(f"  one email re.sub           {n / email_us * 1e6:12,.0f} strings/s")
+    print(f"  cost ratio scrub/email     {scrub_us / email_us:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Privacy core: rules on models, total conversions, keyed hashing and the scrubber."""

@@ -1,0 +1,206 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
+"""Total anonymity conversions: every conversion has a defined result for every input type.
+
+An ``Enum`` member is first replaced by its ``.value``; "model" means a pydantic model, an
+attrs class or a dataclass instance; "other" is any object not listed above it.
+
+=========== ======= ======== ======== ====================== ============= ===========
+input        BOOLEAN COUNT    HASH     DISTRIBUTION           AGGREGATE     TEXT_COUNT
+=========== ======= ======== ======== ====================== ============= ===========
+None         False   0        None     {}                     0             0
+str          s != "" 1        hex16    {scrub(s): 1}          0             len(s)
+bytes        len > 0 1        hex16    {}                     0             0
+list, tuple  len > 0 len      hex16    counts of items        sum of items  0
+set, fset    len > 0 len      hex16    counts of items        sum of items  0
+dict         len > 0 len      hex16    counts of values       sum of values 0
+int          v != 0  1        hex16    {"v": 1}               v             0
+float        bool(v) 1        hex16    {"v": 1}, NaN/inf: {}  v, NaN/inf: 0 0
+bool         v       1        hex16    {"true"/"false": 1}    0             0
+model        True    1        hex16    {}                     0             0
+other        bool(o) len or 1 hex16    {}                     0             0
+=========== ======= ======== ======== ====================== ============= ===========
+
+Details:
+
+- COUNT counts *items*: a collection counts its members, any other present value is one
+  item, and None is none. Use TEXT_COUNT for the length of a string.
+- HASH is :func:`~codeweaver_telemetry.privacy.hashing.keyed_hash`: 16 lowercase hex
+  characters, HMAC-SHA256 under the install's secret key. None stays None (absence is not
+  worth hashing).
+- DISTRIBUTION counts the scalar items (str, int, finite float, bool) of a collection; None,
+  bytes, nested collections and models inside it are skipped. Keys are strings (``True`` ->
+  ``"true"``), scrubbed, cut to 100 characters, and at most 100 distinct keys are kept (the
+  most frequent); the rest are summed under ``"<other>"``.
+- AGGREGATE sums the int and finite float items (bools are flags, not quantities, and are
+  skipped); the result is an int when every summed item is an int.
+- BOOLEAN of an "other" object whose ``__bool__`` raises is True (the value is present).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Iterable, Mapping, Sized
+from typing import Any
+
+from codeweaver_telemetry.privacy.hashing import keyed_hash
+
+__all__ = [
+    "DISTRIBUTION_KEY_LENGTH",
+    "DISTRIBUTION_MAX_KEYS",
+    "OTHER_KEY",
+    "to_aggregate",
+    "to_boolean",
+    "to_count",
+    "to_distribution",
+    "to_hash",
+    "to_text_count",
+]
+
+DISTRIBUTION_MAX_KEYS = 100
+"""At most this many distinct keys in a DISTRIBUTION; the rest are summed under OTHER_KEY."""
+DISTRIBUTION_KEY_LENGTH = 100
+"""DISTRIBUTION keys are cut to this many characters."""
+OTHER_KEY = "<other>"
+
+_COLLECTIONS = (list, tuple, set, frozenset, dict)
+_BINARY = (bytes, bytearray, memoryview)
+
+
+def _unwrap(value: object) -> object:
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def _is_model(value: object) -> bool:
+    cls = type(value)
+    return (
+        hasattr(cls, "model_fields")
+        or hasattr(cls, "__attrs_attrs__")
+        or hasattr(cls, "__dataclass_fields__")
+    )
+
+
+def to_boolean(value: object) -> bool:
+    """Truthiness, with None -> False and models -> True; never raises."""
+    value = _unwrap(value)
+    if value is None:
+        return False
+    if _is_model(value):
+        return True
+    try:
+        return bool(value)
+    except Exception:  # an object whose __bool__ raises is still a present value
+        return True
+
+
+def to_count(value: object) -> int:
+    """Number of items: len() of a collection, 0 for None, 1 for any other value."""
+    value = _unwrap(value)
+    if value is None:
+        return 0
+    if isinstance(value, _COLLECTIONS):
+        return len(value)
+    if isinstance(value, (str, *_BINARY, int, float)) or _is_model(value):
+        return 1
+    if isinstance(value, Sized):
+        try:
+            return len(value)
+        except Exception:  # a broken __len__ still leaves one present value
+            return 1
+    return 1
+
+
+def to_hash(value: object, key: bytes | Callable[[object], str]) -> str | None:
+    """Keyed hash (16 hex chars) of the value; None stays None.
+
+    ``key`` is the install key, or a prepared hasher (``KeyedHasher``) for speed.
+    """
+    if type(value) is not str:
+        value = _unwrap(value)
+        if value is None:
+            return None
+    if isinstance(key, bytes):
+        return keyed_hash(value, key)
+    return key(value)
+
+
+def _distribution_key(item: object) -> str | None:
+    item = _unwrap(item)
+    if isinstance(item, bool):
+        return "true" if item else "false"
+    if isinstance(item, str):
+        return item
+    if isinstance(item, int):
+        return str(item)
+    if isinstance(item, float):
+        return repr(item) if math.isfinite(item) else None
+    return None
+
+
+def to_distribution(value: object, scrub: Callable[[str], str]) -> dict[str, int]:
+    """``{item: count}`` over the scalar items of a collection (dict: its values)."""
+    value = _unwrap(value)
+    items: Iterable[object]
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        items = value.values()
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = value
+    else:
+        items = (value,)
+    counts: dict[str, int] = {}
+    for item in items:
+        key = item if type(item) is str else _distribution_key(item)
+        if key is not None:
+            counts[key] = counts.get(key, 0) + 1
+    ranked = (
+        sorted(counts.items(), key=lambda kv: -kv[1])
+        if len(counts) > DISTRIBUTION_MAX_KEYS
+        else list(counts.items())
+    )
+    result: dict[str, int] = {}
+    for key, count in ranked[:DISTRIBUTION_MAX_KEYS]:
+        safe = scrub(key[: 2 * DISTRIBUTION_KEY_LENGTH])[:DISTRIBUTION_KEY_LENGTH]
+        result[safe] = result.get(safe, 0) + count
+    rest = sum(count for _, count in ranked[DISTRIBUTION_MAX_KEYS:])
+    if rest:
+        result[OTHER_KEY] = result.get(OTHER_KEY, 0) + rest
+    return result
+
+
+def _number(item: object) -> int | float | None:
+    item = _unwrap(item)
+    if isinstance(item, bool):
+        return None
+    if isinstance(item, int):
+        return item
+    if isinstance(item, float) and math.isfinite(item):
+        return item
+    return None
+
+
+def to_aggregate(value: object) -> int | float:
+    """Sum of the numeric items (dict: its values); non-numbers, bools, NaN/inf ignored."""
+    value = _unwrap(value)
+    items: Iterable[Any]
+    if isinstance(value, Mapping):
+        items = value.values()
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = value
+    else:
+        items = (value,)
+    total: int | float = 0
+    for item in items:
+        number = _number(item)
+        if number is not None:
+            total += number
+    if isinstance(total, float) and not math.isfinite(total):
+        return 0
+    return total
+
+
+def to_text_count(value: object) -> int:
+    """Character count of a string; 0 for None and anything that is not a string."""
+    value = _unwrap(value)
+    return len(value) if isinstance(value, str) else 0

@@ -1,0 +1,237 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
+"""Keyed hashing for the HASH conversion: HMAC-SHA256 under a per-install secret key.
+
+The key never leaves the machine. Without it, a hash cannot be matched against a dictionary
+of likely values (paths, repository names, e-mail addresses), and two installs hash the same
+value differently. Output is 16 lowercase hex characters (64 bits): short enough to be a plain
+JSON string, long enough that collisions inside one install are negligible for analytics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import tempfile
+import threading
+from pathlib import Path
+from typing import ClassVar, Protocol, runtime_checkable
+
+__all__ = [
+    "HASH_HEX_LENGTH",
+    "FileKeyProvider",
+    "InMemoryKeyProvider",
+    "KeyProvider",
+    "KeyedHasher",
+    "canonical_bytes",
+    "get_default_key_provider",
+    "keyed_hash",
+    "set_default_key_provider",
+]
+
+HASH_HEX_LENGTH = 16
+"""Length of every HASH output, in lowercase hex characters."""
+
+_KEY_BYTES = 32
+KEY_FILE_NAME = "hash_key"
+
+
+@runtime_checkable
+class KeyProvider(Protocol):
+    """Anything that returns the install's secret HMAC key (at least 16 bytes)."""
+
+    def key(self) -> bytes:
+        """Return the secret key; the same bytes on every call."""
+        ...
+
+
+class InMemoryKeyProvider:
+    """A key held in memory: random per instance unless one is given.
+
+    This is the default until the client wires the install's stored key: hashes are then
+    stable within the process only, which is the safe failure (never a guessable hash).
+    """
+
+    def __init__(self, key: bytes | None = None) -> None:
+        if key is not None and len(key) < 16:
+            raise ValueError("a HASH key must be at least 16 bytes")
+        self._key = key if key is not None else secrets.token_bytes(_KEY_BYTES)
+
+    def key(self) -> bytes:
+        """Return the key."""
+        return self._key
+
+    def __repr__(self) -> str:
+        return "InMemoryKeyProvider(<secret>)"
+
+
+class FileKeyProvider:
+    """A key kept in ``<state_dir>/hash_key``, created on first use with mode 0600.
+
+    Creation is safe with several processes at once: the key is written to a private temp
+    file and linked into place; if another process won the race, its key is used.
+
+    Args:
+        state_dir: the directory that holds the key file. It is created (0700) on first use.
+    """
+
+    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+        self._path = Path(state_dir) / KEY_FILE_NAME
+        self._key: bytes | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        """Where the key lives."""
+        return self._path
+
+    def key(self) -> bytes:
+        """Return the stored key, creating it on first use."""
+        if self._key is None:
+            with self._lock:
+                if self._key is None:
+                    self._key = self._load_or_create()
+        return self._key
+
+    def _load_or_create(self) -> bytes:
+        existing = self._read()
+        if existing is not None:
+            return existing
+        self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".hash_key.", dir=self._path.parent)
+        try:
+            os.write(fd, secrets.token_hex(_KEY_BYTES).encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.chmod(tmp, 0o600)
+            try:
+                os.link(tmp, self._path)  # atomic, and fails if another process got there first
+            except FileExistsError:
+                pass
+            except OSError:  # no hard links on this file system
+                if not self._path.exists():
+                    os.replace(tmp, self._path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        stored = self._read()
+        if stored is None:
+            raise OSError(f"could not read back the HASH key at {self._path}")
+        return stored
+
+    def _read(self) -> bytes | None:
+        try:
+            text = self._path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return None
+        key = bytes.fromhex(text)
+        if len(key) < 16:
+            raise ValueError(f"the HASH key file {self._path} is too short; delete it to renew")
+        return key
+
+    def __repr__(self) -> str:
+        return f"FileKeyProvider({str(self._path.parent)!r})"
+
+
+_default_lock = threading.Lock()
+_default_provider: KeyProvider = InMemoryKeyProvider()
+
+
+def get_default_key_provider() -> KeyProvider:
+    """Return the provider used when ``serialize_for_telemetry`` is not given one."""
+    return _default_provider
+
+
+def set_default_key_provider(provider: KeyProvider) -> KeyProvider:
+    """Install ``provider`` as the process default and return the previous one."""
+    global _default_provider
+    with _default_lock:
+        previous, _default_provider = _default_provider, provider
+    return previous
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, (set, frozenset)):
+        return sorted(repr(v) for v in value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, bytes):
+        return value.hex()
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="python")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    attrs_fields = getattr(type(value), "__attrs_attrs__", None)
+    if attrs_fields is not None:
+        return {a.name: getattr(value, a.name) for a in attrs_fields}
+    return repr(value)
+
+
+def canonical_bytes(value: object) -> bytes:
+    """Encode ``value`` so that equal values give equal bytes and types do not collide.
+
+    ``"1"``, ``1``, ``1.0`` and ``True`` all encode differently. Collections and models are
+    encoded as sorted JSON of their raw content.
+    """
+    if type(value) is str:
+        return b"s:" + value.encode("utf-8", "surrogatepass")
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if value is None:
+        return b"n:"
+    if isinstance(value, str):
+        return b"s:" + value.encode("utf-8", "surrogatepass")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return b"b:" + bytes(value)
+    if isinstance(value, bool):
+        return b"t:1" if value else b"t:0"
+    if isinstance(value, int):
+        return b"i:" + str(value).encode("ascii")
+    if isinstance(value, float):
+        return b"f:" + repr(value).encode("ascii")
+    try:
+        text = json.dumps(value, sort_keys=True, default=_json_default, ensure_ascii=False)
+    except (ValueError, TypeError, RecursionError):  # cycles, unsortable keys
+        text = repr(value)
+    return b"j:" + text.encode("utf-8", "surrogatepass")
+
+
+def keyed_hash(value: object, key: bytes) -> str:
+    """HMAC-SHA256 of ``canonical_bytes(value)`` under ``key``, as 16 lowercase hex chars."""
+    return KeyedHasher.for_key(key)(value)
+
+
+class KeyedHasher:
+    """``keyed_hash`` for one key, with the HMAC key schedule done once (copied per value)."""
+
+    __slots__ = ("_base",)
+    _cache: ClassVar[dict[bytes, KeyedHasher]] = {}
+
+    def __init__(self, key: bytes) -> None:
+        self._base = hmac.new(key, digestmod=hashlib.sha256)
+
+    @classmethod
+    def for_key(cls, key: bytes) -> KeyedHasher:
+        """A shared hasher for ``key`` (a few keys per process at most)."""
+        hasher = cls._cache.get(key)
+        if hasher is None:
+            if len(cls._cache) > 16:
+                cls._cache.clear()
+            hasher = cls._cache[key] = cls(key)
+        return hasher
+
+    def __call__(self, value: object) -> str:
+        h = self._base.copy()
+        h.update(canonical_bytes(value))
+        return h.hexdigest()[:HASH_HEX_LENGTH]
+
+    def __repr__(self) -> str:
+        return "KeyedHasher(<secret>)"

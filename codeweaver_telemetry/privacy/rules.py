@@ -1,0 +1,668 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
+"""Privacy rules declared on models, and the one serializer that applies them.
+
+A model says what may leave the machine with ``_telemetry_keys()``, a mapping of
+:class:`FilteredKey` (a field name or alias) to :class:`AnonymityConversion`. The serializer
+walks the model's fields itself (it never dumps first and filters after), so:
+
+- rules apply recursively: nested models, and lists, tuples, sets and dicts of models, are
+  serialized with their own rules;
+- rules hold by field name and by alias alike, whichever way the output is keyed;
+- a rule that names no field raises :class:`TelemetryRuleError` on first use;
+- a strict model (``_telemetry_strict = True``) sends only the fields it names;
+- the output is JSON-safe, and every string in it has passed the scrubber unless its field
+  is listed in ``_telemetry_trusted``.
+
+JSON-safety (for values with no rule): str keys; datetime/date/time -> ISO 8601; timedelta ->
+seconds; UUID -> str; Enum -> its value (trusted: enum values are the developer's constants);
+Decimal -> float; set/frozenset -> sorted list; NaN and infinities -> None; ints beyond 64 bits
+-> float; bytes, bytearray and memoryview are *not sent* (the key is absent, or the item is
+left out of its list); filesystem paths (``PurePath``) -> ``"<path>"``; a reference cycle ->
+``"<cycle>"``; nesting deeper than 32 -> ``"<max_depth>"``; any other object is not sent.
+Values under secret-sounding keys (``api_key``, ``password``...) become ``"<secret>"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import math
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import PurePath
+from typing import Any, ClassVar, NewType
+
+from pydantic import BaseModel
+
+from codeweaver_telemetry._internal import log_once
+from codeweaver_telemetry.privacy import conversions
+from codeweaver_telemetry.privacy.hashing import (
+    KeyedHasher,
+    KeyProvider,
+    get_default_key_provider,
+)
+from codeweaver_telemetry.privacy.scrubber import SECRET_MARKER, is_secret_key, scrub
+
+__all__ = [
+    "CYCLE_MARKER",
+    "DEPTH_MARKER",
+    "MAX_DEPTH",
+    "PATH_MARKER",
+    "AnonymityConversion",
+    "BasedModel",
+    "DataclassSerializationMixin",
+    "FilteredKey",
+    "TelemetryRuleError",
+    "serialize_for_telemetry",
+]
+
+FilteredKey = NewType("FilteredKey", str)
+"""The name (or alias) of a model field that a privacy rule applies to."""
+
+CYCLE_MARKER = "<cycle>"
+DEPTH_MARKER = "<max_depth>"
+PATH_MARKER = "<path>"
+MAX_DEPTH = 32
+_INT_LIMIT = 2**63
+
+
+class AnonymityConversion(enum.Enum):
+    """How a field leaves the machine. See :mod:`codeweaver_telemetry.privacy.conversions`."""
+
+    FORBIDDEN = "forbidden"
+    """The field is absent from the output."""
+    BOOLEAN = "boolean"
+    """Truthiness; None gives False and the key is present."""
+    COUNT = "count"
+    """Number of items of a collection; 0 for None, 1 for any other present value."""
+    HASH = "hash"
+    """Keyed HMAC-SHA256 under the install's secret, 16 hex characters; None stays None."""
+    DISTRIBUTION = "distribution"
+    """``{value: count}`` over the scalar items of a collection; keys scrubbed."""
+    AGGREGATE = "aggregate"
+    """Sum of the numeric items (a dict: of its values)."""
+    TEXT_COUNT = "text_count"
+    """Character count of a string; 0 for None and non-strings."""
+
+
+# Module-level aliases: comparing against these is cheaper than an Enum attribute lookup.
+_HASH = AnonymityConversion.HASH
+_TEXT_COUNT = AnonymityConversion.TEXT_COUNT
+_COUNT = AnonymityConversion.COUNT
+_BOOLEAN = AnonymityConversion.BOOLEAN
+_DISTRIBUTION = AnonymityConversion.DISTRIBUTION
+_AGGREGATE = AnonymityConversion.AGGREGATE
+
+
+class TelemetryRuleError(ValueError):
+    """A model's privacy rules are wrong: a rule names no field, or a value is not a rule."""
+
+
+class _Absent:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
+_ABSENT: Any = _Absent()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    name: str
+    out_name: str  # the key when serializing by alias
+
+
+@dataclasses.dataclass(frozen=True)
+class _ClassInfo:
+    fields: tuple[_Field, ...]
+    names: Mapping[str, str]  # field name or alias -> field name
+    allow_extra: bool
+
+
+_INFO: dict[type, _ClassInfo] = {}
+_INFO_LOCK = threading.Lock()
+
+
+def _class_info(cls: type) -> _ClassInfo:
+    info = _INFO.get(cls)
+    if info is None:
+        with _INFO_LOCK:
+            info = _INFO.get(cls) or _build_info(cls)
+            _INFO[cls] = info
+    return info
+
+
+def _build_info(cls: type) -> _ClassInfo:
+    fields: list[_Field] = []
+    names: dict[str, str] = {}
+    allow_extra = False
+    if issubclass(cls, BaseModel):
+        for name, finfo in cls.model_fields.items():
+            if finfo.exclude is True:
+                continue
+            aliases = [a for a in (finfo.alias, finfo.serialization_alias) if a]
+            if isinstance(finfo.validation_alias, str):
+                aliases.append(finfo.validation_alias)
+            out = finfo.serialization_alias or finfo.alias or name
+            fields.append(_Field(name, out))
+            names.update(dict.fromkeys(aliases, name))
+            names[name] = name
+        for name, cinfo in cls.model_computed_fields.items():
+            out = cinfo.alias or name
+            fields.append(_Field(name, out))
+            names[out] = name
+            names[name] = name
+        allow_extra = cls.model_config.get("extra") == "allow"
+    elif hasattr(cls, "__attrs_attrs__"):
+        for attribute in cls.__attrs_attrs__:
+            alias = getattr(attribute, "alias", None) or attribute.name
+            fields.append(_Field(attribute.name, alias))
+            names[alias] = attribute.name
+            names[attribute.name] = attribute.name
+    elif dataclasses.is_dataclass(cls):
+        for f in dataclasses.fields(cls):
+            fields.append(_Field(f.name, f.name))
+            names[f.name] = f.name
+    return _ClassInfo(tuple(fields), names, allow_extra)
+
+
+def _resolve(cls: type, info: _ClassInfo, declared: object, what: str) -> list[str]:
+    resolved = []
+    for key in declared:  # type: ignore[attr-defined]
+        name = info.names.get(key) if isinstance(key, str) else None
+        if name is None:
+            known = ", ".join(sorted(f.name for f in info.fields)) or "(none)"
+            raise TelemetryRuleError(
+                f"{cls.__qualname__}.{what} names {key!r}, which is not a field or alias of "
+                f"the model; its fields are: {known}"
+            )
+        resolved.append(name)
+    return resolved
+
+
+_Step = tuple[str, str, "AnonymityConversion | None", bool, bool]
+"""(field name, output key, rule or None, trusted, output key sounds secret)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    steps: tuple[_Step, ...]
+    extra: bool  # also send pydantic extra fields
+
+
+_PLANS: dict[tuple[type, bool, bool], tuple[tuple[tuple[Any, Any], ...], _Plan]] = {}
+_MAX_PLANS = 4096
+
+
+def _plan(cls: type, rules: Mapping[Any, Any] | None, by_alias: bool, options: bool) -> _Plan:
+    """The validated, resolved steps for one class and its current rules (cached).
+
+    The cache holds the last rules seen per class; rules are compared item by item (by
+    identity first, so the usual case costs one tuple comparison).
+    """
+    items = tuple(rules.items()) if rules else ()
+    cache_key = (cls, by_alias, options)
+    cached = _PLANS.get(cache_key)
+    if cached is not None and cached[0] == items:
+        return cached[1]
+    plan = _build_plan(cls, items, by_alias, options)
+    if len(_PLANS) >= _MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[cache_key] = (items, plan)
+    return plan
+
+
+def _build_plan(
+    cls: type, items: tuple[tuple[Any, Any], ...], by_alias: bool, options: bool
+) -> _Plan:
+    info = _class_info(cls)
+    by_name: dict[str, AnonymityConversion] = {}
+    names = _resolve(cls, info, [k for k, _ in items], "_telemetry_keys()")
+    for name, (_, conv) in zip(names, items, strict=True):
+        if not isinstance(conv, AnonymityConversion):
+            raise TelemetryRuleError(
+                f"{cls.__qualname__}._telemetry_keys() maps {name!r} to {conv!r}, "
+                "which is not an AnonymityConversion"
+            )
+        by_name[name] = conv
+    strict = bool(options and getattr(cls, "_telemetry_strict", False))
+    allow: frozenset[str] = frozenset()
+    trusted: frozenset[str] = frozenset()
+    if options:
+        allow = frozenset(
+            _resolve(cls, info, getattr(cls, "_telemetry_allow", ()), "_telemetry_allow")
+        )
+        trusted = frozenset(
+            _resolve(cls, info, getattr(cls, "_telemetry_trusted", ()), "_telemetry_trusted")
+        )
+    steps: list[_Step] = []
+    for f in info.fields:
+        key = f.out_name if by_alias else f.name
+        rule = by_name.get(f.name)
+        if rule is AnonymityConversion.FORBIDDEN:
+            continue
+        if rule is None and strict and f.name not in allow and f.name not in trusted:
+            continue
+        is_trusted = f.name in trusted
+        steps.append((f.name, key, rule, is_trusted, not is_trusted and is_secret_key(key)))
+    return _Plan(tuple(steps), info.allow_extra and not strict)
+
+
+_Handler = Callable[["_Walker", Any, bool], Any]
+"""Turns one value into its JSON-safe form (or _ABSENT); chosen once per type."""
+
+
+def _h_int(w: _Walker, v: Any, trusted: bool) -> Any:
+    v = int(v)
+    return v if -_INT_LIMIT < v < _INT_LIMIT else _big_int(v)
+
+
+def _h_float(w: _Walker, v: Any, trusted: bool) -> Any:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _h_bool(w: _Walker, v: Any, trusted: bool) -> Any:
+    return bool(v)
+
+
+def _h_str(w: _Walker, v: Any, trusted: bool) -> Any:
+    return w.value(str(v), trusted)
+
+
+def _h_enum(w: _Walker, v: Any, trusted: bool) -> Any:
+    return w.value(v.value, trusted=True)  # enum values are the developer's constants
+
+
+def _h_iso(w: _Walker, v: Any, trusted: bool) -> Any:
+    return v.isoformat()
+
+
+def _h_seconds(w: _Walker, v: Any, trusted: bool) -> Any:
+    return v.total_seconds()
+
+
+def _h_text(w: _Walker, v: Any, trusted: bool) -> Any:
+    return str(v)
+
+
+def _h_decimal(w: _Walker, v: Any, trusted: bool) -> Any:
+    return float(v) if v.is_finite() else None
+
+
+def _h_path(w: _Walker, v: Any, trusted: bool) -> Any:
+    return PATH_MARKER
+
+
+def _h_absent(w: _Walker, v: Any, trusted: bool) -> Any:
+    return _ABSENT
+
+
+def _h_other(w: _Walker, v: Any, trusted: bool) -> Any:
+    log_once(
+        30,
+        "codeweaver_telemetry: a value of type %s was not sent (no JSON-safe form)",
+        type(v).__qualname__,
+    )
+    return _ABSENT
+
+
+def _sequence(w: _Walker, v: Any, trusted: bool) -> Any:
+    out = [w.value(i, trusted) for i in v]
+    return [x for x in out if x is not _ABSENT]
+
+
+def _set(w: _Walker, v: Any, trusted: bool) -> Any:
+    return sorted(_sequence(w, v, trusted), key=_sort_key)
+
+
+def _mapping(w: _Walker, v: Any, trusted: bool) -> Any:
+    return w.mapping(v, trusted)
+
+
+def _rules(w: _Walker, v: Any, trusted: bool) -> Any:
+    return v._serialize(w)
+
+
+def _model(w: _Walker, v: Any, trusted: bool) -> Any:
+    return w.model(v, None)
+
+
+def _h_sequence(w: _Walker, v: Any, trusted: bool) -> Any:
+    return w.guarded(v, trusted, _sequence)
+
+
+def _h_set(w: _Walker, v: Any, trusted: bool) -> Any:
+    return w.guarded(v, trusted, _set)
+
+
+def _h_mapping(w: _Walker, v: Any, trusted: bool) -> Any:
+    return w.guarded(v, trusted, _mapping)
+
+
+def _h_rules(w: _Walker, v: Any, trusted: bool) -> Any:
+    return w.guarded(v, trusted, _rules)
+
+
+def _h_model(w: _Walker, v: Any, trusted: bool) -> Any:
+    return w.guarded(v, trusted, _model)
+
+
+_HANDLERS: dict[type, _Handler] = {
+    int: _h_int,
+    float: _h_float,
+    list: _h_sequence,
+    tuple: _h_sequence,
+    dict: _h_mapping,
+    set: _h_set,
+    frozenset: _h_set,
+    bytes: _h_absent,
+}
+
+
+def _classify(t: type) -> _Handler:
+    handler = _handler_for(t)
+    if len(_HANDLERS) < 10_000:
+        _HANDLERS[t] = handler
+    return handler
+
+
+def _handler_for(t: type) -> _Handler:
+    # Order matters: Enum before its mixed-in base, bool before int.
+    if issubclass(t, enum.Enum):
+        return _h_enum
+    if issubclass(t, bool):
+        return _h_bool
+    if issubclass(t, str):
+        return _h_str
+    if issubclass(t, int):
+        return _h_int
+    if issubclass(t, float):
+        return _h_float
+    if issubclass(t, (bytes, bytearray, memoryview)):
+        return _h_absent
+    if issubclass(t, (dt.datetime, dt.date, dt.time)):
+        return _h_iso
+    if issubclass(t, dt.timedelta):
+        return _h_seconds
+    if issubclass(t, uuid.UUID):
+        return _h_text
+    if issubclass(t, decimal.Decimal):
+        return _h_decimal
+    if issubclass(t, PurePath):
+        return _h_path
+    if issubclass(t, _TelemetryRules):
+        return _h_rules
+    if issubclass(t, Mapping):
+        return _h_mapping
+    if issubclass(t, (list, tuple)):
+        return _h_sequence
+    if issubclass(t, (set, frozenset)):
+        return _h_set
+    if issubclass(t, BaseModel) or hasattr(t, "__attrs_attrs__") or dataclasses.is_dataclass(t):
+        return _h_model
+    return _h_other
+
+
+class _Walker:
+    """One serialization: key provider, scrubber, alias choice and the cycle guard."""
+
+    __slots__ = ("_hasher", "_max", "_provider", "_scrub", "_stack", "by_alias")
+
+    def __init__(
+        self,
+        provider: KeyProvider,
+        scrubber: Callable[[str], str],
+        by_alias: bool,
+        max_chars: int | None = None,
+    ) -> None:
+        self._provider = provider
+        self._hasher: KeyedHasher | None = None
+        self._stack: set[int] = set()
+        self._scrub = scrubber
+        self._max = max_chars
+        self.by_alias = by_alias
+
+    def scrub(self, text: str) -> str:
+        # Cutting first keeps a huge string from stalling the worker; the caller cuts the
+        # result shorter still, so nothing half-matched at the first cut survives.
+        if self._max is not None and len(text) > self._max:
+            text = text[: self._max]
+        return self._scrub(text)
+
+    def hasher(self) -> KeyedHasher:
+        if self._hasher is None:
+            self._hasher = KeyedHasher.for_key(self._provider.key())
+        return self._hasher
+
+    # -- values ----------------------------------------------------------------------
+    def value(self, v: Any, trusted: bool = False) -> Any:
+        t = type(v)
+        if t is str:
+            return v if trusted else self.scrub(v)
+        if v is None or t is bool:
+            return v
+        handler = _HANDLERS.get(t) or _classify(t)
+        return handler(self, v, trusted)
+
+    def guarded(self, v: Any, trusted: bool, convert: _Handler) -> Any:
+        """Run ``convert`` on a container, cutting cycles and excessive depth."""
+        ident = id(v)
+        if ident in self._stack:
+            return CYCLE_MARKER
+        if len(self._stack) >= MAX_DEPTH:
+            return DEPTH_MARKER
+        self._stack.add(ident)
+        try:
+            return convert(self, v, trusted)
+        finally:
+            self._stack.discard(ident)
+
+    def mapping(self, m: Mapping[Any, Any], trusted: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, val in m.items():
+            key = _dict_key(k)
+            if key is None:
+                continue
+            if not trusted:
+                key = self.scrub(key)
+                if val is not None and type(val) is not bool and is_secret_key(key):
+                    out[key] = SECRET_MARKER
+                    continue
+            converted = self.value(val, trusted)
+            if converted is not _ABSENT:
+                out[key] = converted
+        return out
+
+    # -- models ----------------------------------------------------------------------
+    def model(self, obj: Any, rules: Mapping[Any, Any] | None, *, options: bool = False) -> Any:
+        """Serialize a model with ``rules``; ``options``: honour the class's strict/allow/trust."""
+        plan = _plan(type(obj), rules, self.by_alias, options)
+        out: dict[str, Any] = {}
+        scrub = self.scrub
+        for name, key, rule, trusted, secret in plan.steps:
+            value = getattr(obj, name, _ABSENT)
+            t = type(value)
+            if rule is not None:
+                if value is not _ABSENT:
+                    out[key] = self.convert(rule, value)
+            elif secret and value is not None and t is not bool and value is not _ABSENT:
+                out[key] = SECRET_MARKER
+            elif t is str:  # the common case, inlined
+                out[key] = value if trusted else scrub(value)
+            elif t is int or t is bool or value is None:
+                out[key] = (
+                    value if t is not int or -_INT_LIMIT < value < _INT_LIMIT else _big_int(value)
+                )
+            else:
+                converted = self.value(value, trusted)
+                if converted is not _ABSENT:
+                    out[key] = converted
+        if plan.extra:
+            extra = getattr(obj, "__pydantic_extra__", None)
+            if extra:
+                out.update(self.mapping(extra, trusted=False))
+        return out
+
+    def convert(self, conv: AnonymityConversion, value: Any) -> Any:
+        if conv is _HASH:
+            return conversions.to_hash(value, self.hasher())
+        if conv is _TEXT_COUNT:
+            return len(value) if type(value) is str else conversions.to_text_count(value)
+        if conv is _COUNT:
+            return conversions.to_count(value)
+        if conv is _BOOLEAN:
+            return conversions.to_boolean(value)
+        if conv is _DISTRIBUTION:
+            return conversions.to_distribution(value, self.scrub)
+        if conv is _AGGREGATE:
+            return conversions.to_aggregate(value)
+        raise TelemetryRuleError(f"unknown conversion {conv!r}")  # pragma: no cover
+
+
+def _big_int(v: int) -> float | None:
+    try:
+        return float(v)
+    except OverflowError:
+        return None
+
+
+def _dict_key(k: object) -> str | None:
+    if isinstance(k, enum.Enum):
+        k = k.value
+    if isinstance(k, str):
+        return str(k)
+    if isinstance(k, bool):
+        return "true" if k else "false"
+    if isinstance(k, (int, float, uuid.UUID)):
+        return str(k)
+    return None
+
+
+def _sort_key(item: Any) -> tuple[str, str]:
+    return (type(item).__name__, repr(item))
+
+
+class _TelemetryRules:
+    """The rule hooks shared by :class:`BasedModel` and :class:`DataclassSerializationMixin`."""
+
+    __slots__ = ()
+
+    _telemetry_strict: ClassVar[bool] = False
+    _telemetry_allow: ClassVar[frozenset[str]] = frozenset()
+    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset()
+
+    def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion] | None:
+        """Return the privacy rules of this model: ``{FilteredKey(field): conversion}``."""
+        return None
+
+    def _telemetry_handler(self, serialized: dict[str, Any]) -> dict[str, Any]:
+        """Post-process the serialized output; may add, replace or remove keys.
+
+        Whatever this returns is used as the output. Keys it adds and values it replaces go
+        through the same JSON-safety and scrubbing as everything else.
+        """
+        return serialized
+
+    def _serialize(self, walker: _Walker) -> dict[str, Any]:
+        out: dict[str, Any] = walker.model(self, self._telemetry_keys(), options=True)
+        if type(self)._telemetry_handler is _TelemetryRules._telemetry_handler:
+            return out
+        handled = self._telemetry_handler(dict(out))
+        result: dict[str, Any] = {}
+        for k, v in handled.items():
+            key = _dict_key(k)
+            if key is None:
+                continue
+            if key in out and out[key] is v:
+                result[key] = v
+                continue
+            converted = walker.mapping({key: v}, trusted=False)
+            result.update(converted)
+        return result
+
+    def serialize_for_telemetry(
+        self,
+        *,
+        by_alias: bool = False,
+        key_provider: KeyProvider | None = None,
+        scrubber: Callable[[str], str] | None = None,
+    ) -> dict[str, Any]:
+        """Return what this model may send: its rules applied, JSON-safe, scrubbed.
+
+        Args:
+            by_alias: key the output by field aliases instead of field names.
+            key_provider: the HASH key; defaults to the process default (the install's key
+                once the client has consent, otherwise a random per-process key).
+            scrubber: the string scrubber; defaults to :func:`scrub`.
+
+        Returns:
+            A new dict; the model is not modified.
+
+        Raises:
+            TelemetryRuleError: the model's rules name a field it does not have.
+        """
+        result = serialize_for_telemetry(
+            self, by_alias=by_alias, key_provider=key_provider, scrubber=scrubber
+        )
+        return result if isinstance(result, dict) else {}
+
+
+def serialize_for_telemetry(
+    obj: object,
+    *,
+    by_alias: bool = False,
+    key_provider: KeyProvider | None = None,
+    scrubber: Callable[[str], str] | None = None,
+    max_string_chars: int | None = None,
+) -> Any:
+    """Serialize any value the way it may leave the machine.
+
+    Models with rules use their rules; other models, dicts, lists and scalars are made
+    JSON-safe and scrubbed. Returns None for a value that is not sent at all (bytes, an
+    unknown object).
+
+    Args:
+        obj: the value.
+        by_alias: key model output by field aliases.
+        key_provider: the HASH key (default: the process default).
+        scrubber: the string scrubber (default: :func:`scrub`).
+        max_string_chars: cut strings to this length *before* scrubbing (the pipeline
+            passes twice its final limit, so a huge string never stalls the worker).
+    """
+    walker = _Walker(
+        key_provider or get_default_key_provider(), scrubber or scrub, by_alias, max_string_chars
+    )
+    result = walker.value(obj)
+    return None if result is _ABSENT else result
+
+
+class BasedModel(_TelemetryRules, BaseModel):
+    """A pydantic v2 model with privacy rules and ``serialize_for_telemetry()``.
+
+    Class options (set in the class body):
+
+    - ``_telemetry_strict = True``: allowlist; only fields with a rule, or listed in
+      ``_telemetry_allow`` / ``_telemetry_trusted``, are sent.
+    - ``_telemetry_allow = frozenset({...})``: fields sent as their scrubbed value.
+    - ``_telemetry_trusted = frozenset({...})``: fields sent without the scrubber (for
+      enum-like values the developer vouches for).
+    """
+
+    _telemetry_strict: ClassVar[bool] = False
+    _telemetry_allow: ClassVar[frozenset[str]] = frozenset()
+    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset()
+
+
+class DataclassSerializationMixin(_TelemetryRules):
+    """Mix into an attrs class or a stdlib dataclass for ``serialize_for_telemetry()``.
+
+    The same class options as :class:`BasedModel` apply. Works with slotted classes.
+    """
+
+    __slots__ = ()

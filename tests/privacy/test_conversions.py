@@ -1,0 +1,208 @@
+"""Every cell of the conversion table, through a real model rule."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from codeweaver_telemetry import AnonymityConversion, BasedModel, FilteredKey
+from codeweaver_telemetry.privacy import conversions
+from codeweaver_telemetry.privacy.hashing import InMemoryKeyProvider, keyed_hash
+
+KEY = b"k" * 32
+PROVIDER = InMemoryKeyProvider(KEY)
+C = AnonymityConversion
+
+
+class Color(enum.Enum):
+    RED = "red"
+    ONE = 1
+
+
+@dataclasses.dataclass
+class Inner:
+    x: int = 1
+
+
+class Opaque:
+    """An arbitrary object with no JSON form."""
+
+
+class Holder(BasedModel):
+    model_config = {"arbitrary_types_allowed": True}
+    v: Any = None
+    conv: Any = None
+
+    def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
+        return {FilteredKey("v"): self.conv, FilteredKey("conv"): C.FORBIDDEN}
+
+
+def run(conv: AnonymityConversion, value: object) -> dict[str, Any]:
+    return Holder(v=value, conv=conv).serialize_for_telemetry(key_provider=PROVIDER)
+
+
+NAN = float("nan")
+INPUTS: dict[str, object] = {
+    "none": None,
+    "str": "abc",
+    "empty_str": "",
+    "bytes": b"ab",
+    "list": [1, 2, "x", 2.5],
+    "tuple": (1, 2),
+    "set": {1, 2, 3},
+    "frozenset": frozenset({"a"}),
+    "dict": {"a": 1, "b": 2, "c": "x"},
+    "int": 5,
+    "zero": 0,
+    "float": 2.5,
+    "nan": NAN,
+    "bool": True,
+    "enum_str": Color.RED,
+    "enum_int": Color.ONE,
+    "model": Inner(),
+    "other": Opaque(),
+}
+
+# (input, BOOLEAN, COUNT, DISTRIBUTION, AGGREGATE, TEXT_COUNT); HASH is checked separately.
+TABLE: list[tuple[str, bool, int, dict[str, int], float, int]] = [
+    ("none", False, 0, {}, 0, 0),
+    ("str", True, 1, {"abc": 1}, 0, 3),
+    ("empty_str", False, 1, {"": 1}, 0, 0),
+    ("bytes", True, 1, {}, 0, 0),
+    ("list", True, 4, {"1": 1, "2": 1, "x": 1, "2.5": 1}, 5.5, 0),
+    ("tuple", True, 2, {"1": 1, "2": 1}, 3, 0),
+    ("set", True, 3, {"1": 1, "2": 1, "3": 1}, 6, 0),
+    ("frozenset", True, 1, {"a": 1}, 0, 0),
+    ("dict", True, 3, {"1": 1, "2": 1, "x": 1}, 3, 0),
+    ("int", True, 1, {"5": 1}, 5, 0),
+    ("zero", False, 1, {"0": 1}, 0, 0),
+    ("float", True, 1, {"2.5": 1}, 2.5, 0),
+    ("nan", True, 1, {}, 0, 0),
+    ("bool", True, 1, {"true": 1}, 0, 0),
+    ("enum_str", True, 1, {"red": 1}, 0, 3),
+    ("enum_int", True, 1, {"1": 1}, 1, 0),
+    ("model", True, 1, {}, 0, 0),
+    ("other", True, 1, {}, 0, 0),
+]
+
+
+@pytest.mark.parametrize(("name", "boolean", "count", "dist", "agg", "text"), TABLE)
+def test_conversion_table(
+    name: str, boolean: bool, count: int, dist: dict[str, int], agg: float, text: int
+) -> None:
+    """Each conversion gives the documented result for each input type."""
+    value = INPUTS[name]
+    assert run(C.BOOLEAN, value) == {"v": boolean}
+    assert run(C.COUNT, value) == {"v": count}
+    assert run(C.DISTRIBUTION, value) == {"v": dist}
+    result = run(C.AGGREGATE, value)["v"]
+    assert result == agg
+    assert type(result) is type(agg) or isinstance(agg, int)
+    assert run(C.TEXT_COUNT, value) == {"v": text}
+
+
+@pytest.mark.parametrize("name", sorted(INPUTS))
+def test_forbidden_is_absent_for_every_type(name: str) -> None:
+    """FORBIDDEN removes the key whatever the value is."""
+    assert run(C.FORBIDDEN, INPUTS[name]) == {}
+
+
+@pytest.mark.parametrize("name", sorted(set(INPUTS) - {"none"}))
+def test_hash_is_keyed_hex16_for_every_type(name: str) -> None:
+    """HASH of any present value is 16 lowercase hex chars, keyed by the install secret."""
+    out = run(C.HASH, INPUTS[name])["v"]
+    assert isinstance(out, str)
+    assert len(out) == 16
+    assert all(c in "0123456789abcdef" for c in out)
+    other = Holder(v=INPUTS[name], conv=C.HASH).serialize_for_telemetry(
+        key_provider=InMemoryKeyProvider(b"z" * 32)
+    )["v"]
+    assert other != out, "a different install key must give a different hash"
+
+
+def test_hash_of_none_stays_none() -> None:
+    """HASH keeps an absent value absent-valued (None), not a hash of a constant."""
+    assert run(C.HASH, None) == {"v": None}
+
+
+def test_hash_is_hmac_not_plain_sha() -> None:
+    """The hash is the keyed HMAC of the canonical bytes, so a dictionary attack needs the key."""
+    import hashlib
+
+    out = run(C.HASH, "/home/alice/project")["v"]
+    assert out == keyed_hash("/home/alice/project", KEY)
+    assert out not in hashlib.sha256(b"/home/alice/project").hexdigest()
+
+
+def test_hash_distinguishes_types() -> None:
+    """ "1", 1, 1.0 and True hash differently."""
+    outs = {run(C.HASH, v)["v"] for v in ("1", 1, 1.0, True)}
+    assert len(outs) == 4
+
+
+def test_distribution_keys_are_scrubbed_and_capped() -> None:
+    """DISTRIBUTION keys pass the scrubber; more than 100 keys fold into <other>."""
+    out = run(C.DISTRIBUTION, ["alice@example.com", "bob@example.org", "python"])["v"]
+    assert out == {"<email>": 2, "python": 1}
+    many = [f"k{i}" for i in range(150)] + ["k0"]
+    dist = run(C.DISTRIBUTION, many)["v"]
+    assert len(dist) == conversions.DISTRIBUTION_MAX_KEYS + 1
+    assert dist["k0"] == 2
+    assert dist[conversions.OTHER_KEY] == 50
+    assert sum(dist.values()) == 151
+
+
+def test_aggregate_ignores_bools_and_non_finite() -> None:
+    """AGGREGATE sums numbers only: bools, NaN, inf and strings are ignored."""
+    assert run(C.AGGREGATE, [1, True, NAN, math.inf, "3", 2.0])["v"] == 3.0
+    assert run(C.AGGREGATE, [1, 2, 3])["v"] == 6
+    assert isinstance(run(C.AGGREGATE, [1, 2, 3])["v"], int)
+
+
+class BadBool:
+    def __bool__(self) -> bool:
+        raise RuntimeError("no truth")
+
+    def __len__(self) -> int:
+        raise RuntimeError("no length")
+
+
+def test_hostile_objects_do_not_raise() -> None:
+    """Objects whose __bool__/__len__ raise still convert."""
+    assert run(C.BOOLEAN, BadBool()) == {"v": True}
+    assert run(C.COUNT, BadBool()) == {"v": 1}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(value=json_values, conv=st.sampled_from(list(C)))
+def test_conversions_are_total(value: object, conv: AnonymityConversion) -> None:
+    """Every conversion accepts any value and gives a JSON-typed result."""
+    out = run(conv, value)
+    if conv is C.FORBIDDEN:
+        assert out == {}
+        return
+    result = out["v"]
+    expected: dict[AnonymityConversion, tuple[type, ...]] = {
+        C.BOOLEAN: (bool,),
+        C.COUNT: (int,),
+        C.HASH: (str, type(None)),
+        C.DISTRIBUTION: (dict,),
+        C.AGGREGATE: (int, float),
+        C.TEXT_COUNT: (int,),
+    }
+    assert isinstance(result, expected[conv])
+    if isinstance(result, float):
+        assert math.isfinite(result)

@@ -1,0 +1,553 @@
+"""serialize_for_telemetry requirements 1-6, each on pydantic, attrs and dataclass models."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import json
+import math
+import uuid
+from pathlib import Path
+from typing import Any, ClassVar
+
+import attrs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ConfigDict, Field
+
+from codeweaver_telemetry import (
+    AnonymityConversion,
+    BasedModel,
+    DataclassSerializationMixin,
+    FilteredKey,
+    TelemetryRuleError,
+)
+from codeweaver_telemetry.privacy.hashing import InMemoryKeyProvider
+from codeweaver_telemetry.privacy.rules import CYCLE_MARKER, serialize_for_telemetry
+
+C = AnonymityConversion
+K = FilteredKey
+PROVIDER = InMemoryKeyProvider(b"s" * 32)
+KINDS = ["pydantic", "attrs", "dataclass"]
+
+
+class Mode(enum.Enum):
+    FAST = "fast"
+
+
+# --------------------------------------------------------------------------------------
+# The same three models in each kind: Repo (rules), Workspace (nested), Strict (allowlist).
+# --------------------------------------------------------------------------------------
+def repo_rules(self: object) -> dict[FilteredKey, AnonymityConversion]:
+    return {K("path"): C.HASH, K("files"): C.COUNT, K("owner_email"): C.FORBIDDEN}
+
+
+def workspace_rules(self: object) -> dict[FilteredKey, AnonymityConversion]:
+    return {K("label"): C.TEXT_COUNT}
+
+
+def strict_rules(self: object) -> dict[FilteredKey, AnonymityConversion]:
+    return {K("files"): C.COUNT}
+
+
+class PRepo(BasedModel):
+    name: str
+    path: str
+    files: list[str]
+    owner_email: str = "alice@example.com"
+    _telemetry_keys = repo_rules  # type: ignore[assignment]
+
+
+class PWorkspace(BasedModel):
+    label: str
+    repos: list[PRepo]
+    by_name: dict[str, PRepo]
+    pair: tuple[PRepo, ...]
+    frozen: frozenset[str] = frozenset()
+    _telemetry_keys = workspace_rules  # type: ignore[assignment]
+
+
+class PStrict(BasedModel):
+    _telemetry_strict: ClassVar[bool] = True
+    _telemetry_allow: ClassVar[frozenset[str]] = frozenset({"version"})
+    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset({"mode"})
+    version: str
+    mode: str
+    files: list[str]
+    secret_note: str
+    _telemetry_keys = strict_rules  # type: ignore[assignment]
+
+
+@attrs.define
+class ARepo(DataclassSerializationMixin):
+    name: str
+    path: str
+    files: list[str]
+    owner_email: str = "alice@example.com"
+    _telemetry_keys = repo_rules
+
+
+@attrs.define
+class AWorkspace(DataclassSerializationMixin):
+    label: str
+    repos: list[ARepo]
+    by_name: dict[str, ARepo]
+    pair: tuple[ARepo, ...]
+    frozen: frozenset[str] = frozenset()
+    _telemetry_keys = workspace_rules
+
+
+@attrs.define
+class AStrict(DataclassSerializationMixin):
+    _telemetry_strict: ClassVar[bool] = True
+    _telemetry_allow: ClassVar[frozenset[str]] = frozenset({"version"})
+    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset({"mode"})
+    version: str
+    mode: str
+    files: list[str]
+    secret_note: str
+    _telemetry_keys = strict_rules
+
+
+@dataclasses.dataclass
+class DRepo(DataclassSerializationMixin):
+    name: str
+    path: str
+    files: list[str]
+    owner_email: str = "alice@example.com"
+    _telemetry_keys = repo_rules
+
+
+@dataclasses.dataclass
+class DWorkspace(DataclassSerializationMixin):
+    label: str
+    repos: list[DRepo]
+    by_name: dict[str, DRepo]
+    pair: tuple[DRepo, ...]
+    frozen: frozenset[str] = frozenset()
+    _telemetry_keys = workspace_rules
+
+
+@dataclasses.dataclass
+class DStrict(DataclassSerializationMixin):
+    _telemetry_strict: ClassVar[bool] = True
+    _telemetry_allow: ClassVar[frozenset[str]] = frozenset({"version"})
+    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset({"mode"})
+    version: str
+    mode: str
+    files: list[str]
+    secret_note: str
+    _telemetry_keys = strict_rules
+
+
+CLASSES: dict[str, tuple[Any, Any, Any]] = {
+    "pydantic": (PRepo, PWorkspace, PStrict),
+    "attrs": (ARepo, AWorkspace, AStrict),
+    "dataclass": (DRepo, DWorkspace, DStrict),
+}
+
+
+def make_workspace(kind: str) -> Any:
+    repo_cls, ws_cls, _ = CLASSES[kind]
+    a = repo_cls(name="alpha", path="/home/alice/alpha", files=["a.py", "b.py"])
+    b = repo_cls(name="beta", path="/home/alice/beta", files=["c.py"])
+    return ws_cls(
+        label="my workspace",
+        repos=[a, b],
+        by_name={"alpha": a},
+        pair=(b,),
+        frozen=frozenset({"z", "y"}),
+    )
+
+
+def ser(obj: Any, **kw: Any) -> dict[str, Any]:
+    out = obj.serialize_for_telemetry(key_provider=PROVIDER, **kw)
+    assert isinstance(out, dict)
+    return out
+
+
+# 1. Recursive --------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_rules_apply_recursively(kind: str) -> None:
+    """Nested models in lists, tuples and dicts are serialized with their own rules."""
+    out = ser(make_workspace(kind))
+    assert out["label"] == len("my workspace")
+    for repo in [*out["repos"], out["by_name"]["alpha"], *out["pair"]]:
+        assert set(repo) == {"name", "path", "files"}, "FORBIDDEN owner_email must be absent"
+        assert isinstance(repo["files"], int)
+        assert len(repo["path"]) == 16
+        assert "alice" not in json.dumps(repo)
+    assert out["repos"][0]["files"] == 2
+    assert out["frozen"] == ["y", "z"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_hash_is_stable_within_an_install(kind: str) -> None:
+    """The same value hashes the same within one key; a nested hash equals a top-level one."""
+    out = ser(make_workspace(kind))
+    assert out["repos"][0]["path"] == out["by_name"]["alpha"]["path"]
+    assert out["repos"][0]["path"] != out["repos"][1]["path"]
+
+
+# 2. Alias-aware ------------------------------------------------------------------------
+class PAliased(BasedModel):
+    model_config = ConfigDict(populate_by_name=True)
+    query_text: str = Field(alias="queryText")
+    user_path: str = Field(serialization_alias="userPath")
+    count: int = 0
+
+    def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
+        # one rule by field name, one by alias: both must hold either way of dumping
+        return {K("query_text"): C.TEXT_COUNT, K("userPath"): C.FORBIDDEN}
+
+
+@attrs.define
+class AAliased(DataclassSerializationMixin):
+    _query_text: str  # attrs alias: query_text
+    user_path: str = attrs.field(alias="userPath")
+    count: int = 0
+
+    def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
+        return {K("query_text"): C.TEXT_COUNT, K("userPath"): C.FORBIDDEN}
+
+
+@pytest.mark.parametrize("by_alias", [False, True])
+def test_pydantic_rules_hold_by_name_and_alias(by_alias: bool) -> None:
+    """A rule naming a field or its alias applies whether output is keyed by alias or not."""
+    m = PAliased(queryText="how does auth work", user_path="/home/bob/x")
+    out = ser(m, by_alias=by_alias)
+    key = "queryText" if by_alias else "query_text"
+    assert out == {key: 18, "count": 0}
+    assert "bob" not in json.dumps(out)
+
+
+@pytest.mark.parametrize("by_alias", [False, True])
+def test_attrs_rules_hold_by_name_and_alias(by_alias: bool) -> None:
+    """attrs aliases (explicit and underscore-stripped) resolve to their attribute."""
+    m = AAliased(query_text="how does auth work", userPath="/home/bob/x")
+    out = ser(m, by_alias=by_alias)
+    key = "query_text" if by_alias else "_query_text"
+    assert out == {key: 18, "count": 0}
+
+
+def test_dataclass_rules_hold_by_field_name() -> None:
+    """Dataclasses have no aliases; rules by field name apply in both modes."""
+    repo = DRepo(name="n", path="/home/carol/p", files=[])
+    for by_alias in (False, True):
+        out = ser(repo, by_alias=by_alias)
+        assert set(out) == {"name", "path", "files"}
+        assert "carol" not in json.dumps(out)
+
+
+def typo_rules(self: object) -> dict[FilteredKey, AnonymityConversion]:
+    return {K("pathh"): C.HASH}
+
+
+class PTypo(BasedModel):
+    path: str = "/home/x"
+    _telemetry_keys = typo_rules  # type: ignore[assignment]
+
+
+@attrs.define
+class ATypo(DataclassSerializationMixin):
+    path: str = "/home/x"
+    _telemetry_keys = typo_rules
+
+
+@dataclasses.dataclass
+class DTypo(DataclassSerializationMixin):
+    path: str = "/home/x"
+    _telemetry_keys = typo_rules
+
+
+@pytest.mark.parametrize("cls", [PTypo, ATypo, DTypo])
+def test_rule_naming_no_field_is_an_error(cls: Any) -> None:
+    """A rule whose key is not a field or alias raises on first use, naming the key."""
+    with pytest.raises(TelemetryRuleError, match="pathh"):
+        cls().serialize_for_telemetry()
+
+
+def test_rule_value_must_be_a_conversion() -> None:
+    """A rule mapped to something that is not an AnonymityConversion is an error."""
+
+    class Bad(BasedModel):
+        x: int = 1
+
+        def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
+            return {K("x"): "hash"}  # type: ignore[dict-item]
+
+    with pytest.raises(TelemetryRuleError, match="AnonymityConversion"):
+        Bad().serialize_for_telemetry()
+
+
+# 3. Strict ------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_strict_model_sends_only_listed_fields(kind: str) -> None:
+    """A strict model drops every field that has no rule and is not allowed or trusted."""
+    strict_cls = CLASSES[kind][2]
+    m = strict_cls(
+        version="0.5.0", mode="/home/dave/mode", files=["x", "y"], secret_note="top secret"
+    )
+    out = ser(m)
+    assert out == {"version": "0.5.0", "mode": "/home/dave/mode", "files": 2}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_non_strict_model_sends_unlisted_fields_scrubbed(kind: str) -> None:
+    """Without strict, unlisted fields go out, but only after the scrubber."""
+    repo = CLASSES[kind][0](name="mail me: erin@example.com", path="p", files=[])
+    out = ser(repo)
+    assert out["name"] == "mail me: <email>"
+
+
+# 4. Post-processing hook ------------------------------------------------------------------
+def handler(self: Any, data: dict[str, Any]) -> dict[str, Any]:
+    data.pop("name")  # remove
+    data["files"] = data["files"] * 10  # replace
+    data["extra_path"] = "/home/frank/added"  # add: must still be scrubbed
+    data["extra_count"] = 3
+    return data
+
+
+class PHooked(PRepo):
+    _telemetry_handler = handler  # type: ignore[assignment]
+
+
+@attrs.define
+class AHooked(ARepo):
+    _telemetry_handler = handler
+
+
+@dataclasses.dataclass
+class DHooked(DRepo):
+    _telemetry_handler = handler
+
+
+@pytest.mark.parametrize("cls", [PHooked, AHooked, DHooked])
+def test_handler_can_add_replace_and_remove_keys(cls: Any) -> None:
+    """The hook's output is used whole; what it adds is scrubbed like everything else."""
+    out = ser(cls(name="n", path="/p", files=["a", "b"]))
+    assert "name" not in out
+    assert out["files"] == 20
+    assert out["extra_count"] == 3
+    assert out["extra_path"] == "<path>"
+
+
+# 5. No mutation, JSON-safe ------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_serialization_never_mutates(kind: str) -> None:
+    """The instance (and its nested objects) are unchanged after serialization."""
+    ws = make_workspace(kind)
+    before = copy.deepcopy(ws)
+    ser(ws)
+    ser(ws, by_alias=True)
+    assert ws == before
+
+
+class PTypes(BasedModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    when: dt.datetime = dt.datetime(2026, 11, 23, 14, 55, tzinfo=dt.timezone.utc)
+    day: dt.date = dt.date(2026, 11, 23)
+    ident: uuid.UUID = uuid.UUID("123e4567-e89b-12d3-a456-426614174000")
+    mode: Mode = Mode.FAST
+    price: decimal.Decimal = decimal.Decimal("1.5")
+    tags: set[str] = Field(default_factory=lambda: {"b", "a"})
+    nan: float = math.nan
+    inf: float = math.inf
+    blob: bytes = b"\x00secret"
+    where: Path = Path("/home/gina/x.py")
+    big: int = 2**80
+    anything: Any = None
+    keyed: dict[Any, Any] = Field(default_factory=lambda: {1: "x", ("t",): "dropped"})
+
+
+@attrs.define
+class ATypes(DataclassSerializationMixin):
+    when: dt.datetime = dt.datetime(2026, 11, 23, 14, 55, tzinfo=dt.timezone.utc)
+    day: dt.date = dt.date(2026, 11, 23)
+    ident: uuid.UUID = uuid.UUID("123e4567-e89b-12d3-a456-426614174000")
+    mode: Mode = Mode.FAST
+    price: decimal.Decimal = decimal.Decimal("1.5")
+    tags: set[str] = attrs.Factory(lambda: {"b", "a"})
+    nan: float = math.nan
+    inf: float = math.inf
+    blob: bytes = b"\x00secret"
+    where: Path = Path("/home/gina/x.py")
+    big: int = 2**80
+    anything: Any = None
+    keyed: dict[Any, Any] = attrs.Factory(lambda: {1: "x", ("t",): "dropped"})
+
+
+@dataclasses.dataclass
+class DTypes(DataclassSerializationMixin):
+    when: dt.datetime = dt.datetime(2026, 11, 23, 14, 55, tzinfo=dt.timezone.utc)
+    day: dt.date = dt.date(2026, 11, 23)
+    ident: uuid.UUID = uuid.UUID("123e4567-e89b-12d3-a456-426614174000")
+    mode: Mode = Mode.FAST
+    price: decimal.Decimal = decimal.Decimal("1.5")
+    tags: set[str] = dataclasses.field(default_factory=lambda: {"b", "a"})
+    nan: float = math.nan
+    inf: float = math.inf
+    blob: bytes = b"\x00secret"
+    where: Path = Path("/home/gina/x.py")
+    big: int = 2**80
+    anything: Any = None
+    keyed: dict[Any, Any] = dataclasses.field(default_factory=lambda: {1: "x", ("t",): "y"})
+
+
+@pytest.mark.parametrize("cls", [PTypes, ATypes, DTypes])
+def test_output_is_json_safe(cls: Any) -> None:
+    """Types map as documented; bytes are not sent; NaN/inf become None; sets sort."""
+    out = ser(cls())
+    assert out == {
+        "when": "2026-11-23T14:55:00+00:00",
+        "day": "2026-11-23",
+        "ident": "123e4567-e89b-12d3-a456-426614174000",
+        "mode": "fast",
+        "price": 1.5,
+        "tags": ["a", "b"],
+        "nan": None,
+        "inf": None,
+        "where": "<path>",
+        "big": float(2**80),
+        "anything": None,
+        "keyed": {"1": "x"},
+    }
+    json.dumps(out, allow_nan=False)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cycles_are_cut_with_a_marker(kind: str) -> None:
+    """A reference cycle becomes "<cycle>", never a RecursionError."""
+    ws = make_workspace(kind)
+    loop: list[Any] = []
+    loop.append(loop)
+    ws.repos[0].files = loop
+    ws.repos[1].files = ["x"]
+    ws.label = "l"
+    out = serialize_for_telemetry(ws, key_provider=PROVIDER)
+    assert out["repos"][0]["files"] == 1  # COUNT rule of the list that contains itself
+    deep: dict[str, Any] = {}
+    deep["self"] = deep
+    assert serialize_for_telemetry({"a": deep}) == {"a": {"self": CYCLE_MARKER}}
+
+
+def test_model_cycle_is_cut() -> None:
+    """A model reachable from itself is cut with the marker."""
+
+    @dataclasses.dataclass
+    class Node(DataclassSerializationMixin):
+        name: str
+        nxt: Any = None
+
+    a = Node("a")
+    a.nxt = Node("b", a)
+    assert serialize_for_telemetry(a) == {"name": "a", "nxt": {"name": "b", "nxt": CYCLE_MARKER}}
+
+
+def test_very_deep_nesting_is_bounded() -> None:
+    """Nesting beyond the depth limit is cut, never a RecursionError."""
+    value: Any = "leaf"
+    for _ in range(5000):
+        value = [value]
+    out = serialize_for_telemetry(value)
+    assert "<max_depth>" in json.dumps(out)
+
+
+# 6. Scrubber on every surviving string, unless trusted --------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_surviving_string_is_scrubbed(kind: str) -> None:
+    """Strings in nested lists and dicts of a non-strict model are scrubbed."""
+    ws = make_workspace(kind)
+    ws.repos[0].name = "token ghp_" + "a" * 36
+    ws.frozen = frozenset({"ip 10.1.2.3"})
+    out = json.dumps(ser(ws))
+    assert "ghp_" not in out
+    assert "10.1.2.3" not in out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_trusted_fields_skip_the_scrubber(kind: str) -> None:
+    """A field the model trusts goes out verbatim (the developer vouches for it)."""
+    strict_cls = CLASSES[kind][2]
+    out = ser(strict_cls(version="/opt/v", mode="/opt/mode", files=[], secret_note="x"))
+    assert out["mode"] == "/opt/mode"
+    assert out["version"] == "<path>"
+
+
+def test_secret_sounding_keys_are_redacted() -> None:
+    """Values under secret-sounding dict keys or field names become <secret>."""
+
+    class Cfg(BasedModel):
+        api_key: str = "abc123"
+        token_count: int = 5
+        settings: dict[str, Any] = Field(
+            default_factory=lambda: {"DB-Password": "hunter2", "user": "ok", "Auth": None}
+        )
+
+    out = ser(Cfg())
+    assert out == {
+        "api_key": "<secret>",
+        "token_count": 5,
+        "settings": {"DB-Password": "<secret>", "user": "ok", "Auth": None},
+    }
+
+
+def test_plain_dicts_and_models_without_rules_are_safe() -> None:
+    """serialize_for_telemetry works on any value: plain pydantic models, dicts, lists."""
+    from pydantic import BaseModel
+
+    class Plain(BaseModel):
+        email: str = "h@example.com"
+
+    out = serialize_for_telemetry({"m": Plain(), "items": [b"x", "/etc/passwd", 1]})
+    assert out == {"m": {"email": "<email>"}, "items": ["<path>", 1]}
+
+
+def test_pydantic_extra_fields_are_scrubbed_and_dropped_when_strict() -> None:
+    """Extra fields of an extra='allow' model are sent scrubbed; strict models drop them."""
+
+    class Loose(BasedModel):
+        model_config = ConfigDict(extra="allow")
+        a: int = 1
+
+    class Tight(Loose):
+        _telemetry_strict: ClassVar[bool] = True
+        _telemetry_allow: ClassVar[frozenset[str]] = frozenset({"a"})
+
+    assert ser(Loose(note="ip 192.168.1.20")) == {"a": 1, "note": "ip <ip>"}
+    assert ser(Tight(note="x")) == {"a": 1}
+
+
+# Property: any JSON-ish value serializes to JSON-safe output ---------------------------
+anything = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text()
+    | st.binary()
+    | st.decimals()
+    | st.datetimes()
+    | st.uuids()
+    | st.sampled_from(list(Mode)),
+    lambda children: (
+        st.lists(children)
+        | st.tuples(children, children)
+        | st.frozensets(st.text() | st.integers())
+        | st.dictionaries(st.text() | st.integers() | st.booleans(), children)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=anything)
+def test_any_value_becomes_strict_json(value: object) -> None:
+    """Whatever goes in, what comes out is strict JSON (no NaN, str keys) and never raises."""
+    out = serialize_for_telemetry({"v": value}, key_provider=PROVIDER)
+    json.dumps(out, allow_nan=False)
