@@ -1,0 +1,80 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
+"""The vocabulary of the event path: Event, Stage, Sink, ExportResult, ConsentVote.
+
+This module imports nothing else of the package.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol, TypeAlias, runtime_checkable
+
+__all__ = [
+    "ConsentSource",
+    "ConsentVote",
+    "Event",
+    "ExportResult",
+    "Sink",
+    "Stage",
+]
+
+
+@dataclass(slots=True)
+class Event:
+    """One event on its way out.
+
+    Before the privacy pipeline, ``properties`` is the caller's snapshot and ``model`` may
+    hold a model to serialize; after it, ``properties`` is the finished, scrubbed, JSON-safe
+    payload and ``model`` is None.
+    """
+
+    name: str
+    properties: dict[str, Any]
+    timestamp: float
+    """Seconds since the epoch, taken on the caller's thread."""
+    uuid: str
+    distinct_id: str = ""
+    model: object | None = None
+    context: Mapping[str, Any] = field(default_factory=dict)
+    """System properties set by the library (session id, flags); added after privacy stages."""
+
+
+Stage: TypeAlias = Callable[[Event], "Event | None"]
+"""One step of the privacy pipeline; return None to drop the event."""
+
+
+class ExportResult(enum.Enum):
+    """What a sink did with a batch."""
+
+    SUCCESS = "success"
+    """Delivered (or durably written)."""
+    RETRY = "retry"
+    """Not delivered, worth trying again later (network down, 5xx, 429)."""
+    DROP = "drop"
+    """Not delivered and never will be (rejected as too large or malformed)."""
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """One destination for finished, scrubbed batches. Knows nothing of consent or privacy."""
+
+    def export(self, batch: Sequence[Event]) -> ExportResult:
+        """Deliver a batch; never raise for delivery problems, return RETRY or DROP."""
+        ...
+
+    def shutdown(self, timeout_s: float) -> None:
+        """Release resources, spending at most ``timeout_s`` seconds."""
+        ...
+
+
+class ConsentVote(NamedTuple):
+    """A consent source's verdict: allowed or not, and a human reason for ``status``."""
+
+    allowed: bool
+    reason: str
+
+
+ConsentSource: TypeAlias = Callable[[], "ConsentVote | None"]
+"""A source of consent; None means it has no opinion and the next source decides."""

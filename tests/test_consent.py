@@ -1,0 +1,541 @@
+"""Consent: which source decides whether telemetry is on, one test per precedence pair.
+
+Off always wins: config error > DO_NOT_TRACK > DISABLE_TELEMETRY > CI > unusable state file >
+stored disable > ENABLED=false > ENABLED=true > stored enable > policy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import codeweaver_telemetry
+from codeweaver_telemetry import InMemorySink, TelemetryClient
+from codeweaver_telemetry.consent import NOTICE, ConsentDecision, consent_sources, decide
+from codeweaver_telemetry.settings import TelemetrySettings, load_settings
+from codeweaver_telemetry.state import STATE_FILE, StateStore
+
+PREFIX = "CODEWEAVER__TELEMETRY__"
+REPO_ROOT = Path(codeweaver_telemetry.__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def store(state_dir: Path) -> StateStore:
+    return StateStore(state_dir)
+
+
+@pytest.fixture
+def build() -> Iterator[Callable[..., TelemetryClient]]:
+    """Build clients that are shut down after the test."""
+    made: list[TelemetryClient] = []
+
+    def factory(*args: Any, **kwargs: Any) -> TelemetryClient:
+        client = TelemetryClient(*args, **kwargs)
+        made.append(client)
+        return client
+
+    yield factory
+    for client in made:
+        client.shutdown(timeout=0.2)
+
+
+def _settings(**overrides: Any) -> TelemetrySettings:
+    settings, error = load_settings(**overrides)
+    assert error is None, error
+    return settings
+
+
+def _decide(store: StateStore, **kwargs: Any) -> ConsentDecision:
+    settings, error = load_settings()
+    return decide(consent_sources(settings, store, config_error=error, **kwargs))
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name.startswith("codeweaver_telemetry") and r.levelno >= logging.WARNING
+    ]
+
+
+# -- DO_NOT_TRACK -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["1", "true", "TRUE", "yes", "Yes", "on", "ON", " 1 "])
+def test_do_not_track_beats_stored_opt_in(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """DO_NOT_TRACK (1/true/yes/on, any case) beats a stored opt-in."""
+    store.set_consent("enabled", by="cli")
+    monkeypatch.setenv("DO_NOT_TRACK", value)
+    decision = _decide(store)
+    assert not decision.allowed
+    assert decision.source == "DO_NOT_TRACK"
+
+
+def test_do_not_track_beats_enabled_env(
+    build: Callable[..., TelemetryClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DO_NOT_TRACK=1 beats CODEWEAVER__TELEMETRY__ENABLED=1: a real client stays off."""
+    monkeypatch.setenv(PREFIX + "ENABLED", "1")
+    monkeypatch.setenv("DO_NOT_TRACK", "1")
+    sink = InMemorySink()
+    client = build(_settings(), sink=sink)
+    client.capture("ping")
+    client.flush(0.2)
+    assert not client.enabled
+    assert client.decision.source == "DO_NOT_TRACK"
+    assert sink.events() == []
+
+
+@pytest.mark.parametrize("value", ["0", "false", "FALSE", "no", "off", ""])
+def test_do_not_track_false_does_not_disable(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """DO_NOT_TRACK=0/false leaves a user's opt-in in force."""
+    monkeypatch.setenv("DO_NOT_TRACK", value)
+    monkeypatch.setenv(PREFIX + "ENABLED", "1")
+    decision = _decide(store)
+    assert decision.allowed
+    assert decision.source == "enabled"
+
+
+def test_do_not_track_beats_disable_telemetry_in_reporting(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With both DO_NOT_TRACK and DISABLE_TELEMETRY set, DO_NOT_TRACK is named as the source."""
+    monkeypatch.setenv("DO_NOT_TRACK", "1")
+    monkeypatch.setenv(PREFIX + "DISABLE_TELEMETRY", "1")
+    decision = _decide(store)
+    assert (decision.allowed, decision.source) == (False, "DO_NOT_TRACK")
+
+
+# -- DISABLE_TELEMETRY --------------------------------------------------------------------------
+
+
+def test_disable_telemetry_beats_enabled(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DISABLE_TELEMETRY=1 beats ENABLED=1."""
+    monkeypatch.setenv(PREFIX + "DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv(PREFIX + "ENABLED", "1")
+    decision = _decide(store)
+    assert not decision.allowed
+    assert decision.source == "disable_telemetry"
+    assert PREFIX + "DISABLE_TELEMETRY" in decision.reason
+
+
+def test_disable_telemetry_beats_enabled_in_code(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's DISABLE_TELEMETRY=1 beats an app that passes enabled=True in code."""
+    monkeypatch.setenv(PREFIX + "DISABLE_TELEMETRY", "1")
+    decision = decide(consent_sources(_settings(enabled=True), store))
+    assert (decision.allowed, decision.source) == (False, "disable_telemetry")
+
+
+def test_disable_telemetry_beats_ci_in_reporting(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DISABLE_TELEMETRY is reported ahead of CI when both are set."""
+    monkeypatch.setenv(PREFIX + "DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("CI", "true")
+    assert _decide(store).source == "disable_telemetry"
+
+
+# -- CI -----------------------------------------------------------------------------------------
+
+CI_SETTINGS = [
+    ("CI", "true"),
+    ("CI", "1"),
+    ("GITHUB_ACTIONS", "true"),
+    ("GITLAB_CI", "true"),
+    ("CIRCLECI", "true"),
+    ("BUILDKITE", "true"),
+    ("JENKINS_URL", "https://jenkins.example.com/"),
+    ("TF_BUILD", "True"),
+    ("CONTINUOUS_INTEGRATION", "yes"),
+]
+
+
+@pytest.mark.parametrize(("var", "value"), CI_SETTINGS)
+def test_ci_beats_enabled(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch, var: str, value: str
+) -> None:
+    """Running in CI beats ENABLED=1: test runs never send telemetry."""
+    monkeypatch.setenv(var, value)
+    monkeypatch.setenv(PREFIX + "ENABLED", "1")
+    decision = _decide(store)
+    assert not decision.allowed
+    assert decision.source == "ci"
+    assert var in decision.reason
+
+
+@pytest.mark.parametrize(("var", "value"), CI_SETTINGS[:3])
+def test_ci_beats_stored_opt_in(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch, var: str, value: str
+) -> None:
+    """Running in CI beats a stored opt-in."""
+    store.set_consent("enabled", by="cli")
+    monkeypatch.setenv(var, value)
+    decision = _decide(store)
+    assert (decision.allowed, decision.source) == (False, "ci")
+
+
+@pytest.mark.parametrize("value", ["false", "0", "False", "no", ""])
+def test_ci_false_is_not_ci(store: StateStore, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """CI=false / CI=0 (as some shells and tools export) does not count as CI."""
+    monkeypatch.setenv("CI", value)
+    monkeypatch.setenv(PREFIX + "ENABLED", "1")
+    decision = _decide(store)
+    assert (decision.allowed, decision.source) == (True, "enabled")
+
+
+# -- stored choice and ENABLED ------------------------------------------------------------------
+
+
+def test_stored_disable_beats_enabled_env(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`codeweaver-telemetry disable` beats ENABLED=1 in the environment."""
+    store.set_consent("disabled", by="cli")
+    monkeypatch.setenv(PREFIX + "ENABLED", "1")
+    decision = _decide(store)
+    assert not decision.allowed
+    assert decision.source == "stored_choice"
+
+
+def test_enabled_false_beats_stored_enable(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENABLED=false beats a stored opt-in."""
+    store.set_consent("enabled", by="cli")
+    monkeypatch.setenv(PREFIX + "ENABLED", "false")
+    decision = _decide(store)
+    assert not decision.allowed
+    assert decision.source == "enabled"
+
+
+def test_enabled_true_is_reported_before_stored_enable(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ENABLED=1 and a stored opt-in, telemetry is on and ENABLED is named the source."""
+    store.set_consent("enabled", by="cli")
+    monkeypatch.setenv(PREFIX + "ENABLED", "1")
+    decision = _decide(store)
+    assert (decision.allowed, decision.source) == (True, "enabled")
+
+
+def test_stored_enable_turns_on_under_opt_in(
+    build: Callable[..., TelemetryClient], state_dir: Path
+) -> None:
+    """A stored opt-in (from `codeweaver-telemetry enable`) turns a real client on."""
+    StateStore(state_dir).set_consent("enabled", by="cli")
+    client = build(_settings(state_dir=state_dir), sink=InMemorySink())
+    assert client.enabled
+    assert client.decision.source == "stored_choice"
+    assert client.distinct_id
+
+
+def test_opt_in_with_nothing_is_off(store: StateStore) -> None:
+    """Under the default opt-in policy, with nothing set, telemetry is off (source "policy")."""
+    decision = _decide(store)
+    assert not decision.allowed
+    assert decision.source == "policy"
+    assert not store.path.exists()
+
+
+def test_policy_beats_nothing_default_client(build: Callable[..., TelemetryClient]) -> None:
+    """A client built from a clean environment is off, decided by the opt-in policy."""
+    client = build()
+    assert not client.enabled
+    assert client.decision.source == "policy"
+    assert client.distinct_id is None
+
+
+# -- opt-out ------------------------------------------------------------------------------------
+
+
+def test_opt_out_first_run_shows_notice_and_sends_nothing(
+    build: Callable[..., TelemetryClient], monkeypatch: pytest.MonkeyPatch, state_dir: Path
+) -> None:
+    """Opt-out: the first run shows the notice once, sends nothing and writes no install id."""
+    monkeypatch.setenv(PREFIX + "CONSENT_POLICY", "opt-out")
+    monkeypatch.setenv(PREFIX + "STATE_DIR", str(state_dir))
+    notices: list[str] = []
+    sink = InMemorySink()
+    first = build(_settings(), sink=sink, on_notice=notices.append)
+    first.capture("ping")
+    first.shutdown(timeout=0.2)
+    assert not first.enabled
+    assert first.decision.source == "policy"
+    assert notices == [NOTICE]
+    assert sink.events() == []
+    state = StateStore(state_dir).read()
+    assert state.notice_shown_at
+    assert state.install_id is None
+    assert state.hash_key is None
+    assert (
+        json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8")).get("install_id") is None
+    )
+
+
+def test_opt_out_second_run_is_on(
+    build: Callable[..., TelemetryClient], monkeypatch: pytest.MonkeyPatch, state_dir: Path
+) -> None:
+    """Opt-out: the run after the notice is on, and the notice is not shown again."""
+    monkeypatch.setenv(PREFIX + "CONSENT_POLICY", "opt-out")
+    monkeypatch.setenv(PREFIX + "STATE_DIR", str(state_dir))
+    notices: list[str] = []
+    build(_settings(), sink=InMemorySink(), on_notice=notices.append).shutdown(timeout=0.2)
+    sink = InMemorySink()
+    second = build(_settings(), sink=sink, on_notice=notices.append)
+    second.capture("ping")
+    second.flush(2.0)
+    assert second.enabled
+    assert second.decision.source == "policy"
+    assert notices == [NOTICE]
+    assert [e["event"] for e in sink.events()] == ["ping"]
+    assert StateStore(state_dir).read().install_id == second.distinct_id
+
+
+def test_opt_out_notice_via_decide_is_recorded_once(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """consent_sources shows the opt-out notice exactly once across runs."""
+    monkeypatch.setenv(PREFIX + "CONSENT_POLICY", "opt-out")
+    notices: list[str] = []
+    first = _decide(store, on_notice=notices.append)
+    second = _decide(store, on_notice=notices.append)
+    assert (first.allowed, first.source) == (False, "policy")
+    assert (second.allowed, second.source) == (True, "policy")
+    assert notices == [NOTICE]
+
+
+def test_do_not_track_beats_opt_out_policy(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under opt-out, DO_NOT_TRACK still wins and no notice is shown or recorded."""
+    monkeypatch.setenv(PREFIX + "CONSENT_POLICY", "opt-out")
+    store.mark_notice_shown()
+    monkeypatch.setenv("DO_NOT_TRACK", "1")
+    notices: list[str] = []
+    decision = _decide(store, on_notice=notices.append)
+    assert (decision.allowed, decision.source) == (False, "DO_NOT_TRACK")
+    assert notices == []
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def test_config_error_beats_everything(store: StateStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config error turns telemetry off even with ENABLED=1 and a stored opt-in."""
+    store.set_consent("enabled", by="cli")
+    monkeypatch.setenv(PREFIX + "ENABLED", "1")
+    monkeypatch.setenv(PREFIX + "BATCH_SIZE", "abc")
+    monkeypatch.setenv("DO_NOT_TRACK", "1")
+    monkeypatch.setenv("CI", "true")
+    decision = _decide(store)
+    assert not decision.allowed
+    assert decision.source == "config_error"
+    assert "batch_size" in decision.reason
+
+
+def test_config_error_in_client(build: Callable[..., TelemetryClient]) -> None:
+    """A config error given to a client beats settings that would otherwise enable it."""
+    client = build(_settings(enabled=True), sink=InMemorySink(), config_error="bad setting")
+    assert not client.enabled
+    assert client.decision.source == "config_error"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"{not json", id="not-json"),
+        pytest.param(b'{"consent": "maybe"}', id="bad-consent"),
+        pytest.param(b"\xff\xfe\x00\x81", id="not-utf8"),
+    ],
+)
+def test_corrupt_state_file_is_off_with_one_warning(
+    build: Callable[..., TelemetryClient],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    state_dir: Path,
+    content: bytes,
+) -> None:
+    """A corrupt state file turns telemetry off (source "state_error") with one warning."""
+    state_dir.mkdir(parents=True)
+    (state_dir / STATE_FILE).write_bytes(content)
+    monkeypatch.setenv(PREFIX + "ENABLED", "1")
+    monkeypatch.setenv(PREFIX + "STATE_DIR", str(state_dir))
+    caplog.set_level(logging.DEBUG, logger="codeweaver_telemetry")
+    client = build()
+    client.capture("ping")
+    client.flush(0.2)
+    assert not client.enabled
+    assert client.decision.source == "state_error"
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert str(state_dir / STATE_FILE) in warnings[0].getMessage()
+    assert (state_dir / STATE_FILE).read_bytes() == content
+
+
+def test_state_error_beats_stored_disable_and_enabled(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unusable state file beats ENABLED=1 (the choice inside it cannot be trusted)."""
+    store.directory.mkdir(parents=True)
+    store.path.write_text("[]", encoding="utf-8")
+    monkeypatch.setenv(PREFIX + "ENABLED", "1")
+    decision = _decide(store)
+    assert (decision.allowed, decision.source) == (False, "state_error")
+
+
+def test_ci_beats_state_error_in_reporting(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In CI the state file is not even consulted: CI is named as the source."""
+    store.directory.mkdir(parents=True)
+    store.path.write_text("{broken", encoding="utf-8")
+    monkeypatch.setenv("CI", "true")
+    assert _decide(store).source == "ci"
+
+
+# -- a disabled client leaves no trace ------------------------------------------------------------
+
+DISABLED_SETUPS: dict[str, dict[str, str]] = {
+    "do_not_track": {"DO_NOT_TRACK": "1", PREFIX + "ENABLED": "1"},
+    "disable_telemetry": {PREFIX + "DISABLE_TELEMETRY": "1", PREFIX + "ENABLED": "1"},
+    "ci": {"GITHUB_ACTIONS": "true", PREFIX + "ENABLED": "1"},
+    "opt_in_default": {},
+    "config_error": {PREFIX + "BATCH_SIZE": "abc", PREFIX + "ENABLED": "1"},
+}
+
+
+@pytest.mark.parametrize("setup", list(DISABLED_SETUPS))
+def test_disabled_client_writes_no_install_id(
+    build: Callable[..., TelemetryClient],
+    monkeypatch: pytest.MonkeyPatch,
+    clean_env: Path,
+    setup: str,
+) -> None:
+    """When telemetry is off, no install id (or anything else) is written to the state dir."""
+    for var, value in DISABLED_SETUPS[setup].items():
+        monkeypatch.setenv(var, value)
+    client = build()
+    client.start_session({"k": "v"})
+    client.capture("ping", {"a": 1})
+    client.get_feature_flag("flag")
+    client.end_session()
+    client.shutdown(timeout=0.2)
+    assert not client.enabled
+    assert client.distinct_id is None
+    state_file = clean_env / "telemetry" / STATE_FILE
+    if state_file.exists():
+        assert not json.loads(state_file.read_text(encoding="utf-8")).get("install_id")
+    assert not (clean_env / "telemetry" / "events.jsonl").exists()
+
+
+@pytest.mark.parametrize("setup", ["do_not_track", "disable_telemetry", "ci", "opt_in_default"])
+def test_deliberately_disabled_client_logs_no_warning(
+    build: Callable[..., TelemetryClient],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    setup: str,
+) -> None:
+    """A user who turned telemetry off (or never turned it on) sees no warning at all."""
+    for var, value in DISABLED_SETUPS[setup].items():
+        monkeypatch.setenv(var, value)
+    caplog.set_level(logging.DEBUG, logger="codeweaver_telemetry")
+    client = build()
+    client.capture("ping")
+    client.shutdown(timeout=0.2)
+    assert not client.enabled
+    assert _warnings(caplog) == []
+
+
+def test_stored_disable_leaves_no_install_id(
+    build: Callable[..., TelemetryClient], store: StateStore, state_dir: Path
+) -> None:
+    """After `disable`, running a client does not bring the install id back."""
+    store.set_consent("enabled", by="cli")
+    store.ensure_identity()
+    store.set_consent("disabled", by="cli")
+    client = build(_settings(state_dir=state_dir, enabled=True))
+    client.capture("ping")
+    assert not client.enabled
+    assert client.decision.source == "stored_choice"
+    assert json.loads(store.path.read_text(encoding="utf-8")).get("install_id") is None
+
+
+_IMPORT_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    from codeweaver_telemetry import TelemetryClient
+    client = TelemetryClient()
+    client.start_session({"tool": "x"})
+    client.capture("ping", {"a": 1})
+    client.get_feature_flag("flag", default=False)
+    client.get_all_feature_flags()
+    client.end_session()
+    client.flush(0.2)
+    client.shutdown(timeout=0.2)
+    print(json.dumps({
+        "enabled_at_start": client.decision.allowed,
+        "source": client.decision.source,
+        "posthog": "posthog" in sys.modules,
+    }))
+    """
+)
+
+
+def _run_probe(extra_env: dict[str, str]) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+    )
+    env[PREFIX + "POSTHOG_API_KEY"] = "phc_probe"
+    env[PREFIX + "POSTHOG_HOST"] = "http://127.0.0.1:9"
+    env[PREFIX + "EXIT_TIMEOUT_SECONDS"] = "0.2"
+    env[PREFIX + "FLAG_TIMEOUT_SECONDS"] = "0"
+    env.update(extra_env)
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("setup", ["do_not_track", "opt_in_default", "config_error"])
+def test_disabled_client_never_imports_posthog(setup: str) -> None:
+    """A disabled client (with an API key set) never imports posthog, whatever it is asked."""
+    result = _run_probe(DISABLED_SETUPS[setup])
+    assert result["enabled_at_start"] is False
+    assert result["posthog"] is False
+
+
+def test_enabled_client_does_import_posthog() -> None:
+    """Control for the probe above: an enabled client with an API key does load posthog."""
+    result = _run_probe({PREFIX + "ENABLED": "1"})
+    assert result["enabled_at_start"] is True
+    assert result["source"] == "enabled"
+    assert result["posthog"] is True

@@ -1,0 +1,752 @@
+"""TelemetrySettings: defaults, every environment variable, precedence, config files, bad input."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from codeweaver_telemetry import Event, FunctionSink, InMemorySink, TelemetryClient
+from codeweaver_telemetry.settings import (
+    DEFAULT_HOST,
+    TelemetryConfigError,
+    TelemetrySettings,
+    config_file_candidates,
+    load_settings,
+)
+from codeweaver_telemetry.sinks.jsonl import LOG_FILE
+from codeweaver_telemetry.state import STATE_FILE
+from tests.receiver import DEFINITIONS, FLAGS, PostHogReceiver
+
+PREFIX = "CODEWEAVER__TELEMETRY__"
+SECRET = "phc_SUPERSECRET123"
+
+
+@pytest.fixture
+def build() -> Iterator[Callable[..., TelemetryClient]]:
+    """Build clients that are shut down after the test."""
+    made: list[TelemetryClient] = []
+
+    def factory(*args: Any, **kwargs: Any) -> TelemetryClient:
+        client = TelemetryClient(*args, **kwargs)
+        made.append(client)
+        return client
+
+    yield factory
+    for client in made:
+        client.shutdown(timeout=0.2)
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Set CODEWEAVER__TELEMETRY__<NAME> variables: env(BATCH_SIZE="3")."""
+
+    def setter(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(PREFIX + name, value)
+
+    return setter
+
+
+def _ok(**overrides: Any) -> TelemetrySettings:
+    settings, error = load_settings(**overrides)
+    assert error is None, error
+    return settings
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name.startswith("codeweaver_telemetry") and r.levelno >= logging.WARNING
+    ]
+
+
+def _write_toml(path: Path, body: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+# -- defaults -----------------------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    """With nothing configured: batches of 10 every 60 s to PostHog US, opt-in, short bounds."""
+    settings = _ok()
+    assert settings.batch_size == 10
+    assert settings.batch_interval_seconds == 60
+    assert settings.posthog_host == "https://us.i.posthog.com" == DEFAULT_HOST
+    assert settings.exit_timeout_seconds == 1.0
+    assert settings.flag_timeout_seconds == 0.5
+    assert settings.consent_policy == "opt-in"
+    assert settings.disable_telemetry is False
+    assert settings.enabled is None
+    assert settings.posthog_api_key is None
+    assert settings.audit_log is True
+    assert settings.strict is False
+
+
+def test_default_state_dir_is_under_codeweaver_home(clean_env: Path) -> None:
+    """By default the state lives in $CODEWEAVER_HOME/telemetry."""
+    assert _ok().resolved_state_dir == clean_env / "telemetry"
+
+
+# -- every environment variable -----------------------------------------------------------------
+
+
+def test_env_disable_telemetry(
+    build: Callable[..., TelemetryClient], env: Callable[..., None]
+) -> None:
+    """DISABLE_TELEMETRY=1 turns a client off even when ENABLED=1."""
+    env(DISABLE_TELEMETRY="1", ENABLED="1")
+    client = build()
+    assert client.settings.disable_telemetry is True
+    assert client.enabled is False
+    assert client.decision.source == "disable_telemetry"
+
+
+@pytest.mark.parametrize(("value", "on"), [("1", True), ("true", True), ("0", False)])
+def test_env_enabled(
+    build: Callable[..., TelemetryClient], env: Callable[..., None], value: str, on: bool
+) -> None:
+    """ENABLED=1 opts a client in; ENABLED=0 keeps it off."""
+    env(ENABLED=value)
+    client = build()
+    assert client.settings.enabled is on
+    assert client.enabled is on
+    assert client.decision.source == "enabled"
+
+
+def test_env_consent_policy(
+    build: Callable[..., TelemetryClient], env: Callable[..., None]
+) -> None:
+    """CONSENT_POLICY=opt-out shows a notice on the first run, then turns telemetry on."""
+    env(CONSENT_POLICY="opt-out")
+    notices: list[str] = []
+    first = build(on_notice=notices.append)
+    assert first.settings.consent_policy == "opt-out"
+    assert not first.enabled
+    assert len(notices) == 1
+    second = build(on_notice=notices.append)
+    assert second.enabled
+    assert second.decision.source == "policy"
+    assert len(notices) == 1
+
+
+def test_env_consent_policy_invalid_is_config_error(env: Callable[..., None]) -> None:
+    """CONSENT_POLICY accepts only opt-in / opt-out."""
+    env(CONSENT_POLICY="always")
+    settings, error = load_settings()
+    assert settings.disable_telemetry is True
+    assert error is not None
+    assert "consent_policy" in error
+
+
+def test_env_tools_over_privacy(
+    build: Callable[..., TelemetryClient], env: Callable[..., None]
+) -> None:
+    """TOOLS_OVER_PRIVACY=1 is read and reaches the client's settings."""
+    assert _ok().tools_over_privacy is False
+    env(TOOLS_OVER_PRIVACY="1")
+    assert build().settings.tools_over_privacy is True
+
+
+@pytest.mark.parametrize("var", [PREFIX + "POSTHOG_API_KEY", "CODEWEAVER_POSTHOG_API_KEY"])
+def test_env_api_key_and_host_send_to_posthog(
+    build: Callable[..., TelemetryClient],
+    env: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+    receiver: PostHogReceiver,
+    var: str,
+) -> None:
+    """An API key (either variable) plus POSTHOG_HOST make events arrive at that host."""
+    monkeypatch.setenv(var, "phc_test_key")
+    env(ENABLED="1", POSTHOG_HOST=receiver.url)
+    client = build()
+    assert client.settings.posthog_host == receiver.url.rstrip("/")
+    client.capture("hello", {"n": 1})
+    assert client.flush(5.0)
+    events = receiver.wait_for_events(1, timeout=5.0)
+    assert [e["event"] for e in events] == ["hello"]
+    assert events[0]["distinct_id"] == client.distinct_id
+    assert "phc_test_key" in receiver.transcript()
+
+
+def test_no_api_key_means_local_log_only(
+    build: Callable[..., TelemetryClient], env: Callable[..., None], receiver: PostHogReceiver
+) -> None:
+    """Without an API key nothing goes to the host; events land in the local log instead."""
+    env(ENABLED="1", POSTHOG_HOST=receiver.url)
+    client = build()
+    client.capture("hello")
+    assert client.flush(2.0)
+    assert receiver.requests() == []
+    assert (client.settings.resolved_state_dir / LOG_FILE).exists()
+
+
+def test_api_key_in_code_beats_env(env: Callable[..., None]) -> None:
+    """An API key passed in code is used, ahead of one in the environment."""
+    env(POSTHOG_API_KEY="phc_from_env")
+    settings = _ok(posthog_api_key="phc_from_code")
+    assert settings.posthog_api_key is not None
+    assert settings.posthog_api_key.get_secret_value() == "phc_from_code"
+
+
+def test_unprefixed_posthog_api_key_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A POSTHOG_API_KEY set for some other app is not picked up (only the documented names)."""
+    monkeypatch.setenv("POSTHOG_API_KEY", "phc_someone_elses_project")
+    assert _ok().posthog_api_key is None
+
+
+@pytest.mark.parametrize(("personal", "route"), [(True, DEFINITIONS), (False, FLAGS)])
+def test_env_personal_api_key_switches_to_local_evaluation(
+    build: Callable[..., TelemetryClient],
+    env: Callable[..., None],
+    receiver: PostHogReceiver,
+    personal: bool,
+    route: str,
+) -> None:
+    """POSTHOG_PERSONAL_API_KEY makes flags come from local evaluation (definitions endpoint)."""
+    receiver.set_flags({"beta": True})
+    env(ENABLED="1", POSTHOG_API_KEY="phc_test", POSTHOG_HOST=receiver.url)
+    env(FLAG_TIMEOUT_SECONDS="5")
+    if personal:
+        env(POSTHOG_PERSONAL_API_KEY="phs_personal_test")
+    client = build()
+    assert (client.settings.posthog_personal_api_key is not None) is personal
+    assert client.get_feature_flag("beta", default=False) is True
+    assert receiver.requests(route)
+    other = FLAGS if personal else DEFINITIONS
+    assert receiver.requests(other) == []
+
+
+def test_env_batch_size(build: Callable[..., TelemetryClient], env: Callable[..., None]) -> None:
+    """BATCH_SIZE=3 sends a batch as soon as 3 events are queued, without waiting the interval."""
+    env(ENABLED="1", BATCH_SIZE="3", BATCH_INTERVAL_SECONDS="3600")
+    settings, error = load_settings()
+    assert error is None
+    assert settings.batch_size == 3
+    sink = InMemorySink()
+    client = build(settings, sink=sink)
+    for i in range(2):
+        client.capture("e", {"i": i})
+    time.sleep(0.2)
+    assert sink.events() == []
+    client.capture("e", {"i": 2})
+    assert _wait_for(lambda: len(sink.events()) == 3)
+
+
+def test_env_batch_interval_seconds(
+    build: Callable[..., TelemetryClient], env: Callable[..., None]
+) -> None:
+    """BATCH_INTERVAL_SECONDS bounds how long one event waits before it is sent."""
+    env(ENABLED="1", BATCH_INTERVAL_SECONDS="0.05", BATCH_SIZE="100")
+    sink = InMemorySink()
+    client = build(_ok(), sink=sink)
+    assert client.settings.batch_interval_seconds == 0.05
+    client.capture("lonely")
+    assert _wait_for(lambda: len(sink.events()) == 1)
+
+
+def test_env_max_queue_size(
+    build: Callable[..., TelemetryClient], env: Callable[..., None]
+) -> None:
+    """MAX_QUEUE_SIZE bounds memory: events beyond it are dropped and counted."""
+    env(ENABLED="1", MAX_QUEUE_SIZE="2", BATCH_SIZE="100", BATCH_INTERVAL_SECONDS="3600")
+    client = build(_ok(), sink=InMemorySink())
+    for i in range(5):
+        client.capture("e", {"i": i})
+    assert client.settings.max_queue_size == 2
+    assert client.stats()["dropped"].get("queue_full") == 3
+
+
+def test_env_exit_timeout_seconds(
+    build: Callable[..., TelemetryClient], env: Callable[..., None]
+) -> None:
+    """EXIT_TIMEOUT_SECONDS bounds how long a default flush (and exit) waits on a slow sink."""
+    env(ENABLED="1", EXIT_TIMEOUT_SECONDS="0.1")
+
+    def slow(batch: Sequence[Event]) -> None:
+        time.sleep(1.0)
+
+    client = build(_ok(), sink=FunctionSink(slow))
+    assert client.settings.exit_timeout_seconds == 0.1
+    client.capture("e")
+    start = time.monotonic()
+    delivered = client.flush()
+    assert time.monotonic() - start < 0.6
+    assert delivered is False
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("FLAG_TIMEOUT_SECONDS", "0.25", 0.25),
+        ("FLAG_REFRESH_SECONDS", "120", 120.0),
+        ("REQUEST_TIMEOUT_SECONDS", "7.5", 7.5),
+        ("EXIT_TIMEOUT_SECONDS", "2", 2.0),
+    ],
+)
+def test_env_time_bounds_reach_client(
+    build: Callable[..., TelemetryClient],
+    env: Callable[..., None],
+    name: str,
+    value: str,
+    expected: float,
+) -> None:
+    """Time-bound variables are parsed and reach the client's settings."""
+    attr = name.lower()
+    assert getattr(_ok(), attr) != expected
+    env(**{name: value})
+    assert getattr(build().settings, attr) == expected
+
+
+def test_env_state_dir(
+    build: Callable[..., TelemetryClient],
+    env: Callable[..., None],
+    tmp_path: Path,
+    clean_env: Path,
+) -> None:
+    """STATE_DIR moves state.json (and the install id) to that directory."""
+    custom = tmp_path / "custom_state"
+    env(ENABLED="1", STATE_DIR=str(custom))
+    client = build(_ok(), sink=InMemorySink())
+    assert client.enabled
+    assert (custom / STATE_FILE).exists()
+    assert client.distinct_id in (custom / STATE_FILE).read_text(encoding="utf-8")
+    assert not (clean_env / "telemetry" / STATE_FILE).exists()
+
+
+@pytest.mark.parametrize(("audit", "logged"), [("false", False), ("true", True)])
+def test_env_audit_log(
+    build: Callable[..., TelemetryClient],
+    env: Callable[..., None],
+    receiver: PostHogReceiver,
+    audit: str,
+    logged: bool,
+) -> None:
+    """AUDIT_LOG=false keeps no local events.jsonl when sending to PostHog (true keeps one)."""
+    env(ENABLED="1", POSTHOG_API_KEY="phc_test", POSTHOG_HOST=receiver.url, AUDIT_LOG=audit)
+    client = build()
+    client.capture("hello")
+    assert client.flush(5.0)
+    receiver.wait_for_events(1, timeout=5.0)
+    assert (client.settings.resolved_state_dir / LOG_FILE).exists() is logged
+
+
+def test_env_config_file(
+    build: Callable[..., TelemetryClient], env: Callable[..., None], tmp_path: Path
+) -> None:
+    """CONFIG_FILE points at a TOML file whose [telemetry] table is used."""
+    path = _write_toml(tmp_path / "conf" / "tele.toml", "[telemetry]\nenabled = true\n")
+    env(CONFIG_FILE=str(path))
+    client = build()
+    assert client.settings.enabled is True
+    assert client.enabled
+    assert config_file_candidates() == [path]
+
+
+@pytest.mark.parametrize("how", ["env", "code"])
+def test_strict_raises_on_bad_settings(
+    env: Callable[..., None], how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """STRICT=1 (or strict=True in code) raises TelemetryConfigError instead of logging."""
+    env(BATCH_SIZE="abc")
+    if how == "env":
+        env(STRICT="1")
+    kwargs = {"strict": True} if how == "code" else {}
+    with pytest.raises(TelemetryConfigError, match="batch_size"):
+        load_settings(**kwargs)
+    assert _warnings(caplog) == []
+
+
+def test_strict_without_errors_is_fine(env: Callable[..., None]) -> None:
+    """STRICT=1 with good settings just loads them."""
+    env(STRICT="1", BATCH_SIZE="4")
+    settings = _ok()
+    assert settings.strict is True
+    assert settings.batch_size == 4
+
+
+# -- precedence ---------------------------------------------------------------------------------
+
+
+def test_code_beats_env(env: Callable[..., None]) -> None:
+    """A value passed in code beats the same setting in the environment."""
+    env(BATCH_SIZE="7", POSTHOG_HOST="https://env.example.com")
+    settings = _ok(batch_size=3, posthog_host="https://code.example.com")
+    assert settings.batch_size == 3
+    assert settings.posthog_host == "https://code.example.com"
+
+
+def test_env_beats_config_file(env: Callable[..., None]) -> None:
+    """The environment beats ./codeweaver.toml."""
+    _write_toml(Path.cwd() / "codeweaver.toml", "[telemetry]\nbatch_size = 5\naudit_log = true\n")
+    env(BATCH_SIZE="7", AUDIT_LOG="false")
+    settings = _ok()
+    assert settings.batch_size == 7
+    assert settings.audit_log is False
+
+
+def test_config_file_beats_default() -> None:
+    """./codeweaver.toml beats the built-in defaults."""
+    _write_toml(Path.cwd() / "codeweaver.toml", "[telemetry]\nbatch_size = 5\n")
+    settings = _ok()
+    assert settings.batch_size == 5
+    assert settings.exit_timeout_seconds == 1.0
+
+
+def test_code_beats_config_file() -> None:
+    """A value passed in code beats the config file."""
+    _write_toml(Path.cwd() / "codeweaver.toml", "[telemetry]\nbatch_size = 5\n")
+    assert _ok(batch_size=2).batch_size == 2
+
+
+def test_code_config_file_argument_beats_env_config_file(
+    env: Callable[..., None], tmp_path: Path
+) -> None:
+    """config_file= in code is read instead of the one named by CONFIG_FILE."""
+    from_env = _write_toml(tmp_path / "env.toml", "[telemetry]\nbatch_size = 5\n")
+    from_code = _write_toml(tmp_path / "code.toml", "[telemetry]\nbatch_size = 6\n")
+    env(CONFIG_FILE=str(from_env))
+    assert _ok(config_file=from_code).batch_size == 6
+
+
+# -- config file --------------------------------------------------------------------------------
+
+
+def test_config_file_search_order_explicit_first(env: Callable[..., None], tmp_path: Path) -> None:
+    """CONFIG_FILE is read instead of ./codeweaver.toml and the user config file."""
+    explicit = _write_toml(tmp_path / "explicit.toml", "[telemetry]\nbatch_size = 1\n")
+    _write_toml(Path.cwd() / "codeweaver.toml", "[telemetry]\nbatch_size = 2\n")
+    _write_toml(
+        tmp_path / "xdg_config" / "codeweaver" / "codeweaver.toml", "[telemetry]\nbatch_size = 3\n"
+    )
+    env(CONFIG_FILE=str(explicit))
+    assert _ok().batch_size == 1
+
+
+def test_config_file_search_order_cwd_before_user_dir(tmp_path: Path) -> None:
+    """./codeweaver.toml is read in preference to $XDG_CONFIG_HOME/codeweaver/codeweaver.toml."""
+    _write_toml(Path.cwd() / "codeweaver.toml", "[telemetry]\nbatch_size = 2\n")
+    _write_toml(
+        tmp_path / "xdg_config" / "codeweaver" / "codeweaver.toml", "[telemetry]\nbatch_size = 3\n"
+    )
+    assert _ok().batch_size == 2
+
+
+def test_config_file_in_user_config_dir(tmp_path: Path) -> None:
+    """$XDG_CONFIG_HOME/codeweaver/codeweaver.toml is read when there is no ./codeweaver.toml."""
+    _write_toml(
+        tmp_path / "xdg_config" / "codeweaver" / "codeweaver.toml", "[telemetry]\nbatch_size = 3\n"
+    )
+    assert _ok().batch_size == 3
+
+
+def test_config_file_without_telemetry_table_is_ignored() -> None:
+    """A codeweaver.toml with other tables but no [telemetry] leaves the defaults."""
+    _write_toml(Path.cwd() / "codeweaver.toml", "[indexer]\nthreads = 4\n")
+    assert _ok().batch_size == 10
+
+
+def test_config_file_tools_above_privacy_alias() -> None:
+    """`tools_above_privacy` in the file is accepted as the old name of tools_over_privacy."""
+    _write_toml(Path.cwd() / "codeweaver.toml", "[telemetry]\ntools_above_privacy = true\n")
+    assert _ok().tools_over_privacy is True
+
+
+def test_config_file_full_table() -> None:
+    """Every kind of value (bool, str, int, float, path, secret) can come from the file."""
+    _write_toml(
+        Path.cwd() / "codeweaver.toml",
+        "[telemetry]\n"
+        "enabled = true\n"
+        'consent_policy = "opt-out"\n'
+        f'posthog_api_key = "{SECRET}"\n'
+        'posthog_host = "https://eu.i.posthog.com/"\n'
+        "batch_interval_seconds = 5.5\n"
+        'state_dir = "/tmp/cw-state"\n',
+    )
+    settings = _ok()
+    assert settings.enabled is True
+    assert settings.consent_policy == "opt-out"
+    assert settings.posthog_api_key is not None
+    assert settings.posthog_api_key.get_secret_value() == SECRET
+    assert settings.posthog_host == "https://eu.i.posthog.com"
+    assert settings.batch_interval_seconds == 5.5
+    assert settings.state_dir == Path("/tmp/cw-state")
+
+
+# -- bad settings -------------------------------------------------------------------------------
+
+
+def _bad_batch_size(env: Callable[..., None], tmp_path: Path) -> None:
+    env(BATCH_SIZE="abc")
+
+
+def _bad_host(env: Callable[..., None], tmp_path: Path) -> None:
+    env(POSTHOG_HOST="http://example.com")
+
+
+def _invalid_toml(env: Callable[..., None], tmp_path: Path) -> None:
+    env(CONFIG_FILE=str(_write_toml(tmp_path / "bad.toml", "[telemetry\nbatch_size = = 3\n")))
+
+
+def _not_utf8_toml(env: Callable[..., None], tmp_path: Path) -> None:
+    path = tmp_path / "binary.toml"
+    path.write_bytes(b"[telemetry]\nbatch_size = 5 # \xff\xfe\n")
+    env(CONFIG_FILE=str(path))
+
+
+def _missing_config_file(env: Callable[..., None], tmp_path: Path) -> None:
+    env(CONFIG_FILE=str(tmp_path / "nope.toml"))
+
+
+def _config_file_is_dir(env: Callable[..., None], tmp_path: Path) -> None:
+    (tmp_path / "a_dir.toml").mkdir()
+    env(CONFIG_FILE=str(tmp_path / "a_dir.toml"))
+
+
+def _unknown_file_key(env: Callable[..., None], tmp_path: Path) -> None:
+    _write_toml(Path.cwd() / "codeweaver.toml", "[telemetry]\nbatch_sise = 3\n")
+
+
+def _telemetry_not_table(env: Callable[..., None], tmp_path: Path) -> None:
+    _write_toml(Path.cwd() / "codeweaver.toml", 'telemetry = "off"\n')
+
+
+def _typo_env(env: Callable[..., None], tmp_path: Path) -> None:
+    env(DISABLE_TELEMTRY="1")
+
+
+def _out_of_range(env: Callable[..., None], tmp_path: Path) -> None:
+    env(BATCH_SIZE="0")
+
+
+BAD_SETTINGS: dict[str, tuple[Callable[[Callable[..., None], Path], None], tuple[str, ...]]] = {
+    # name: (how to break it, fragments the message must contain)
+    "batch_size_abc": (_bad_batch_size, ("batch_size", PREFIX + "BATCH_SIZE", "set it to")),
+    "batch_size_zero": (_out_of_range, ("batch_size", "1-1000")),
+    "http_host": (_bad_host, ("posthog_host", PREFIX + "POSTHOG_HOST", "https://")),
+    "invalid_toml": (_invalid_toml, ("config_file", "bad.toml", "fix")),
+    "not_utf8_toml": (_not_utf8_toml, ("config_file", "binary.toml", "fix")),
+    "missing_config_file": (_missing_config_file, ("config_file", "nope.toml", "fix")),
+    "config_file_is_dir": (_config_file_is_dir, ("config_file", "a_dir.toml", "fix")),
+    "unknown_file_key": (_unknown_file_key, ("batch_sise", "batch_size", "fix")),
+    "telemetry_not_table": (_telemetry_not_table, ("[telemetry]", "codeweaver.toml", "fix")),
+    "typo_env": (_typo_env, (PREFIX + "DISABLE_TELEMTRY", "disable_telemetry", "fix")),
+}
+
+
+@pytest.fixture(params=list(BAD_SETTINGS))
+def bad_setting(
+    request: pytest.FixtureRequest, env: Callable[..., None], tmp_path: Path
+) -> tuple[str, ...]:
+    """Break the configuration in one way; return what the message must mention."""
+    breaker, fragments = BAD_SETTINGS[request.param]
+    env(ENABLED="1")
+    breaker(env, tmp_path)
+    return fragments
+
+
+def test_bad_setting_turns_telemetry_off_with_message(bad_setting: tuple[str, ...]) -> None:
+    """A bad setting never raises: settings come back disabled with a message naming the fix."""
+    settings, message = load_settings()
+    assert settings.disable_telemetry is True
+    assert message is not None
+    for fragment in bad_setting:
+        assert fragment in message, (fragment, message)
+
+
+def test_bad_setting_logs_exactly_one_warning(
+    bad_setting: tuple[str, ...], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bad setting logs one warning on the package logger, naming the setting and the fix."""
+    caplog.set_level(logging.DEBUG, logger="codeweaver_telemetry")
+    _, message = load_settings()
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert warnings[0].name == "codeweaver_telemetry"
+    assert message is not None
+    assert message in warnings[0].getMessage()
+    assert bad_setting[0] in warnings[0].getMessage()
+
+
+def test_bad_setting_client_is_off_and_quiet(
+    bad_setting: tuple[str, ...],
+    build: Callable[..., TelemetryClient],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client built from bad settings is off (source config_error), never raises, warns once."""
+    caplog.set_level(logging.DEBUG, logger="codeweaver_telemetry")
+    client = build()
+    client.start_session()
+    client.capture("ping")
+    assert client.get_feature_flag("f", default="d") == "d"
+    client.end_session()
+    assert client.enabled is False
+    assert client.decision.source == "config_error"
+    assert bad_setting[0] in client.decision.reason
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+def test_bad_setting_strict_in_code_raises(bad_setting: tuple[str, ...]) -> None:
+    """strict=True in code turns any bad setting into TelemetryConfigError."""
+    with pytest.raises(TelemetryConfigError) as info:
+        load_settings(strict=True)
+    assert bad_setting[0] in str(info.value)
+
+
+def test_bad_setting_strict_in_env_raises(
+    bad_setting: tuple[str, ...], env: Callable[..., None]
+) -> None:
+    """CODEWEAVER__TELEMETRY__STRICT=1 turns any bad setting into TelemetryConfigError."""
+    env(STRICT="1")
+    with pytest.raises(TelemetryConfigError) as info:
+        load_settings()
+    assert bad_setting[0] in str(info.value)
+
+
+# -- hosts --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "http://127.0.0.1:8000",
+        "http://127.0.0.1",
+        "http://[::1]:8000",
+        "http://localhost:8000",
+        "http://LOCALHOST",
+        "https://us.i.posthog.com",
+        "https://eu.i.posthog.com",
+        "https://posthog.example.org:8443/ingest",
+        "https://10.0.0.5",
+    ],
+)
+def test_allowed_hosts(env: Callable[..., None], host: str) -> None:
+    """http:// is accepted for loopback (127.0.0.1, ::1, localhost); https:// for any host."""
+    env(POSTHOG_HOST=host)
+    assert _ok().posthog_host == host.rstrip("/")
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "http://example.com",
+        "http://10.0.0.5",
+        "http://192.168.1.10:8000",
+        "http://localhost.example.com",
+        "http://[::2]",
+        "ftp://127.0.0.1",
+        "us.i.posthog.com",
+        "https://",
+    ],
+)
+def test_rejected_hosts(env: Callable[..., None], host: str) -> None:
+    """Plain http:// to a non-loopback host (or no scheme/host) is rejected: events stay private."""
+    env(POSTHOG_HOST=host)
+    settings, error = load_settings()
+    assert settings.disable_telemetry is True
+    assert error is not None
+    assert "posthog_host" in error
+
+
+def test_rejected_host_in_code() -> None:
+    """A non-loopback http:// host passed in code is rejected just the same."""
+    settings, error = load_settings(posthog_host="http://example.com", enabled=True)
+    assert settings.disable_telemetry is True
+    assert error is not None
+    assert "posthog_host" in error
+
+
+# -- the API key is a secret ---------------------------------------------------------------------
+
+
+def test_api_key_is_secret_in_repr_and_str(env: Callable[..., None]) -> None:
+    """The API key never shows in repr(settings) or str(settings)."""
+    env(POSTHOG_API_KEY=SECRET, POSTHOG_PERSONAL_API_KEY="phs_PERSONALSECRET")
+    settings = _ok()
+    assert isinstance(settings.posthog_api_key, SecretStr)
+    assert settings.posthog_api_key.get_secret_value() == SECRET
+    for text in (repr(settings), str(settings), repr(settings.model_dump())):
+        assert SECRET not in text
+        assert "phs_PERSONALSECRET" not in text
+
+
+@pytest.mark.parametrize(
+    "break_it",
+    [
+        pytest.param({"BATCH_SIZE": "abc"}, id="env-error"),
+        pytest.param({"POSTHOG_HOST": "http://example.com"}, id="host-error"),
+        pytest.param({"POSTHOG_API_KEYS": SECRET}, id="typo-var-holding-key"),
+    ],
+)
+def test_api_key_not_in_config_error_or_logs(
+    build: Callable[..., TelemetryClient],
+    env: Callable[..., None],
+    caplog: pytest.LogCaptureFixture,
+    break_it: dict[str, str],
+) -> None:
+    """Neither the config-error message nor any log record contains the API key."""
+    caplog.set_level(logging.DEBUG, logger="codeweaver_telemetry")
+    env(POSTHOG_API_KEY=SECRET, ENABLED="1", **break_it)
+    _, message = load_settings()
+    assert message is not None
+    assert SECRET not in message
+    client = build()
+    assert client.decision.source == "config_error"
+    assert SECRET not in client.decision.reason
+    assert SECRET not in repr(client)
+    for record in caplog.records:
+        assert SECRET not in record.getMessage()
+        assert SECRET not in (record.exc_text or "")
+    assert SECRET not in caplog.text
+
+
+def test_api_key_not_in_config_file_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A broken config file that holds the key does not echo it in the message."""
+    _write_toml(
+        Path.cwd() / "codeweaver.toml",
+        f'[telemetry]\nposthog_api_key = "{SECRET}"\nbatch_size = "many"\n',
+    )
+    _, message = load_settings()
+    assert message is not None
+    assert "batch_size" in message
+    assert SECRET not in message
+    assert SECRET not in caplog.text
+
+
+def test_api_key_not_logged_by_enabled_client(
+    build: Callable[..., TelemetryClient],
+    env: Callable[..., None],
+    receiver: PostHogReceiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A working client sending to PostHog logs nothing that contains the key."""
+    caplog.set_level(logging.DEBUG, logger="codeweaver_telemetry")
+    env(POSTHOG_API_KEY=SECRET, ENABLED="1", POSTHOG_HOST=receiver.url)
+    client = build()
+    client.start_session()
+    client.capture("hello")
+    client.end_session()
+    receiver.wait_for_events(2, timeout=5.0)
+    assert SECRET not in repr(client)
+    assert SECRET not in repr(client.settings)
+    assert SECRET not in caplog.text

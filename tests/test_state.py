@@ -1,0 +1,244 @@
+"""StateStore: the state file holding consent, the notice flag, the install id and HASH key."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import runpy
+import stat
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codeweaver_telemetry import InMemorySink, TelemetryClient
+from codeweaver_telemetry import state as state_module
+from codeweaver_telemetry.settings import load_settings
+from codeweaver_telemetry.state import STATE_FILE, StateError, StateStore, TelemetryState
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> StateStore:
+    return StateStore(tmp_path / "state")
+
+
+@pytest.fixture
+def build() -> Iterator[Callable[..., TelemetryClient]]:
+    """Build clients that are shut down after the test."""
+    made: list[TelemetryClient] = []
+
+    def factory(*args: Any, **kwargs: Any) -> TelemetryClient:
+        client = TelemetryClient(*args, **kwargs)
+        made.append(client)
+        return client
+
+    yield factory
+    for client in made:
+        client.shutdown(timeout=0.2)
+
+
+def _raw(store: StateStore) -> dict[str, Any]:
+    return json.loads(store.path.read_text(encoding="utf-8"))
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name not in (STATE_FILE, ".lock"))
+
+
+def test_no_file_reads_as_empty_state(store: StateStore) -> None:
+    """A fresh install has no choice, no notice, no id and no key, and reading creates nothing."""
+    assert store.read() == TelemetryState()
+    assert not store.directory.exists()
+
+
+def test_set_consent_records_choice_date_and_who(store: StateStore) -> None:
+    """`enable` records the choice, when it was made and by whom, and it survives a re-read."""
+    store.set_consent("enabled", by="cli")
+    fresh = StateStore(store.directory).read()
+    assert fresh.consent == "enabled"
+    assert fresh.consent_by == "cli"
+    assert fresh.consent_at
+    assert fresh.consent_at[:4].isdigit()
+    raw = _raw(store)
+    assert raw["consent"] == "enabled"
+    assert raw["consent_by"] == "cli"
+
+
+@posix_only
+def test_state_file_is_private(store: StateStore) -> None:
+    """The state file (which holds the HASH key) is readable by its owner only (0600)."""
+    store.set_consent("enabled", by="cli")
+    store.ensure_identity()
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+
+
+def test_disable_forgets_id_and_key(store: StateStore) -> None:
+    """Disabling deletes the install id and the HASH key, not just the flag."""
+    store.set_consent("enabled", by="cli")
+    store.ensure_identity()
+    store.set_consent("disabled", by="cli")
+    state = StateStore(store.directory).read()
+    assert state.consent == "disabled"
+    assert state.install_id is None
+    assert state.hash_key is None
+    raw = _raw(store)
+    assert raw.get("install_id") is None
+    assert raw.get("hash_key") is None
+
+
+def test_identity_is_created_once_and_stable(store: StateStore) -> None:
+    """The install id and key are made once and then reused by every later StateStore."""
+    first_id, first_key = store.ensure_identity()
+    assert first_id
+    assert len(first_key) >= 16
+    again = StateStore(store.directory).ensure_identity()
+    assert again == (first_id, first_key)
+    assert StateStore(store.directory).read().install_id == first_id
+
+
+def test_identity_after_disable_is_new(store: StateStore) -> None:
+    """Re-enabling after a disable gives a new id: the old one cannot be linked again."""
+    old_id, _ = store.ensure_identity()
+    store.set_consent("disabled", by="cli")
+    store.set_consent("enabled", by="cli")
+    new_id, _ = store.ensure_identity()
+    assert new_id != old_id
+
+
+def test_writes_leave_no_temp_files(store: StateStore) -> None:
+    """Every update replaces the file atomically; no temporary file is left behind."""
+    store.set_consent("enabled", by="cli")
+    store.mark_notice_shown()
+    store.ensure_identity()
+    store.set_consent("disabled", by="cli")
+    assert _leftovers(store.directory) == []
+
+
+def test_failed_write_keeps_old_state_and_no_temp_file(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails half-way leaves the previous state intact and no temp file."""
+    store.set_consent("enabled", by="cli")
+    before = store.path.read_bytes()
+
+    def broken_replace(src: Any, dst: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(state_module.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        store.set_consent("disabled", by="cli")
+    monkeypatch.undo()
+    assert store.path.read_bytes() == before
+    assert _leftovers(store.directory) == []
+    assert store.read().consent == "enabled"
+
+
+# The child loads state.py on its own (it needs only the standard library), so four spawned
+# interpreters start in a fraction of the time a full package import would take.
+_CHILD = """
+import importlib.util
+import sys
+spec = importlib.util.spec_from_file_location("_cw_state", STATE_PY)
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+spec.loader.exec_module(module)
+barrier.wait(timeout=20)
+install_id, key = module.StateStore(DIRECTORY).ensure_identity()
+results.put((install_id, key.hex()))
+"""
+
+
+def test_processes_racing_for_identity_agree(tmp_path: Path) -> None:
+    """Several processes sharing a state dir, starting at once, all get the same id and key."""
+    ctx = multiprocessing.get_context("spawn")
+    directory = str(tmp_path / "shared")
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD, encoding="utf-8")
+    barrier = ctx.Barrier(4)
+    results = ctx.Queue()
+    shared = {
+        "STATE_PY": state_module.__file__,
+        "DIRECTORY": directory,
+        "barrier": barrier,
+        "results": results,
+    }
+    procs = [
+        ctx.Process(target=runpy.run_path, args=(str(script),), kwargs={"init_globals": shared})
+        for _ in range(4)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        got = [results.get(timeout=20) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+    assert all(proc.exitcode == 0 for proc in procs)
+    assert len(got) == 4
+    assert len(set(got)) == 1
+    assert StateStore(directory).read().install_id == got[0][0]
+    assert _leftovers(Path(directory)) == []
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        pytest.param(b"{not json", "not JSON", id="not-json"),
+        pytest.param(b"", "empty file", id="empty"),
+        pytest.param(b'["enabled"]', "not an object", id="list"),
+        pytest.param(b'{"consent": 1}', "consent is a number", id="consent-int"),
+        pytest.param(b'{"install_id": ["x"]}', "id is a list", id="id-list"),
+        pytest.param(b'{"consent": "maybe"}', "bad consent value", id="consent-value"),
+        pytest.param(b'{"hash_key": "abcd"}', "hash key too short", id="short-key"),
+        pytest.param(b'{"hash_key": "' + b"zz" * 32 + b'"}', "hash key not hex", id="hex"),
+        pytest.param(b"\xff\xfe\x00\x81garbage", "bytes that are not UTF-8", id="not-utf8"),
+    ],
+)
+def test_corrupt_state_raises_state_error(store: StateStore, content: bytes, why: str) -> None:
+    """A state file that is damaged in any way is reported as StateError, nothing else."""
+    store.directory.mkdir(parents=True)
+    store.path.write_bytes(content)
+    with pytest.raises(StateError):
+        store.read()
+
+
+def test_corrupt_state_is_not_overwritten(store: StateStore) -> None:
+    """Updating a corrupt state file fails with StateError instead of silently resetting it."""
+    store.directory.mkdir(parents=True)
+    store.path.write_text('{"consent": "maybe"}', encoding="utf-8")
+    with pytest.raises(StateError):
+        store.ensure_identity()
+    assert store.path.read_text(encoding="utf-8") == '{"consent": "maybe"}'
+
+
+def test_clients_sharing_a_state_dir_share_distinct_id(
+    build: Callable[..., TelemetryClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two clients (e.g. two tools of one install) report under one anonymous id."""
+    monkeypatch.setenv("CODEWEAVER__TELEMETRY__ENABLED", "1")
+    settings, error = load_settings()
+    assert error is None
+    first = build(settings, sink=InMemorySink())
+    second = build(load_settings()[0], sink=InMemorySink())
+    assert first.enabled
+    assert second.enabled
+    assert first.distinct_id
+    assert first.distinct_id == second.distinct_id
+    assert StateStore(settings.resolved_state_dir).read().install_id == first.distinct_id
+
+
+def test_state_dir_is_private(store: StateStore) -> None:
+    """The state directory is created owner-only (0700) on POSIX."""
+    if sys.platform == "win32":
+        pytest.skip("POSIX file modes")
+    old = os.umask(0o022)
+    try:
+        store.set_consent("enabled", by="cli")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(store.directory.stat().st_mode) == 0o700
