@@ -1,0 +1,117 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
+"""codeweaver_telemetry: product telemetry users can trust, backed by PostHog.
+
+Everything public is importable from here; the submodules are implementation. Names load
+on first use, so ``import codeweaver_telemetry`` costs almost nothing, and a client that is
+off never loads pydantic, the settings machinery or posthog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# name -> the private module that defines it
+_EXPORTS: dict[str, str] = {
+    "AnonymityConversion": "privacy.rules",
+    "BasedModel": "privacy.rules",
+    "ConsentDecision": "consent",
+    "DataclassSerializationMixin": "privacy.rules",
+    "Event": "_types",
+    "ExportResult": "_types",
+    "FileKeyProvider": "privacy.hashing",
+    "FilteredKey": "privacy.rules",
+    "FlagValue": "flags",
+    "FunctionSink": "sinks.memory",
+    "InMemoryKeyProvider": "privacy.hashing",
+    "InMemorySink": "sinks.memory",
+    "KeyProvider": "privacy.hashing",
+    "LocalJSONLSink": "sinks.jsonl",
+    "PostHogEventLike": "client",
+    "Scrubber": "privacy.scrubber",
+    "Sink": "_types",
+    "TelemetryClient": "client",
+    "TelemetryConfigError": "settings",
+    "TelemetryRuleError": "privacy.rules",
+    "TelemetrySettings": "settings",
+    "get_telemetry_client": "client",
+    "is_secret_key": "privacy.scrubber",
+    "scrub": "privacy.scrubber",
+    "serialize_for_telemetry": "privacy.rules",
+}
+
+__all__ = [
+    "AnonymityConversion",
+    "BasedModel",
+    "ConsentDecision",
+    "DataclassSerializationMixin",
+    "Event",
+    "ExportResult",
+    "FileKeyProvider",
+    "FilteredKey",
+    "FlagValue",
+    "FunctionSink",
+    "InMemoryKeyProvider",
+    "InMemorySink",
+    "KeyProvider",
+    "LocalJSONLSink",
+    "PostHogEventLike",
+    "Scrubber",
+    "Sink",
+    "TelemetryClient",
+    "TelemetryConfigError",
+    "TelemetryRuleError",
+    "TelemetrySettings",
+    "get_telemetry_client",
+    "is_secret_key",
+    "scrub",
+    "serialize_for_telemetry",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'codeweaver_telemetry' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"codeweaver_telemetry.{module}"), name)
+    if isinstance(value, type) or (callable(value) and hasattr(value, "__code__")):
+        # reprs and docs show codeweaver_telemetry.X, not the private module
+        with contextlib.suppress(AttributeError, TypeError):
+            value.__module__ = __name__
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:
+    from codeweaver_telemetry._types import Event, ExportResult, Sink
+    from codeweaver_telemetry.client import (
+        PostHogEventLike,
+        TelemetryClient,
+        get_telemetry_client,
+    )
+    from codeweaver_telemetry.consent import ConsentDecision
+    from codeweaver_telemetry.flags import FlagValue
+    from codeweaver_telemetry.privacy.hashing import (
+        FileKeyProvider,
+        InMemoryKeyProvider,
+        KeyProvider,
+    )
+    from codeweaver_telemetry.privacy.rules import (
+        AnonymityConversion,
+        BasedModel,
+        DataclassSerializationMixin,
+        FilteredKey,
+        TelemetryRuleError,
+        serialize_for_telemetry,
+    )
+    from codeweaver_telemetry.privacy.scrubber import Scrubber, is_secret_key, scrub
+    from codeweaver_telemetry.settings import TelemetryConfigError, TelemetrySettings
+    from codeweaver_telemetry.sinks.jsonl import LocalJSONLSink
+    from codeweaver_telemetry.sinks.memory import FunctionSink, InMemorySink

@@ -1,0 +1,258 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
+"""The background worker: a bounded queue, one daemon thread, batching, retry, deadlines.
+
+Queue policy: when the queue is full, the *newest* event is refused and counted
+(``queue_full``); the caller is never blocked. The thread starts on the first event, is a
+daemon (it never keeps the process alive), and is recreated in a forked child (the child
+starts with an empty queue: the parent's events are the parent's to send).
+
+The worker wakes when ``batch_size`` events are waiting, when ``interval_s`` has passed since
+the oldest one arrived, or when asked to flush. It runs each event through the privacy
+pipeline, then hands the batch to the sink. A batch the sink could not deliver (RETRY) is
+kept, up to the queue bound, and tried again with exponential backoff (1 s doubling to
+60 s); a flush tries again at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+
+from codeweaver_telemetry._internal import internal_errors, logger
+from codeweaver_telemetry._types import Event, ExportResult, Sink
+
+__all__ = ["Worker"]
+
+_MIN_BACKOFF_S = 1.0
+_MAX_BACKOFF_S = 60.0
+
+
+class Worker:
+    """Moves events from the caller's thread to a sink through ``process``.
+
+    Args:
+        sink: where finished batches go.
+        process: the privacy pipeline for one event (None drops it); given a drop callback.
+        batch_size: events per export.
+        interval_s: longest time an event waits before its batch is sent.
+        max_queue: the most events held (waiting plus kept for retry).
+    """
+
+    def __init__(
+        self,
+        *,
+        sink: Sink,
+        process: Callable[[Event, Callable[[str], None]], Event | None],
+        batch_size: int,
+        interval_s: float,
+        max_queue: int,
+    ) -> None:
+        self._sink = sink
+        self._process = process
+        self._batch_size = batch_size
+        self._interval_s = interval_s
+        self._max_queue = max_queue
+        self.dropped: collections.Counter[str] = collections.Counter()
+        self.sent = 0
+        self._init_state()
+        ref = weakref.WeakMethod(self._after_fork)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
+
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._queue: collections.deque[Event] = collections.deque()
+        self._retry: list[Event] = []  # finished events kept after a failed export
+        self._in_flight = 0
+        self._flush_gen = 0
+        self._done_gen = 0  # last flush generation the worker has fully handled
+        self._failed_gen = 0  # last flush generation whose export failed
+        self._oldest_at: float | None = None
+        self._backoff_until = 0.0
+        self._backoff_s = _MIN_BACKOFF_S
+        self._closed = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def _after_fork(self) -> None:
+        self._init_state()
+
+    # -- caller side ----------------------------------------------------------------------
+    def submit(self, event: Event) -> bool:
+        """Queue an event without blocking; False if it was refused (full or closed)."""
+        if self._pid != os.getpid():  # a fork without the at-fork hook
+            self._init_state()
+        with self._lock:
+            if self._closed:
+                self.dropped["shutdown"] += 1
+                return False
+            if len(self._queue) + len(self._retry) + self._in_flight >= self._max_queue:
+                self.dropped["queue_full"] += 1
+                return False
+            self._queue.append(event)
+            if self._oldest_at is None:
+                self._oldest_at = time.monotonic()
+            if self._thread is None:
+                self._start()
+            elif len(self._queue) >= self._batch_size:
+                self._cond.notify()
+        return True
+
+    @property
+    def pending(self) -> int:
+        """Events not yet delivered: waiting, in flight, or kept for retry."""
+        with self._lock:
+            return len(self._queue) + len(self._retry) + self._in_flight
+
+    def flush(self, timeout_s: float) -> bool:
+        """Ask the worker to send everything now; True if all was delivered in time."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        with self._lock:
+            if not self._queue and not self._retry and not self._in_flight:
+                return True
+            if self._thread is None or not self._thread.is_alive():
+                if self._stopping:
+                    return False
+                self._start()
+            self._flush_gen += 1
+            gen = self._flush_gen
+            self._cond.notify_all()
+            while True:
+                if self._done_gen >= gen:
+                    return self._failed_gen < gen
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+
+    def shutdown(self, timeout_s: float) -> bool:
+        """Flush for at most ``timeout_s``, stop the thread, shut the sink; idempotent."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        with self._lock:
+            if self._closed:
+                return not (self._queue or self._retry)
+            self._closed = True
+        delivered = self.flush(timeout_s)
+        with self._lock:
+            self._stopping = True
+            left = len(self._queue) + len(self._retry) + self._in_flight
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with internal_errors("sink shutdown"):
+            self._sink.shutdown(max(0.0, deadline - time.monotonic()))
+        if left:
+            self.dropped["exit_timeout"] += left
+            logger.info(
+                "codeweaver_telemetry: %d events were not delivered before the exit bound", left
+            )
+        return delivered
+
+    # -- worker side ----------------------------------------------------------------------
+    def _start(self) -> None:
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name="codeweaver-telemetry", daemon=True)
+        self._thread.start()
+
+    def _due(self, now: float) -> bool:
+        if self._flush_gen > self._done_gen:
+            return True
+        if now < self._backoff_until:
+            return False
+        if len(self._queue) >= self._batch_size or self._retry:
+            return True
+        return self._oldest_at is not None and now - self._oldest_at >= self._interval_s
+
+    def _wait_time(self, now: float) -> float | None:
+        times = []
+        if self._backoff_until > now:
+            times.append(self._backoff_until - now)
+        elif self._oldest_at is not None:
+            times.append(max(0.0, self._oldest_at + self._interval_s - now))
+        return min(times) if times else None
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self._due(time.monotonic()):
+                    self._cond.wait(self._wait_time(time.monotonic()))
+                if self._stopping and self._flush_gen <= self._done_gen:
+                    return
+                gen = self._flush_gen
+                flushing = gen > self._done_gen
+                raw = [
+                    self._queue.popleft() for _ in range(min(len(self._queue), self._batch_size))
+                ]
+                kept, self._retry = self._retry, []
+                self._in_flight = len(raw) + len(kept)
+                self._oldest_at = time.monotonic() if self._queue else None
+            ok = True
+            with internal_errors("worker"):
+                ok = self._export(kept + self._finish(raw))
+            with self._lock:
+                self._in_flight = 0
+                if not ok:
+                    self._backoff_until = time.monotonic() + self._backoff_s
+                    self._backoff_s = min(self._backoff_s * 2, _MAX_BACKOFF_S)
+                else:
+                    self._backoff_s = _MIN_BACKOFF_S
+                    self._backoff_until = 0.0
+                if flushing and (not ok or (not self._queue and not self._retry)):
+                    if not ok:
+                        self._failed_gen = gen
+                    self._done_gen = gen
+                self._cond.notify_all()
+
+    def _finish(self, raw: Sequence[Event]) -> list[Event]:
+        finished = []
+        for event in raw:
+            try:
+                done = self._process(event, self._count_drop)
+            except Exception as exc:  # the pipeline drops, it never passes an event on raw
+                logger.warning(
+                    "codeweaver_telemetry: an event was dropped (%s)", type(exc).__name__
+                )
+                self._count_drop("stage_error")
+                continue
+            if done is not None:
+                finished.append(done)
+        return finished
+
+    def _count_drop(self, reason: str) -> None:
+        with self._lock:
+            self.dropped[reason] += 1
+
+    def _export(self, batch: list[Event]) -> bool:
+        if not batch:
+            return True
+        try:
+            result = self._sink.export(batch)
+        except Exception as exc:  # a broken sink must not kill the thread
+            logger.warning(
+                "codeweaver_telemetry: the sink failed (%s); events kept for retry",
+                type(exc).__name__,
+            )
+            result = ExportResult.RETRY
+        if result is ExportResult.SUCCESS:
+            self.sent += len(batch)
+            return True
+        if result is ExportResult.DROP:
+            self._count_drop_n("sink_rejected", len(batch))
+            return True
+        with self._lock:
+            room = self._max_queue - len(self._queue)
+            self._retry = batch[: max(0, room)]
+            if len(batch) > room:
+                self.dropped["queue_full"] += len(batch) - max(0, room)
+        return False
+
+    def _count_drop_n(self, reason: str, n: int) -> None:
+        with self._lock:
+            self.dropped[reason] += n

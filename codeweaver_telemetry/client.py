@@ -1,0 +1,567 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
+"""TelemetryClient: the one place that wires gate -> snapshot -> queue -> pipeline -> sink.
+
+On the caller's thread, ``capture`` does only three things: the consent gate (one attribute
+read), a snapshot of the caller's data (later mutation of the caller's objects cannot change
+what is sent, and the caller's objects are never modified), and a non-blocking enqueue. All
+privacy work happens on the worker thread. Every public method swallows its own errors:
+nothing raises into the host program.
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import datetime as dt
+import decimal
+import enum
+import logging
+import secrets
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Mapping
+from pathlib import PurePath
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
+
+from codeweaver_telemetry._internal import internal_errors, logger
+from codeweaver_telemetry._types import Event, Sink
+from codeweaver_telemetry.consent import (
+    ConsentDecision,
+    consent_sources,
+    decide,
+    environment_decision,
+)
+from codeweaver_telemetry.state import StateError, StateStore
+
+# Everything below is imported only once telemetry is on: a client that is off costs no
+# pydantic, no settings parsing, no regex compilation and no posthog.
+if TYPE_CHECKING:
+    from codeweaver_telemetry._worker import Worker
+    from codeweaver_telemetry.flags import FlagCache, FlagValue
+    from codeweaver_telemetry.settings import TelemetrySettings
+
+__all__ = ["PostHogEventLike", "TelemetryClient", "get_telemetry_client"]
+
+SESSION_EVENT = "codeweaver_session"
+
+_IMMUTABLE_TYPES = frozenset({str, int, float, bool, type(None), bytes})
+_IMMUTABLE = (
+    str,
+    int,
+    float,
+    bytes,
+    enum.Enum,
+    dt.date,
+    dt.time,
+    dt.timedelta,
+    uuid.UUID,
+    decimal.Decimal,
+    PurePath,
+)
+_SNAPSHOT_DEPTH = 32
+
+
+class PostHogEventLike(Protocol):
+    """Anything with ``to_posthog_event() -> (event name, properties)``."""
+
+    def to_posthog_event(self) -> tuple[str, dict[str, Any]]:
+        """Return the event name and its properties."""
+        ...
+
+
+def _snapshot(value: Any, depth: int = 0) -> Any:
+    """Copy containers so later mutation by the caller cannot change what is sent."""
+    t = type(value)
+    if t in _IMMUTABLE_TYPES or isinstance(value, _IMMUTABLE):
+        return value
+    if depth >= _SNAPSHOT_DEPTH:
+        return "<max_depth>"
+    if t is dict or isinstance(value, Mapping):
+        return {k: _snapshot(v, depth + 1) for k, v in value.items()}
+    if t is list:
+        return [_snapshot(v, depth + 1) for v in value]
+    if t is tuple:
+        return tuple(_snapshot(v, depth + 1) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return frozenset(value)
+    try:
+        return copy.deepcopy(value)
+    except Exception:  # an object that cannot be copied is serialized now instead
+        from codeweaver_telemetry.privacy.rules import serialize_for_telemetry
+
+        return serialize_for_telemetry(value)
+
+
+def _uuid7() -> str:
+    """A UUID version 7 (time-ordered), the form PostHog expects for ``$session_id``."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(secrets.token_bytes(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | rand & ((1 << 80) - 1)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return str(uuid.UUID(int=value))
+
+
+class _Session:
+    __slots__ = ("id", "started")
+
+    def __init__(self) -> None:
+        self.id = _uuid7()
+        self.started = time.monotonic()
+
+
+class TelemetryClient:
+    """Product telemetry for one process: consent, sessions, events, flags.
+
+    Prefer :func:`get_telemetry_client` for the process-wide client. Construct one directly
+    (``TelemetryClient(settings)``, :meth:`from_settings`) for tests or special set-ups.
+
+    Args:
+        settings: the settings; default: loaded from code, environment and config file.
+        sink: where finished events go; default: PostHog when an API key is set, else the
+            local JSON Lines log in the state directory.
+        config_error: a settings problem found while loading (telemetry is then off).
+        on_notice: shows the opt-out notice to the user (default: logged at WARNING).
+    """
+
+    def __init__(
+        self,
+        settings: TelemetrySettings | None = None,
+        *,
+        sink: Sink | None = None,
+        config_error: str | None = None,
+        on_notice: Callable[[str], None] | None = None,
+        _force_consent: ConsentDecision | None = None,
+    ) -> None:
+        self._enabled = False
+        self._closed = False
+        self._lock = threading.RLock()
+        self._session: _Session | None = None
+        self._context: Mapping[str, Any] = {}
+        self._metadata: dict[str, Any] = {}
+        self._flags_seen: dict[str, FlagValue] = {}
+        self._worker: Worker | None = None
+        self._flag_cache: FlagCache | None = None
+        self._flag_source: Any = None
+        self._distinct_id = ""
+        self._exit_timeout = 1.0
+        self._settings = settings
+        self.decision = ConsentDecision(False, "init", "not initialised")
+        """Whether telemetry is on, which source decided, and why."""
+        with internal_errors("client start"):
+            quick = None if _force_consent else environment_decision()
+            if quick is not None:  # off whatever the settings say: do not even load them
+                self.decision = quick
+                logger.debug("codeweaver_telemetry: telemetry is off (%s)", quick.reason)
+                return
+            if settings is None:
+                from codeweaver_telemetry.settings import load_settings
+
+                settings, config_error = load_settings()
+                self._settings = settings
+            self._start(settings, sink, config_error, on_notice, _force_consent)
+
+    @property
+    def settings(self) -> TelemetrySettings:
+        """The settings in use (loaded on first access when telemetry was off at once)."""
+        if self._settings is None:
+            from codeweaver_telemetry.settings import load_settings
+
+            self._settings = load_settings()[0]
+        return self._settings
+
+    @classmethod
+    def from_settings(
+        cls, settings: TelemetrySettings, *, sink: Sink | None = None
+    ) -> TelemetryClient:
+        """Build a client from explicit settings."""
+        return cls(settings, sink=sink)
+
+    def _start(
+        self,
+        settings: TelemetrySettings,
+        sink: Sink | None,
+        config_error: str | None,
+        on_notice: Callable[[str], None] | None,
+        forced: ConsentDecision | None,
+    ) -> None:
+        store = StateStore(settings.resolved_state_dir)
+        notice = on_notice or (lambda text: logger.warning("codeweaver_telemetry: %s", text))
+        self.decision = forced or decide(
+            consent_sources(settings, store, config_error=config_error, on_notice=notice)
+        )
+        if not self.decision.allowed:
+            # A broken state file is a problem the user should hear about (once); every
+            # other "off" is a choice, logged quietly.
+            level = logging.WARNING if self.decision.source == "state_error" else logging.DEBUG
+            logger.log(
+                level,
+                "codeweaver_telemetry: telemetry is off (%s: %s)",
+                self.decision.source,
+                self.decision.reason,
+            )
+            return
+        try:
+            install_id, key = store.ensure_identity()
+        except (OSError, StateError) as exc:
+            self.decision = ConsentDecision(
+                False, "state_error", f"the state directory is not writable ({exc})"
+            )
+            logger.warning("codeweaver_telemetry: %s; telemetry is off", self.decision.reason)
+            return
+        from codeweaver_telemetry import pipeline
+        from codeweaver_telemetry._worker import Worker
+        from codeweaver_telemetry.flags import FlagCache
+        from codeweaver_telemetry.privacy.hashing import (
+            InMemoryKeyProvider,
+            set_default_key_provider,
+        )
+
+        self._distinct_id = install_id
+        self._exit_timeout = settings.exit_timeout_seconds
+        set_default_key_provider(InMemoryKeyProvider(key))
+        if sink is None:
+            sink = self._default_sink(settings)
+        self._worker = Worker(
+            sink=sink,
+            process=lambda event, on_drop: pipeline.run(event, on_drop=on_drop),
+            batch_size=settings.batch_size,
+            interval_s=settings.batch_interval_seconds,
+            max_queue=settings.max_queue_size,
+        )
+        if settings.posthog_api_key is not None:
+            from codeweaver_telemetry.sinks.posthog import PostHogFlags
+
+            personal = settings.posthog_personal_api_key
+            self._flag_source = PostHogFlags(
+                api_key=settings.posthog_api_key.get_secret_value(),
+                host=settings.posthog_host,
+                distinct_id=install_id,
+                timeout_s=settings.request_timeout_seconds,
+                personal_api_key=personal.get_secret_value() if personal else None,
+            )
+            self._flag_cache = FlagCache(
+                self._flag_source,
+                budget_s=settings.flag_timeout_seconds,
+                refresh_s=settings.flag_refresh_seconds,
+            )
+        self._enabled = True
+        _LIVE.add(self)
+        _register_atexit()
+
+    def _default_sink(self, settings: TelemetrySettings) -> Sink:
+        from codeweaver_telemetry.sinks.jsonl import LocalJSONLSink
+
+        log = LocalJSONLSink(settings.resolved_state_dir)
+        if settings.posthog_api_key is None:
+            return log
+        from codeweaver_telemetry.sinks.posthog import PostHogSink
+
+        remote = PostHogSink(
+            api_key=settings.posthog_api_key.get_secret_value(),
+            host=settings.posthog_host,
+            timeout_s=settings.request_timeout_seconds,
+        )
+        return _AuditedSink(remote, log) if settings.audit_log else remote
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        """True when events are collected and sent."""
+        return self._enabled
+
+    @property
+    def distinct_id(self) -> str | None:
+        """The anonymous install id (None when telemetry is off)."""
+        return self._distinct_id or None
+
+    @property
+    def session_id(self) -> str | None:
+        """The current session's id, or None outside a session."""
+        session = self._session
+        return session.id if session else None
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: events sent, dropped by reason, pending."""
+        worker = self._worker
+        if worker is None:
+            return {"sent": 0, "dropped": {}, "pending": 0}
+        return {"sent": worker.sent, "dropped": dict(worker.dropped), "pending": worker.pending}
+
+    # -- sessions -------------------------------------------------------------------------
+    def start_session(self, metadata: Mapping[str, Any] | None = None) -> str | None:
+        """Start a session (idempotent) and return its id; None when telemetry is off.
+
+        ``metadata`` goes through the privacy pipeline once, now, and is then attached to
+        every event of the session. Feature flags are fetched in the background.
+        """
+        if not self._enabled:
+            return None
+        with internal_errors("start_session"), self._lock:
+            if self._session is None:
+                self._metadata = self._serialize_metadata(metadata)
+                self._session = _Session()
+                self._flags_seen = {}
+                self._refresh_context()
+                if self._flag_cache is not None:
+                    self._flag_cache.prefetch()
+            return self._session.id
+        return None
+
+    @staticmethod
+    def _serialize_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+        if not metadata:
+            return {}
+        from codeweaver_telemetry import pipeline
+        from codeweaver_telemetry.privacy.rules import serialize_for_telemetry
+
+        try:
+            serialized = serialize_for_telemetry(
+                _snapshot(dict(metadata)), max_string_chars=2 * pipeline.MAX_STRING_CHARS
+            )
+        except Exception as exc:  # bad metadata costs the metadata, never the session
+            logger.warning(
+                "codeweaver_telemetry: session metadata was dropped (%s: %s)",
+                type(exc).__name__,
+                exc,
+            )
+            return {}
+        return {k: v for k, v in (serialized or {}).items() if not k.startswith("$")}
+
+    def end_session(self) -> None:
+        """End the session: send the session event with its duration, then flush."""
+        if not self._enabled:
+            return
+        with internal_errors("end_session"):
+            if self._end_session():
+                self.flush()
+
+    def _end_session(self) -> bool:
+        with self._lock:
+            session = self._session
+            if session is None:
+                return False
+            duration = round(time.monotonic() - session.started, 3)
+            self._enqueue(SESSION_EVENT, {"duration_seconds": duration}, None)
+            self._session = None
+            self._metadata = {}
+            self._flags_seen = {}
+            self._refresh_context()
+            return True
+
+    def _refresh_context(self) -> None:
+        # Copy-on-write: events already queued keep the context they were captured with.
+        session = self._session
+        self._context = (
+            {
+                "session_id": session.id,
+                "metadata": self._metadata,
+                "flags": dict(self._flags_seen),
+            }
+            if session
+            else {}
+        )
+
+    # -- capture --------------------------------------------------------------------------
+    def capture(self, event: str, properties: Mapping[str, Any] | None = None) -> None:
+        """Queue an event; its properties go through the privacy pipeline in the background."""
+        if not self._enabled:
+            return
+        with internal_errors("capture"):
+            self._enqueue(event, properties, None)
+
+    def capture_from_event(self, obj: PostHogEventLike) -> None:
+        """Capture any object with ``to_posthog_event() -> (name, properties)``.
+
+        Models among the properties keep their own privacy rules.
+        """
+        if not self._enabled:
+            return
+        with internal_errors("capture_from_event"):
+            name, properties = obj.to_posthog_event()
+            self._enqueue(name, properties, None)
+
+    def capture_with_serialization(self, event: str, model: object) -> None:
+        """Capture ``model``'s ``serialize_for_telemetry()`` output as the properties."""
+        if not self._enabled:
+            return
+        with internal_errors("capture_with_serialization"):
+            self._enqueue(event, None, model)
+
+    def _enqueue(self, name: str, properties: Mapping[str, Any] | None, model: object) -> None:
+        worker = self._worker
+        if worker is None or self._closed:
+            return
+        worker.submit(
+            Event(
+                name=str(name),
+                properties=_snapshot(properties) if properties else {},
+                timestamp=time.time(),
+                uuid=str(uuid.uuid4()),
+                distinct_id=self._distinct_id,
+                model=_snapshot(model) if model is not None else None,
+                context=self._context,
+            )
+        )
+
+    # -- flags ----------------------------------------------------------------------------
+    def get_feature_flag(self, key: str, default: FlagValue | None = None) -> FlagValue | None:
+        """The flag's value for this install, or ``default`` (never raises, bounded wait)."""
+        cache = self._flag_cache
+        if not self._enabled or cache is None:
+            return default
+        with internal_errors("get_feature_flag"):
+            value = cache.get(key)
+            if value is None:
+                return default
+            self._note_flags({key: value})
+            return value
+        return default
+
+    def get_all_feature_flags(self) -> dict[str, FlagValue]:
+        """Every flag's value for this install; empty when unknown (never raises)."""
+        cache = self._flag_cache
+        if not self._enabled or cache is None:
+            return {}
+        with internal_errors("get_all_feature_flags"):
+            values = cache.all()
+            self._note_flags(values)
+            return values
+        return {}
+
+    def _note_flags(self, values: Mapping[str, FlagValue]) -> None:
+        if self._session is None:
+            return
+        with self._lock:
+            if any(self._flags_seen.get(k) != v for k, v in values.items()):
+                self._flags_seen.update(values)
+                self._refresh_context()
+
+    # -- delivery -------------------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> bool:
+        """Send what is queued; wait at most ``timeout`` (default: the exit bound)."""
+        worker = self._worker
+        if worker is None:
+            return True
+        with internal_errors("flush"):
+            return worker.flush(self._exit_timeout if timeout is None else timeout)
+        return False
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """End the session, flush within ``timeout`` (default: the exit bound), stop.
+
+        Idempotent; afterwards every method is a quiet no-op.
+        """
+        if self._closed:
+            return
+        with internal_errors("shutdown"):
+            self._end_session()
+            self._closed = True
+            self._enabled = False
+            bound = self._exit_timeout if timeout is None else timeout
+            if self._worker is not None:
+                self._worker.shutdown(bound)
+            if self._flag_source is not None:
+                self._flag_source.shutdown()
+            _LIVE.discard(self)
+
+    # -- context managers -------------------------------------------------------------------
+    def __enter__(self) -> TelemetryClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.end_session()
+        self.flush()
+
+    async def __aenter__(self) -> TelemetryClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        import asyncio
+
+        # The flush waits on a thread; keep the event loop free while it does.
+        await asyncio.to_thread(self.__exit__, exc_type, exc, tb)
+
+    def __repr__(self) -> str:
+        state = "enabled" if self._enabled else f"off ({self.decision.source})"
+        return f"<TelemetryClient {state}>"
+
+
+class _AuditedSink:
+    """Deliver to ``remote``; record in the local log what it accepted."""
+
+    def __init__(self, remote: Sink, log: Sink) -> None:
+        self._remote = remote
+        self._log = log
+
+    def export(self, batch: Any) -> Any:
+        from codeweaver_telemetry._types import ExportResult
+
+        result = self._remote.export(batch)
+        if result is ExportResult.SUCCESS:
+            with internal_errors("audit log"):
+                self._log.export(batch)
+        return result
+
+    def shutdown(self, timeout_s: float) -> None:
+        self._remote.shutdown(timeout_s)
+        self._log.shutdown(0)
+
+
+# -- the process-wide client and exit ---------------------------------------------------------
+_LIVE: weakref.WeakSet[TelemetryClient] = weakref.WeakSet()
+_CLIENT: TelemetryClient | None = None
+_CLIENT_LOCK = threading.Lock()
+_ATEXIT_REGISTERED = False
+
+
+def get_telemetry_client() -> TelemetryClient:
+    """The process-wide client, created on first call from the environment and config file."""
+    global _CLIENT
+    client = _CLIENT
+    if client is not None:
+        return client
+    with _CLIENT_LOCK:
+        if _CLIENT is None:
+            _CLIENT = TelemetryClient()
+        return _CLIENT
+
+
+def _reset_for_tests() -> None:
+    """Shut the process-wide client down (quickly) and forget it."""
+    global _CLIENT
+    with _CLIENT_LOCK:
+        client, _CLIENT = _CLIENT, None
+    if client is not None:
+        client.shutdown(timeout=0.5)
+
+
+def _exit_hook() -> None:
+    clients = list(_LIVE)
+    if not clients:
+        return
+    bound = max(c._exit_timeout for c in clients)
+    deadline = time.monotonic() + bound
+    for client in clients:  # one shared deadline: exit never waits longer than the bound
+        with internal_errors("exit"):
+            client.shutdown(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _register_atexit() -> None:
+    global _ATEXIT_REGISTERED
+    if not _ATEXIT_REGISTERED:
+        _ATEXIT_REGISTERED = True
+        atexit.register(_exit_hook)

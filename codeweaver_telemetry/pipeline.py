@@ -1,0 +1,193 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
+"""The privacy pipeline every event takes, on the background worker: a list of stages.
+
+``DEFAULT_STAGES`` is, in order:
+
+1. :func:`serialize_stage`: the caller's snapshot (dict properties and/or a model) becomes
+   JSON-safe through :func:`~codeweaver_telemetry.privacy.rules.serialize_for_telemetry`:
+   the model's rules, the scrubber on every string, the secret-key denylist. Keys the
+   caller gives that start with ``$`` are dropped: PostHog gives them special meaning
+   (``$set`` would write a person profile, ``$ip`` a location).
+2. :func:`limits_stage`: strings are cut to :data:`MAX_STRING_CHARS`, keys to
+   :data:`MAX_KEY_CHARS`, dicts and lists to :data:`MAX_ITEMS` entries, and an event whose
+   properties are still larger than :data:`MAX_EVENT_BYTES` as JSON is dropped.
+3. :func:`context_stage`: the library's own properties are added last, so the caller cannot
+   override them: ``$session_id``, ``$process_person_profile: false``,
+   ``$geoip_disable: true``, ``$lib``, ``$lib_version``, ``$os``, ``$os_version``,
+   ``$python_version`` and the session's ``$feature/<key>`` flags.
+
+The session's metadata (serialized once, when the session started) is merged under the
+event's own properties in step 1, so it counts towards the limits of step 2.
+
+A stage returns None to drop the event; a stage that raises drops the event too (never passes
+it on raw). Stages are plain callables ``(Event) -> Event | None``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from codeweaver_telemetry._internal import logger
+from codeweaver_telemetry._types import Event, Stage
+from codeweaver_telemetry.privacy.rules import serialize_for_telemetry
+from codeweaver_telemetry.privacy.scrubber import scrub
+
+__all__ = [
+    "DEFAULT_STAGES",
+    "MAX_EVENT_BYTES",
+    "MAX_ITEMS",
+    "MAX_KEY_CHARS",
+    "MAX_NAME_CHARS",
+    "MAX_STRING_CHARS",
+    "TRUNCATION_MARK",
+    "context_stage",
+    "library_properties",
+    "limits_stage",
+    "run",
+    "serialize_stage",
+]
+
+MAX_STRING_CHARS = 1000
+MAX_KEY_CHARS = 200
+MAX_NAME_CHARS = 200
+MAX_ITEMS = 500
+MAX_EVENT_BYTES = 64 * 1024
+TRUNCATION_MARK = "…"
+_PRE_CUT = 2 * MAX_STRING_CHARS  # strings are cut to this before scrubbing
+
+
+def serialize_stage(event: Event) -> Event | None:
+    """Turn the caller's snapshot into JSON-safe, scrubbed properties (one path for all)."""
+    metadata = event.context.get("metadata")
+    props: dict[str, Any] = dict(metadata) if metadata else {}
+    if event.model is not None:
+        serialized = serialize_for_telemetry(event.model, max_string_chars=_PRE_CUT)
+        if isinstance(serialized, dict):
+            props.update(serialized)
+    if event.properties:
+        serialized = serialize_for_telemetry(event.properties, max_string_chars=_PRE_CUT)
+        if isinstance(serialized, dict):
+            props.update(serialized)
+    event.properties = {k: v for k, v in props.items() if not str(k).startswith("$")}
+    event.model = None
+    event.name = scrub(event.name[: 2 * MAX_NAME_CHARS])[:MAX_NAME_CHARS] or "unnamed_event"
+    return event
+
+
+def _limit(value: Any) -> Any:
+    if isinstance(value, str):
+        if len(value) > MAX_STRING_CHARS:
+            return value[: MAX_STRING_CHARS - 1] + TRUNCATION_MARK
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for index, (k, v) in enumerate(value.items()):
+            if index >= MAX_ITEMS:
+                break
+            out[k[:MAX_KEY_CHARS]] = _limit(v)
+        return out
+    if isinstance(value, list):
+        return [_limit(v) for v in value[:MAX_ITEMS]]
+    return value
+
+
+def limits_stage(event: Event) -> Event | None:
+    """Cap sizes; drop an event that is still too large."""
+    event.properties = _limit(event.properties)
+    size = len(json.dumps(event.properties, separators=(",", ":"), ensure_ascii=False))
+    if size > MAX_EVENT_BYTES:
+        logger.warning(
+            "codeweaver_telemetry: an event %r was dropped: its properties exceed %d bytes",
+            event.name,
+            MAX_EVENT_BYTES,
+        )
+        return None
+    return event
+
+
+_LIBRARY_PROPERTIES: dict[str, Any] | None = None
+
+
+def library_properties() -> dict[str, Any]:
+    """What the library says about itself and the platform: no host, user, locale or zone."""
+    global _LIBRARY_PROPERTIES
+    if _LIBRARY_PROPERTIES is None:
+        from codeweaver_telemetry import __version__
+
+        system = platform.system()
+        release = platform.mac_ver()[0] if system == "Darwin" else platform.release()
+        _LIBRARY_PROPERTIES = {
+            "$lib": "codeweaver-telemetry",
+            "$lib_version": __version__,
+            "$os": {"Darwin": "Mac OS X"}.get(system, system),
+            # Only the leading version numbers: kernel build strings can name a machine.
+            "$os_version": _leading_version(release),
+            "$python_version": ".".join(str(p) for p in sys.version_info[:3]),
+            "$geoip_disable": True,
+            "$process_person_profile": False,
+        }
+    return _LIBRARY_PROPERTIES
+
+
+def _leading_version(release: str) -> str:
+    parts: list[str] = []
+    for part in release.replace("-", ".").split("."):
+        if not part.isdigit() or len(parts) == 3:
+            break
+        parts.append(part)
+    return ".".join(parts)
+
+
+def context_stage(event: Event) -> Event | None:
+    """Add the session's metadata, flags and the library's own properties, last."""
+    ctx = event.context
+    props = event.properties
+    flags = ctx.get("flags")
+    if flags:
+        props.update({f"$feature/{k}": v for k, v in flags.items()})
+    props.update(library_properties())
+    session_id = ctx.get("session_id")
+    if session_id:
+        props["$session_id"] = session_id
+    event.properties = props
+    event.context = {}
+    return event
+
+
+DEFAULT_STAGES: tuple[Stage, ...] = (serialize_stage, limits_stage, context_stage)
+"""The privacy pipeline, in order."""
+
+
+def run(
+    event: Event,
+    stages: Sequence[Stage] | Iterable[Stage] = DEFAULT_STAGES,
+    on_drop: Callable[[str], None] | None = None,
+) -> Event | None:
+    """Pass ``event`` through ``stages``; None if a stage dropped it or raised.
+
+    ``on_drop`` is told why: ``"stage_error"``, or ``"dropped_by_<stage name>"``.
+    """
+    current: Event | None = event
+    for stage in stages:
+        name = getattr(stage, "__name__", type(stage).__name__)
+        try:
+            current = stage(current)  # type: ignore[arg-type]
+        except Exception as exc:  # a failing stage drops the event, never passes it on raw
+            logger.warning(
+                "codeweaver_telemetry: an event was dropped: stage %s failed (%s%s)",
+                name,
+                type(exc).__name__,
+                f": {exc}" if type(exc).__name__ == "TelemetryRuleError" else "",
+            )
+            if on_drop is not None:
+                on_drop("stage_error")
+            return None
+        if current is None:
+            if on_drop is not None:
+                on_drop(f"dropped_by_{name}")
+            return None
+    return current

@@ -1,0 +1,77 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
+"""InMemorySink (what was sent, for tests and previews); FunctionSink (behaviour as a function)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from codeweaver_telemetry._types import Event, ExportResult
+
+__all__ = ["FunctionSink", "InMemorySink"]
+
+
+class InMemorySink:
+    """Keeps every exported event in memory.
+
+    ``events()`` returns them as the wire would carry them: dicts with ``event``,
+    ``distinct_id``, ``properties``, ``timestamp`` and ``uuid``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: list[Event] = []
+        self.shut_down = False
+
+    def export(self, batch: Sequence[Event]) -> ExportResult:
+        """Store the batch."""
+        with self._lock:
+            self._events.extend(batch)
+        return ExportResult.SUCCESS
+
+    def shutdown(self, timeout_s: float) -> None:
+        """Mark the sink as shut down (events stay readable)."""
+        self.shut_down = True
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every exported event, oldest first, as payload dicts."""
+        with self._lock:
+            return [to_payload(e) for e in self._events]
+
+    def clear(self) -> None:
+        """Forget what was exported."""
+        with self._lock:
+            self._events.clear()
+
+
+class FunctionSink:
+    """A sink whose behaviour is a function of the batch: it may return, raise or sleep.
+
+    Args:
+        handler: called with each batch; its return value is the export result (None means
+            SUCCESS).
+    """
+
+    def __init__(self, handler: Callable[[Sequence[Event]], ExportResult | None]) -> None:
+        self._handler = handler
+
+    def export(self, batch: Sequence[Event]) -> ExportResult:
+        """Call the handler."""
+        return self._handler(batch) or ExportResult.SUCCESS
+
+    def shutdown(self, timeout_s: float) -> None:
+        """Nothing to release."""
+
+
+def to_payload(event: Event) -> dict[str, Any]:
+    """The finished event as one JSON-ready dict (the shape the local log and previews use)."""
+    import datetime as dt
+
+    return {
+        "event": event.name,
+        "distinct_id": event.distinct_id,
+        "timestamp": dt.datetime.fromtimestamp(event.timestamp, dt.timezone.utc).isoformat(),
+        "uuid": event.uuid,
+        "properties": event.properties,
+    }

@@ -1,0 +1,55 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
+"""Test helpers: see exactly what would leave the machine, without sending anything."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+from codeweaver_telemetry import client as _client
+from codeweaver_telemetry.consent import ConsentDecision
+from codeweaver_telemetry.settings import TelemetrySettings
+from codeweaver_telemetry.sinks.memory import FunctionSink, InMemorySink
+
+__all__ = ["FunctionSink", "InMemorySink", "capture_events", "reset_telemetry_client"]
+
+
+@contextlib.contextmanager
+def capture_events(**settings: object) -> Iterator[InMemorySink]:
+    """Install a process-wide client that records finished events in memory.
+
+    Inside the block, :func:`~codeweaver_telemetry.get_telemetry_client` returns a client
+    whose events pass the full privacy pipeline and land in the yielded sink
+    (``sink.events()``), whatever the environment says about consent: nothing is sent
+    anywhere. Events reach the sink asynchronously: call ``flush()`` on the client, or read
+    the sink after the block (leaving it shuts the client down, which flushes). State lives
+    in a temporary directory. The previous client is restored afterwards.
+    """
+    state_dir = tempfile.mkdtemp(prefix="codeweaver-telemetry-test-")
+    sink = InMemorySink()
+    values = {"state_dir": state_dir, "batch_interval_seconds": 0.05, **settings}
+    client = _client.TelemetryClient(
+        TelemetrySettings(**values),  # type: ignore[arg-type]
+        sink=sink,
+        _force_consent=ConsentDecision(True, "testing", "codeweaver_telemetry.testing"),
+    )
+    with _client._CLIENT_LOCK:
+        previous, _client._CLIENT = _client._CLIENT, client
+    try:
+        yield sink
+    finally:
+        client.shutdown(timeout=5)
+        with _client._CLIENT_LOCK:
+            _client._CLIENT = previous
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def reset_telemetry_client() -> None:
+    """Shut down the process-wide client (within 0.5 s) and forget it.
+
+    The next :func:`~codeweaver_telemetry.get_telemetry_client` builds a fresh client from
+    the environment as it is then, so tests never share telemetry state.
+    """
+    _client._reset_for_tests()

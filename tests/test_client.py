@@ -1,0 +1,689 @@
+"""TelemetryClient: what a captured event looks like, sessions, snapshots, never raising."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import math
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from codeweaver_telemetry import (
+    AnonymityConversion,
+    BasedModel,
+    ExportResult,
+    FilteredKey,
+    FunctionSink,
+    InMemorySink,
+    TelemetryClient,
+    TelemetrySettings,
+    get_telemetry_client,
+    testing,
+)
+from codeweaver_telemetry import client as client_module
+from codeweaver_telemetry.pipeline import MAX_STRING_CHARS, TRUNCATION_MARK
+
+C = AnonymityConversion
+K = FilteredKey
+MakeClient = Callable[..., TelemetryClient]
+THREAD_NAME = "codeweaver-telemetry"
+HEX = set("0123456789abcdef")
+
+
+# -- models and helpers ---------------------------------------------------------------------
+class Repo(BasedModel):
+    name: str
+    path: str
+    files: list[str]
+    owner_email: str = "alice@example.com"
+
+    def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
+        return {K("path"): C.HASH, K("files"): C.COUNT, K("owner_email"): C.FORBIDDEN}
+
+
+class StrictSearch(BasedModel):
+    _telemetry_strict: ClassVar[bool] = True
+    _telemetry_allow: ClassVar[frozenset[str]] = frozenset({"mode"})
+    mode: str
+    results: list[str]
+    query: str
+
+    def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
+        return {K("results"): C.COUNT}
+
+
+class BadRules(BasedModel):
+    name: str
+
+    def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
+        return {K("no_such_field"): C.HASH}
+
+
+class SearchDone:
+    """Not a model: anything with to_posthog_event()."""
+
+    def __init__(self, repo: Repo) -> None:
+        self.repo = repo
+
+    def to_posthog_event(self) -> tuple[str, dict[str, Any]]:
+        return "search_done", {"hits": 3, "repo": self.repo}
+
+
+@dataclasses.dataclass
+class Stubborn:
+    """A dataclass that refuses to be deep-copied."""
+
+    x: int = 1
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Stubborn:
+        raise RuntimeError("no copies")
+
+
+class Opaque:
+    """An object with no JSON-safe form."""
+
+
+def sent(sink: InMemorySink, name: str | None = None) -> list[dict[str, Any]]:
+    return [e for e in sink.events() if name is None or e["event"] == name]
+
+
+def only(sink: InMemorySink, name: str) -> dict[str, Any]:
+    events = sent(sink, name)
+    assert len(events) == 1, [e["event"] for e in sink.events()]
+    return events[0]["properties"]
+
+
+def telemetry_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == THREAD_NAME}
+
+
+@pytest.fixture
+def sink() -> InMemorySink:
+    return InMemorySink()
+
+
+@pytest.fixture
+def client(make_client: MakeClient, sink: InMemorySink) -> TelemetryClient:
+    c = make_client(sink=sink)
+    assert c.enabled
+    return c
+
+
+# -- what one event looks like --------------------------------------------------------------
+def test_capture_arrives_with_the_library_properties(
+    client: TelemetryClient, sink: InMemorySink
+) -> None:
+    """A captured event arrives after flush with the install id and no person profile or IP."""
+    client.capture("indexed", {"files": 12, "mode": "fast"})
+    assert client.flush(5)
+    (event,) = sent(sink)
+    assert event["event"] == "indexed"
+    assert event["distinct_id"] == client.distinct_id
+    assert event["distinct_id"]
+    props = event["properties"]
+    assert props["files"] == 12
+    assert props["mode"] == "fast"
+    assert props["$process_person_profile"] is False
+    assert props["$lib"] == "codeweaver-telemetry"
+    assert "$ip" not in props
+    assert "$session_id" not in props
+
+
+def test_callers_dollar_keys_are_not_sent(client: TelemetryClient, sink: InMemorySink) -> None:
+    """$set, $set_once, $ip and a forged $session_id from the caller never leave the machine."""
+    client.capture(
+        "spoof",
+        {
+            "$set": {"email": "a@example.com"},
+            "$set_once": {"name": "Alice"},
+            "$ip": "203.0.113.9",
+            "$session_id": "forged",
+            "$process_person_profile": True,
+            "ok": 1,
+        },
+    )
+    assert client.flush(5)
+    props = only(sink, "spoof")
+    assert "$set" not in props
+    assert "$set_once" not in props
+    assert "$ip" not in props
+    assert "$session_id" not in props
+    assert props["$process_person_profile"] is False
+    assert props["ok"] == 1
+
+
+def test_session_id_is_attached_inside_a_session_only(
+    client: TelemetryClient, sink: InMemorySink
+) -> None:
+    """Events inside a session carry its $session_id; events before and after do not."""
+    client.capture("before")
+    session_id = client.start_session()
+    assert session_id is not None
+    assert client.session_id == session_id
+    client.capture("during")
+    client.end_session()
+    client.capture("after")
+    assert client.flush(5)
+    assert "$session_id" not in only(sink, "before")
+    assert only(sink, "during")["$session_id"] == session_id
+    assert only(sink, "after").get("$session_id") is None
+    assert client.session_id is None
+
+
+# -- snapshots ------------------------------------------------------------------------------
+def test_the_callers_dict_is_never_mutated(client: TelemetryClient, sink: InMemorySink) -> None:
+    """capture() and the pipeline leave the caller's dict, and everything in it, unchanged."""
+    props: dict[str, Any] = {
+        "path": "/home/alice/project",
+        "$set": {"plan": "pro"},
+        "nested": {"items": [1, {"email": "bob@example.com"}], "nan": math.nan},
+        "blob": b"raw",
+        "long": "x" * (MAX_STRING_CHARS * 2),
+    }
+    before = copy.deepcopy(props)
+    client.capture("e", props)
+    assert client.flush(5)
+    assert sent(sink, "e")
+    assert props.keys() == before.keys()
+    assert props["path"] == before["path"]
+    assert props["$set"] == before["$set"]
+    assert props["nested"]["items"] == before["nested"]["items"]
+    assert math.isnan(props["nested"]["nan"])
+    assert props["blob"] == b"raw"
+    assert props["long"] == before["long"]
+
+
+def test_mutating_the_callers_data_after_capture_changes_nothing_sent(
+    client: TelemetryClient, sink: InMemorySink
+) -> None:
+    """What is sent is what the data held at capture time, nested lists and dicts included."""
+    props: dict[str, Any] = {"tags": ["a", "b"], "cfg": {"depth": 1, "langs": ["py"]}}
+    client.capture("e", props)
+    props["tags"].append("c")
+    props["cfg"]["depth"] = 99
+    props["cfg"]["langs"].clear()
+    props["extra"] = True
+    assert client.flush(5)
+    got = only(sink, "e")
+    assert got["tags"] == ["a", "b"]
+    assert got["cfg"] == {"depth": 1, "langs": ["py"]}
+    assert "extra" not in got
+
+
+def test_mutating_a_model_after_capture_changes_nothing_sent(
+    client: TelemetryClient, sink: InMemorySink
+) -> None:
+    """A model captured with capture_with_serialization is sent as it was at capture time."""
+    repo = Repo(name="demo", path="/src/demo", files=["a.py"])
+    client.capture_with_serialization("repo", repo)
+    repo.files.extend(["b.py", "c.py"])
+    repo.name = "changed"
+    assert client.flush(5)
+    got = only(sink, "repo")
+    assert got["files"] == 1
+    assert got["name"] == "demo"
+
+
+# -- models and rules -----------------------------------------------------------------------
+def test_capture_from_event_applies_nested_model_rules(
+    client: TelemetryClient, sink: InMemorySink
+) -> None:
+    """capture_from_event sends the object's event; models among its properties keep their rules."""
+    repo = Repo(name="demo", path="/home/alice/demo", files=["a.py", "b.py"])
+    client.capture_from_event(SearchDone(repo))
+    assert client.flush(5)
+    props = only(sink, "search_done")
+    assert props["hits"] == 3
+    sent_repo = props["repo"]
+    assert sent_repo["name"] == "demo"
+    assert sent_repo["files"] == 2
+    assert "owner_email" not in sent_repo
+    assert len(sent_repo["path"]) == 16
+    assert set(sent_repo["path"]) <= HEX
+
+
+def test_capture_with_serialization_applies_the_models_rules(
+    client: TelemetryClient, sink: InMemorySink
+) -> None:
+    """HASH gives a stable keyed hash, COUNT a number, FORBIDDEN removes the field."""
+    client.capture_with_serialization(
+        "repo", Repo(name="demo", path="/home/alice/demo", files=["a", "b", "c"])
+    )
+    client.capture_with_serialization("repo", Repo(name="other", path="/home/alice/demo", files=[]))
+    assert client.flush(5)
+    first, second = (e["properties"] for e in sent(sink, "repo"))
+    assert first["files"] == 3
+    assert "owner_email" not in first
+    assert "alice" not in str(first)
+    assert len(first["path"]) == 16
+    assert set(first["path"]) <= HEX
+    assert first["path"] == second["path"]
+
+
+def test_capture_with_serialization_of_a_strict_model_sends_only_listed_fields(
+    client: TelemetryClient, sink: InMemorySink
+) -> None:
+    """A strict model sends only fields with a rule or in its allowlist."""
+    model = StrictSearch(mode="hybrid", results=["x", "y"], query="where is my password")
+    client.capture_with_serialization("search", model)
+    assert client.flush(5)
+    props = only(sink, "search")
+    assert props["mode"] == "hybrid"
+    assert props["results"] == 2
+    assert "query" not in props
+
+
+def test_a_model_whose_rules_name_a_missing_field_is_dropped_and_counted(
+    client: TelemetryClient, sink: InMemorySink
+) -> None:
+    """A rule naming no field drops the event (counted stage_error) without raising."""
+    client.capture_with_serialization("bad_direct", BadRules(name="x"))
+    client.capture("bad_nested", {"model": BadRules(name="x")})
+    client.capture("fine")
+    assert client.flush(5)
+    assert [e["event"] for e in sent(sink)] == ["fine"]
+    assert client.stats()["dropped"]["stage_error"] == 2
+
+
+# -- sessions -------------------------------------------------------------------------------
+def test_start_session_is_idempotent(client: TelemetryClient) -> None:
+    """A second start_session returns the running session's id."""
+    first = client.start_session({"a": 1})
+    assert first is not None
+    assert client.start_session({"b": 2}) == first
+    assert client.session_id == first
+
+
+def test_session_metadata_is_scrubbed_and_attached_to_every_event(
+    client: TelemetryClient, sink: InMemorySink
+) -> None:
+    """Session metadata is scrubbed once and attached to every event of the session."""
+    client.start_session(
+        {"cwd": "/home/alice/secret-project", "contact": "alice@example.com", "mode": "fast"}
+    )
+    client.capture("one")
+    client.capture("two", {"mode": "slow"})
+    client.end_session()
+    client.capture("outside")
+    assert client.flush(5)
+    for name in ("one", "two", "codeweaver_session"):
+        props = only(sink, name)
+        assert props["cwd"] == "<path>", name
+        assert props["contact"] == "<email>", name
+        assert "alice" not in str(props)
+    assert only(sink, "one")["mode"] == "fast"
+    assert "cwd" not in only(sink, "outside")
+
+
+def test_end_session_sends_one_session_event_and_flushes(
+    client: TelemetryClient, sink: InMemorySink
+) -> None:
+    """end_session sends exactly one codeweaver_session event with its duration, already flushed."""
+    session_id = client.start_session()
+    client.capture("work")
+    time.sleep(0.02)
+    client.end_session()
+    # No flush: end_session has already delivered.
+    props = only(sink, "codeweaver_session")
+    assert props["duration_seconds"] > 0
+    assert props["$session_id"] == session_id
+    assert sent(sink, "work")
+    client.end_session()
+    assert client.flush(5)
+    assert len(sent(sink, "codeweaver_session")) == 1
+
+
+def test_with_block_ends_the_session_and_flushes(
+    client: TelemetryClient, sink: InMemorySink
+) -> None:
+    """Leaving `with client:` sends the session event and flushes."""
+    with client as c:
+        assert c is client
+        c.start_session()
+        c.capture("inside")
+    assert len(sent(sink, "codeweaver_session")) == 1
+    assert sent(sink, "inside")
+    assert client.session_id is None
+
+
+def test_with_block_lets_the_exception_through_and_still_sends_the_session(
+    client: TelemetryClient, sink: InMemorySink
+) -> None:
+    """An exception in `with client:` propagates unchanged, and the session event is still sent."""
+    error = KeyError("the host's own error")
+
+    def host_code() -> None:
+        with client:
+            client.start_session()
+            raise error
+
+    with pytest.raises(KeyError) as info:
+        host_code()
+    assert info.value is error
+    assert len(sent(sink, "codeweaver_session")) == 1
+
+
+def test_async_with_ends_the_session_and_flushes(
+    client: TelemetryClient, sink: InMemorySink
+) -> None:
+    """`async with client:` ends the session and flushes, and lets exceptions through."""
+    error = ValueError("async host error")
+
+    async def main() -> None:
+        async with client:
+            client.start_session()
+            client.capture("inside")
+        async with client:
+            client.start_session()
+            raise error
+
+    with pytest.raises(ValueError, match="async host error") as info:
+        asyncio.run(main())
+    assert info.value is error
+    assert len(sent(sink, "codeweaver_session")) == 2
+    assert sent(sink, "inside")
+
+
+def test_unserializable_metadata_still_gives_a_coherent_session(
+    client: TelemetryClient, sink: InMemorySink
+) -> None:
+    """Metadata that cannot be serialized never leaves a session without its $session_id."""
+    session_id = client.start_session({"model": BadRules(name="x")})
+    running = client.session_id
+    client.capture("during")
+    assert client.flush(5)
+    assert session_id == running or session_id is None
+    if running is not None:
+        assert only(sink, "during").get("$session_id") == running
+
+
+def test_session_metadata_obeys_the_size_limits(
+    client: TelemetryClient, sink: InMemorySink
+) -> None:
+    """A long string in session metadata is cut to MAX_STRING_CHARS like any other property."""
+    client.start_session({"note": "word " * 1000})
+    client.capture("e")
+    assert client.flush(5)
+    assert len(only(sink, "e")["note"]) <= MAX_STRING_CHARS
+
+
+# -- never raises ---------------------------------------------------------------------------
+def _cyclic() -> dict[str, Any]:
+    d: dict[str, Any] = {"a": 1}
+    d["self"] = d
+    items: list[Any] = [1]
+    items.append(items)
+    d["items"] = items
+    return d
+
+
+@pytest.mark.parametrize(
+    ("value", "check"),
+    [
+        pytest.param(Opaque(), lambda p: "v" not in p, id="unserializable"),
+        pytest.param(_cyclic(), lambda p: p["v"]["a"] == 1, id="cyclic"),
+        pytest.param(math.nan, lambda p: p["v"] is None, id="nan"),
+        pytest.param(float("inf"), lambda p: p["v"] is None, id="inf"),
+        pytest.param(b"\x00bytes", lambda p: "v" not in p, id="bytes"),
+        pytest.param(Stubborn(), lambda p: p["v"] == {"x": 1}, id="deepcopy-raises"),
+        pytest.param({Opaque(): 1, (1, 2): 2, "k": 3}, lambda p: p["v"] == {"k": 3}, id="keys"),
+        pytest.param(10**40, lambda p: p["v"] == pytest.approx(1e40), id="huge-int"),
+    ],
+)
+def test_capture_never_raises_on_bad_input(
+    client: TelemetryClient,
+    sink: InMemorySink,
+    value: object,
+    check: Callable[[dict[str, Any]], bool],
+) -> None:
+    """Bad input never raises into the caller: it arrives as a JSON-safe value or is left out."""
+    client.capture("bad", {"v": value, "ok": True})
+    client.capture_from_event(_Wrap({"v": value, "ok": True}))
+    assert client.flush(5)
+    events = sent(sink, "bad")
+    assert len(events) == 2
+    for event in events:
+        props = event["properties"]
+        assert props["ok"] is True
+        assert check(props)
+
+
+class _Wrap:
+    def __init__(self, props: dict[str, Any]) -> None:
+        self.props = props
+
+    def to_posthog_event(self) -> tuple[str, dict[str, Any]]:
+        return "bad", self.props
+
+
+def test_broken_callers_objects_never_raise(client: TelemetryClient, sink: InMemorySink) -> None:
+    """Objects that raise on every touch, and wrong argument types, never raise into the caller."""
+
+    class Hostile:
+        def __str__(self) -> str:
+            raise RuntimeError("str")
+
+        def __bool__(self) -> bool:
+            raise RuntimeError("bool")
+
+        def to_posthog_event(self) -> tuple[str, dict[str, Any]]:
+            raise RuntimeError("event")
+
+    hostile: Any = Hostile()
+    client.capture(hostile)
+    client.capture("e", hostile)
+    client.capture("e", ["not", "a", "dict"])  # type: ignore[arg-type]
+    client.capture_from_event(hostile)
+    client.capture_with_serialization("m", hostile)
+    client.start_session(hostile)
+    client.capture("fine")
+    assert client.flush(5)
+    assert sent(sink, "fine")
+
+
+def test_a_huge_string_arrives_cut(client: TelemetryClient, sink: InMemorySink) -> None:
+    """A 1 MB string arrives cut to MAX_STRING_CHARS, ending with the truncation mark."""
+    client.capture("big", {"blob": "a" * 1_000_000})
+    assert client.flush(20)
+    blob = only(sink, "big")["blob"]
+    assert len(blob) == MAX_STRING_CHARS
+    assert blob.endswith(TRUNCATION_MARK)
+
+
+def test_a_huge_string_does_not_stall_delivery(client: TelemetryClient, sink: InMemorySink) -> None:
+    """An event with a 1 MB string, and the one after it, are delivered within the exit bound."""
+    client.capture("big", {"blob": "a" * 1_000_000})
+    client.capture("next")
+    assert client.flush(client.settings.exit_timeout_seconds)
+    assert sent(sink, "next")
+
+
+def test_a_sink_that_raises_never_reaches_the_caller(make_client: MakeClient) -> None:
+    """A sink that raises is the client's problem, not the caller's: flush just says False."""
+
+    def broken(batch: object) -> ExportResult:
+        raise OSError("disk on fire")
+
+    client = make_client(sink=FunctionSink(broken))
+    client.start_session()
+    client.capture("e")
+    assert client.flush(1) is False
+    client.end_session()
+    client.shutdown(timeout=0.2)
+
+
+def test_after_shutdown_every_method_is_a_quiet_no_op(
+    client: TelemetryClient, sink: InMemorySink
+) -> None:
+    """After shutdown() every public method returns quietly and nothing more is sent."""
+    client.start_session()
+    client.capture("before")
+    client.shutdown()
+    delivered = [e["event"] for e in sent(sink)]
+    assert delivered == ["before", "codeweaver_session"]
+    assert not client.enabled
+    client.capture("after")
+    client.capture_from_event(SearchDone(Repo(name="n", path="/p", files=[])))
+    client.capture_with_serialization("after", Repo(name="n", path="/p", files=[]))
+    assert client.start_session() is None
+    client.end_session()
+    assert client.get_feature_flag("beta", default="dflt") == "dflt"
+    assert client.get_all_feature_flags() == {}
+    assert client.flush(0.5) is True
+    client.shutdown()
+    with client:
+        client.capture("after")
+
+    async def main() -> None:
+        async with client:
+            client.capture("after")
+
+    asyncio.run(main())
+    assert [e["event"] for e in sent(sink)] == delivered
+    assert client.stats()["pending"] == 0
+
+
+# -- the process-wide client ----------------------------------------------------------------
+def test_get_telemetry_client_is_one_object_across_threads() -> None:
+    """Eight threads asking at once get the same client; _reset_for_tests gives a fresh one."""
+    barrier = threading.Barrier(8)
+    got: list[TelemetryClient] = []
+    lock = threading.Lock()
+
+    def ask() -> None:
+        barrier.wait()
+        c = get_telemetry_client()
+        with lock:
+            got.append(c)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(got) == 8
+    assert all(c is got[0] for c in got)
+    assert get_telemetry_client() is got[0]
+    client_module._reset_for_tests()
+    fresh = get_telemetry_client()
+    assert fresh is not got[0]
+    assert get_telemetry_client() is fresh
+
+
+# -- telemetry off --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("env", "settings"),
+    [
+        pytest.param({}, {}, id="opt-in-default"),
+        pytest.param({"DO_NOT_TRACK": "1"}, {"enabled": True}, id="do-not-track"),
+        pytest.param({"CI": "true"}, {"enabled": True}, id="ci"),
+        pytest.param({}, {"enabled": True, "disable_telemetry": True}, id="disabled"),
+    ],
+)
+def test_telemetry_off_is_a_no_op_everywhere(
+    clean_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sink: InMemorySink,
+    env: dict[str, str],
+    settings: dict[str, Any],
+) -> None:
+    """With telemetry off, every method is a no-op: no events, no threads, no files."""
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    before = telemetry_threads()
+    client = TelemetryClient(TelemetrySettings(**settings), sink=sink)
+    assert not client.enabled
+    assert client.distinct_id is None
+    client.capture("e", {"a": 1})
+    client.capture_from_event(SearchDone(Repo(name="n", path="/p", files=[])))
+    client.capture_with_serialization("m", Repo(name="n", path="/p", files=[]))
+    assert client.start_session({"cwd": "/home/alice"}) is None
+    assert client.session_id is None
+    assert client.get_feature_flag("beta", default=True) is True
+    assert client.get_feature_flag("beta") is None
+    assert client.get_all_feature_flags() == {}
+    client.end_session()
+    assert client.flush() is True
+    with client:
+        client.capture("e")
+    client.shutdown()
+    assert client.stats() == {"sent": 0, "dropped": {}, "pending": 0}
+    assert sink.events() == []
+    assert telemetry_threads() - before == set()
+    assert not clean_env.exists() or list(clean_env.rglob("*")) == []
+
+
+def test_the_default_process_client_is_off_and_writes_nothing(clean_env: Path) -> None:
+    """Out of the box (opt-in, nothing enabled) the process-wide client is off, writing nothing."""
+    client = get_telemetry_client()
+    assert not client.enabled
+    assert client.decision.source == "policy"
+    client.start_session()
+    client.capture("e")
+    assert client.flush() is True
+    assert client.stats() == {"sent": 0, "dropped": {}, "pending": 0}
+    assert not clean_env.exists() or list(clean_env.rglob("*")) == []
+
+
+# -- threads --------------------------------------------------------------------------------
+def test_captures_from_many_threads_all_arrive_exactly_once(
+    make_client: MakeClient, sink: InMemorySink
+) -> None:
+    """8 threads x 200 captures: all 1,600 events arrive, each exactly once."""
+    client = make_client(sink=sink, max_queue_size=5000, batch_size=100)
+    client.start_session()
+    barrier = threading.Barrier(8)
+
+    def work(thread: int) -> None:
+        barrier.wait()
+        for i in range(200):
+            client.capture("tick", {"thread": thread, "i": i})
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert client.flush(10)
+    ticks = sent(sink, "tick")
+    assert len(ticks) == 1600
+    assert len({e["uuid"] for e in ticks}) == 1600
+    pairs = {(e["properties"]["thread"], e["properties"]["i"]) for e in ticks}
+    assert pairs == {(t, i) for t in range(8) for i in range(200)}
+    assert client.stats()["dropped"] == {}
+
+
+# -- testing.capture_events -----------------------------------------------------------------
+def test_capture_events_records_even_in_ci_and_restores_the_previous_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """capture_events() records into its sink even with CI=true, then restores the old client."""
+    monkeypatch.setenv("CI", "true")
+    previous = get_telemetry_client()
+    assert not previous.enabled
+    with testing.capture_events() as captured:
+        inside = get_telemetry_client()
+        assert inside is not previous
+        assert inside.enabled
+        inside.capture("recorded", {"where": "/home/alice/x"})
+        assert inside.flush(5)
+        assert [e["event"] for e in captured.events()] == ["recorded"]
+        assert captured.events()[0]["properties"]["where"] == "<path>"
+        # Consent is forced for this in-memory client only.
+        assert not TelemetryClient(TelemetrySettings(enabled=True)).enabled
+    assert get_telemetry_client() is previous
+    assert not previous.enabled
+    assert not inside.enabled
+
+
+def test_capture_events_flushes_on_leaving_the_block() -> None:
+    """Events captured in the block are in the sink once the block is left, without a flush."""
+    with testing.capture_events() as captured:
+        get_telemetry_client().capture("late")
+    assert [e["event"] for e in captured.events()] == ["late"]

@@ -1,0 +1,433 @@
+"""The background worker: batching, flush and shutdown deadlines, retry, queue bound, fork."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from codeweaver_telemetry import pipeline
+from codeweaver_telemetry._types import Event, ExportResult, Sink
+from codeweaver_telemetry._worker import Worker
+from codeweaver_telemetry.sinks.memory import FunctionSink, InMemorySink
+
+THREAD_NAME = "codeweaver-telemetry"
+HANG_S = 10.0
+
+
+def passthrough(event: Event, on_drop: Callable[[str], None]) -> Event | None:
+    """The identity pipeline."""
+    return event
+
+
+def ev(name: str = "e") -> Event:
+    return Event(name=name, properties={}, timestamp=time.time(), uuid=str(uuid.uuid4()))
+
+
+def names(batch: Sequence[Event]) -> list[str]:
+    return [e.name for e in batch]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def telemetry_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == THREAD_NAME}
+
+
+@pytest.fixture
+def make_worker() -> Iterator[Callable[..., Worker]]:
+    """Build workers (long interval unless told); all are shut down afterwards."""
+    made: list[Worker] = []
+
+    def factory(
+        sink: Sink,
+        *,
+        batch_size: int = 100,
+        interval_s: float = 60.0,
+        max_queue: int = 1000,
+        process: Callable[[Event, Callable[[str], None]], Event | None] = passthrough,
+    ) -> Worker:
+        worker = Worker(
+            sink=sink,
+            process=process,
+            batch_size=batch_size,
+            interval_s=interval_s,
+            max_queue=max_queue,
+        )
+        made.append(worker)
+        return worker
+
+    yield factory
+    for worker in made:
+        worker.shutdown(0.5)
+
+
+@pytest.fixture
+def gate(make_worker: Callable[..., Worker]) -> Iterator[threading.Event]:
+    """Holds a hanging sink until the test ends (released before the workers shut down)."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+class Recorder:
+    """A FunctionSink handler that records each delivered batch; may fail or hang first."""
+
+    def __init__(
+        self,
+        results: Sequence[ExportResult | type[BaseException]] = (),
+        gate: threading.Event | None = None,
+    ) -> None:
+        self.results = list(results)
+        self.gate = gate
+        self.entered = threading.Event()
+        self.calls = 0
+        self.batches: list[list[str]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: Sequence[Event]) -> ExportResult:
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(HANG_S)
+        with self.lock:
+            self.calls += 1
+            result = self.results.pop(0) if self.results else ExportResult.SUCCESS
+            if isinstance(result, type):
+                raise result("the sink broke")
+            if result is ExportResult.SUCCESS:
+                self.batches.append(names(batch))
+            return result
+
+    @property
+    def delivered(self) -> list[str]:
+        with self.lock:
+            return [n for b in self.batches for n in b]
+
+
+# -- batching -------------------------------------------------------------------------------
+def test_sends_batches_of_batch_size(make_worker: Callable[..., Worker]) -> None:
+    """Full batches go out on their own; a flush sends the partial rest as one batch."""
+    rec = Recorder()
+    worker = make_worker(FunctionSink(rec), batch_size=5)
+    for i in range(12):
+        assert worker.submit(ev(f"e{i}"))
+    assert wait_until(lambda: len(rec.delivered) >= 10)
+    assert worker.flush(5)
+    assert [len(b) for b in rec.batches] == [5, 5, 2]
+    assert rec.delivered == [f"e{i}" for i in range(12)]
+
+
+def test_interval_sends_a_partial_batch(make_worker: Callable[..., Worker]) -> None:
+    """A partial batch is sent once the interval has passed, without a flush."""
+    sink = InMemorySink()
+    worker = make_worker(sink, batch_size=100, interval_s=0.05)
+    for i in range(3):
+        worker.submit(ev(f"e{i}"))
+    assert wait_until(lambda: len(sink.events()) == 3)
+    assert [e["event"] for e in sink.events()] == ["e0", "e1", "e2"]
+    assert worker.pending == 0
+
+
+# -- flush ----------------------------------------------------------------------------------
+def test_flush_returns_true_once_delivered(make_worker: Callable[..., Worker]) -> None:
+    """flush() returns True when everything queued has been delivered."""
+    sink = InMemorySink()
+    worker = make_worker(sink)
+    for i in range(7):
+        worker.submit(ev(f"e{i}"))
+    assert worker.flush(5) is True
+    assert len(sink.events()) == 7
+    assert worker.sent == 7
+    assert worker.pending == 0
+
+
+def test_flush_with_nothing_queued_is_true(make_worker: Callable[..., Worker]) -> None:
+    """flush() on an idle worker returns True at once and starts no thread."""
+    before = telemetry_threads()
+    worker = make_worker(InMemorySink())
+    assert worker.flush(5) is True
+    assert telemetry_threads() - before == set()
+
+
+def test_flush_returns_false_while_the_sink_keeps_asking_to_retry(
+    make_worker: Callable[..., Worker],
+) -> None:
+    """flush() returns False when the sink answers RETRY; the events are kept, not lost."""
+    worker = make_worker(FunctionSink(lambda batch: ExportResult.RETRY))
+    for i in range(3):
+        worker.submit(ev(f"e{i}"))
+    assert worker.flush(2) is False
+    assert worker.flush(2) is False
+    assert worker.pending == 3
+    assert worker.sent == 0
+
+
+def test_flush_returns_within_its_timeout_when_the_sink_hangs(
+    make_worker: Callable[..., Worker], gate: threading.Event
+) -> None:
+    """flush(timeout) returns False within its timeout when the sink hangs."""
+    rec = Recorder(gate=gate)
+    worker = make_worker(FunctionSink(rec))
+    worker.submit(ev())
+    start = time.monotonic()
+    assert worker.flush(0.3) is False
+    assert time.monotonic() - start < 0.3 + 0.5
+
+
+# -- the queue bound ------------------------------------------------------------------------
+def test_full_queue_refuses_the_newest_event_and_counts_it(
+    make_worker: Callable[..., Worker], gate: threading.Event
+) -> None:
+    """A full queue refuses the newest event (submit is False), counts it, and never blocks."""
+    rec = Recorder(gate=gate)
+    worker = make_worker(FunctionSink(rec), batch_size=1, max_queue=3)
+    assert worker.submit(ev("e0"))
+    assert rec.entered.wait(5)  # the sink now holds e0 and hangs
+    assert worker.submit(ev("e1"))
+    assert worker.submit(ev("e2"))
+    start = time.monotonic()
+    refused = [worker.submit(ev("late")) for _ in range(100)]
+    assert time.monotonic() - start < 0.5
+    assert refused == [False] * 100
+    assert worker.dropped["queue_full"] == 100
+    gate.set()
+    assert worker.flush(5)
+    assert rec.delivered == ["e0", "e1", "e2"]
+
+
+# -- sink results ---------------------------------------------------------------------------
+def test_retry_keeps_the_batch_and_delivers_it_later_exactly_once(
+    make_worker: Callable[..., Worker],
+) -> None:
+    """A batch the sink answered RETRY to is kept and delivered later, once, with no duplicate."""
+    rec = Recorder([ExportResult.RETRY, ExportResult.RETRY])
+    worker = make_worker(FunctionSink(rec))
+    worker.submit(ev("a"))
+    worker.submit(ev("b"))
+    assert worker.flush(2) is False
+    worker.submit(ev("c"))
+    assert worker.flush(2) is False
+    assert worker.flush(2) is True
+    assert sorted(rec.delivered) == ["a", "b", "c"]
+    assert worker.flush(2) is True
+    assert sorted(rec.delivered) == ["a", "b", "c"]
+    assert rec.calls == 3
+    assert worker.sent == 3
+    assert worker.pending == 0
+    assert not worker.dropped
+
+
+def test_drop_counts_sink_rejected(make_worker: Callable[..., Worker]) -> None:
+    """A batch the sink answered DROP is counted as sink_rejected and not retried."""
+    rec = Recorder([ExportResult.DROP])
+    worker = make_worker(FunctionSink(rec))
+    for i in range(4):
+        worker.submit(ev(f"e{i}"))
+    assert worker.flush(2) is True
+    assert worker.dropped["sink_rejected"] == 4
+    assert worker.pending == 0
+    assert worker.flush(2) is True
+    assert rec.calls == 1
+    assert rec.delivered == []
+
+
+def test_a_sink_that_raises_does_not_kill_the_thread(
+    make_worker: Callable[..., Worker],
+) -> None:
+    """A sink that raises does not kill the worker: its batch and later events still arrive."""
+    rec = Recorder([RuntimeError, RuntimeError])
+    worker = make_worker(FunctionSink(rec))
+    worker.submit(ev("a"))
+    assert worker.flush(2) is False
+    worker.submit(ev("b"))
+    assert worker.flush(2) is False
+    worker.submit(ev("c"))
+    assert worker.flush(2) is True
+    assert sorted(rec.delivered) == ["a", "b", "c"]
+    worker.submit(ev("d"))
+    assert worker.flush(2) is True
+    assert sorted(rec.delivered) == ["a", "b", "c", "d"]
+
+
+# -- shutdown -------------------------------------------------------------------------------
+def test_shutdown_is_idempotent_and_refuses_later_events(
+    make_worker: Callable[..., Worker],
+) -> None:
+    """shutdown() delivers what is queued, can be called again, and later submits are refused."""
+    sink = InMemorySink()
+    worker = make_worker(sink)
+    worker.submit(ev("a"))
+    assert worker.shutdown(2) is True
+    assert [e["event"] for e in sink.events()] == ["a"]
+    assert sink.shut_down
+    assert worker.shutdown(2) is True
+    assert worker.submit(ev("late")) is False
+    assert worker.dropped["shutdown"] == 1
+    assert worker.flush(1) is True
+    assert [e["event"] for e in sink.events()] == ["a"]
+
+
+def test_shutdown_is_bounded_by_its_timeout_with_a_hanging_sink(
+    make_worker: Callable[..., Worker], gate: threading.Event
+) -> None:
+    """shutdown(timeout) returns within its timeout when the sink hangs, and counts the loss."""
+    rec = Recorder(gate=gate)
+    worker = make_worker(FunctionSink(rec))
+    worker.submit(ev("a"))
+    worker.submit(ev("b"))
+    start = time.monotonic()
+    assert worker.shutdown(0.3) is False
+    assert time.monotonic() - start < 0.3 + 0.5
+    assert worker.dropped["exit_timeout"] == 2
+    start = time.monotonic()
+    worker.shutdown(0.3)
+    assert time.monotonic() - start < 0.3 + 0.5
+    assert worker.submit(ev("late")) is False
+    assert worker.dropped["shutdown"] == 1
+
+
+def test_shutdown_of_an_unused_worker_starts_no_thread(
+    make_worker: Callable[..., Worker],
+) -> None:
+    """Shutting down a worker that never saw an event is immediate and starts no thread."""
+    before = telemetry_threads()
+    sink = InMemorySink()
+    worker = make_worker(sink)
+    assert worker.shutdown(1) is True
+    assert sink.shut_down
+    assert telemetry_threads() - before == set()
+
+
+# -- the thread -----------------------------------------------------------------------------
+def test_thread_is_a_named_daemon_started_by_the_first_event(
+    make_worker: Callable[..., Worker],
+) -> None:
+    """No thread runs until the first event; then one daemon named codeweaver-telemetry does."""
+    before = telemetry_threads()
+    worker = make_worker(InMemorySink())
+    assert telemetry_threads() - before == set()
+    worker.submit(ev())
+    worker.submit(ev())
+    new = telemetry_threads() - before
+    assert len(new) == 1
+    (thread,) = new
+    assert thread.daemon
+    assert thread.is_alive()
+    assert worker.shutdown(2)
+    thread.join(2)
+    assert not thread.is_alive()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_forked_child_gets_a_fresh_thread_and_an_empty_queue(
+    make_worker: Callable[..., Worker],
+) -> None:
+    """In a forked child, submit starts a new thread; the parent's queued events stay its own."""
+    sink = InMemorySink()
+    worker = make_worker(sink)
+    worker.submit(ev("parent-1"))
+    worker.submit(ev("parent-2"))
+    assert worker.pending == 2
+    read_fd, write_fd = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.close(read_fd)
+            report: dict[str, Any] = {"pending_at_start": worker.pending}
+            report["submitted"] = worker.submit(ev("child"))
+            report["threads"] = [t.name for t in threading.enumerate()]
+            report["flushed"] = worker.flush(5)
+            report["sent"] = [e["event"] for e in sink.events()]
+            os.write(write_fd, json.dumps(report).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    chunks = []
+    while chunk := os.read(read_fd, 65536):
+        chunks.append(chunk)
+    os.close(read_fd)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    report = json.loads(b"".join(chunks))
+    assert report["pending_at_start"] == 0
+    assert report["submitted"] is True
+    assert THREAD_NAME in report["threads"]
+    assert report["flushed"] is True
+    assert report["sent"] == ["child"]
+    # The parent still owns, and delivers, its own events.
+    assert worker.flush(5)
+    assert [e["event"] for e in sink.events()] == ["parent-1", "parent-2"]
+
+
+# -- the pipeline ---------------------------------------------------------------------------
+def test_a_stage_that_raises_drops_only_that_event(make_worker: Callable[..., Worker]) -> None:
+    """A pipeline stage that raises drops that event (counted stage_error); others go on."""
+
+    def fragile(event: Event) -> Event:
+        if event.name == "bad":
+            raise ValueError("boom")
+        return event
+
+    stages = (fragile, *pipeline.DEFAULT_STAGES)
+    sink = InMemorySink()
+    worker = make_worker(sink, process=lambda e, on_drop: pipeline.run(e, stages, on_drop=on_drop))
+    for name in ("good-1", "bad", "good-2"):
+        worker.submit(ev(name))
+    assert worker.flush(5)
+    assert [e["event"] for e in sink.events()] == ["good-1", "good-2"]
+    assert worker.dropped["stage_error"] == 1
+    assert worker.sent == 2
+    worker.submit(ev("good-3"))
+    assert worker.flush(5)
+    assert [e["event"] for e in sink.events()][-1] == "good-3"
+
+
+def test_a_stage_returning_none_drops_and_names_itself(
+    make_worker: Callable[..., Worker],
+) -> None:
+    """A stage that returns None drops the event, counted as dropped_by_<stage name>."""
+
+    def veto(event: Event) -> Event | None:
+        return None if event.name == "vetoed" else event
+
+    sink = InMemorySink()
+    worker = make_worker(sink, process=lambda e, on_drop: pipeline.run(e, (veto,), on_drop=on_drop))
+    worker.submit(ev("vetoed"))
+    worker.submit(ev("kept"))
+    assert worker.flush(5)
+    assert [e["event"] for e in sink.events()] == ["kept"]
+    assert worker.dropped["dropped_by_veto"] == 1
+
+
+def test_the_real_pipeline_finishes_events(make_worker: Callable[..., Worker]) -> None:
+    """With the default pipeline, events leave scrubbed and carrying the library's properties."""
+    sink = InMemorySink()
+    worker = make_worker(sink, process=lambda e, on_drop: pipeline.run(e, on_drop=on_drop))
+    event = ev("opened")
+    event.properties = {"where": "/home/alice/notes.txt", "$set": {"email": "a@b.co"}}
+    worker.submit(event)
+    assert worker.flush(5)
+    (sent,) = sink.events()
+    assert sent["properties"]["where"] == "<path>"
+    assert "$set" not in sent["properties"]
+    assert sent["properties"]["$process_person_profile"] is False
+    assert sys.version.startswith(sent["properties"]["$python_version"])
