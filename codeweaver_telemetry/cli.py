@@ -1,0 +1,172 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
+"""``codeweaver-telemetry``: see, change, export and delete what telemetry keeps and sends.
+
+Commands::
+
+    status    is telemetry on, which source decided, and why
+    enable    record your opt-in (off-sources such as DO_NOT_TRACK still win)
+    disable   record your opt-out and forget the install id and HASH key
+    preview   print the last payloads sent (the local log)
+    export    write the state (without secrets) and the local log as JSON
+    delete    remove everything kept locally; prints the id to quote to the vendor
+
+This is the only module that prints. It never starts a client or sends anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from codeweaver_telemetry.consent import consent_sources, decide
+from codeweaver_telemetry.settings import TelemetrySettings, load_settings
+from codeweaver_telemetry.sinks.jsonl import LOG_FILE, read_log
+from codeweaver_telemetry.state import StateError, StateStore, TelemetryState
+
+__all__ = ["main"]
+
+
+def _settings() -> tuple[TelemetrySettings, str | None]:
+    return load_settings()
+
+
+def _state(store: StateStore) -> TelemetryState | None:
+    try:
+        return store.read()
+    except StateError:
+        return None
+
+
+def cmd_status(out: TextIO) -> int:
+    settings, error = _settings()
+    store = StateStore(settings.resolved_state_dir)
+    decision = decide(consent_sources(settings, store, config_error=error, record_notice=False))
+    state = _state(store)
+    destination = (
+        f"PostHog at {settings.posthog_host}"
+        if settings.posthog_api_key is not None
+        else f"the local log only ({store.directory / LOG_FILE})"
+    )
+    logged = sum(1 for _ in read_log(store.directory))
+    print(f"Telemetry is {'ON' if decision.allowed else 'OFF'}.", file=out)
+    print(f"  decided by: {decision.source}", file=out)
+    print(f"  why:        {decision.reason}", file=out)
+    print(f"  policy:     {settings.consent_policy}", file=out)
+    print(f"  sends to:   {destination}", file=out)
+    print(f"  state:      {store.path}", file=out)
+    print(f"  install id: {(state.install_id if state else None) or '(none)'}", file=out)
+    print(f"  logged:     {logged} payloads in {store.directory / LOG_FILE}", file=out)
+    return 0
+
+
+def cmd_enable(out: TextIO) -> int:
+    settings, error = _settings()
+    store = StateStore(settings.resolved_state_dir)
+    store.set_consent("enabled", by="cli")
+    decision = decide(consent_sources(settings, store, config_error=error, record_notice=False))
+    print("Recorded: telemetry enabled.", file=out)
+    if not decision.allowed:
+        print(f"It stays off for now: {decision.reason} ({decision.source}).", file=out)
+    return 0
+
+
+def cmd_disable(out: TextIO) -> int:
+    settings, _ = _settings()
+    store = StateStore(settings.resolved_state_dir)
+    store.set_consent("disabled", by="cli")
+    print("Recorded: telemetry disabled. The install id and HASH key were removed.", file=out)
+    return 0
+
+
+def cmd_preview(out: TextIO, limit: int) -> int:
+    settings, _ = _settings()
+    events = list(read_log(settings.resolved_state_dir))
+    if not events:
+        print("Nothing has been sent yet (the local log is empty).", file=out)
+        return 0
+    for event in events[-limit:]:
+        print(json.dumps(event, indent=2, ensure_ascii=False), file=out)
+    return 0
+
+
+def export_document(directory: Path) -> dict[str, Any]:
+    """Everything kept locally, as one JSON-ready dict; the HASH key is never included."""
+    store = StateStore(directory)
+    try:
+        state: dict[str, Any] | str = store.read().to_json()
+    except StateError as exc:
+        state = f"unreadable: {exc}"
+    if isinstance(state, dict):
+        state.pop("hash_key", None)
+    return {"state_dir": str(directory), "state": state, "events": list(read_log(directory))}
+
+
+def cmd_export(out: TextIO, output: str | None) -> int:
+    settings, _ = _settings()
+    text = json.dumps(export_document(settings.resolved_state_dir), indent=2, ensure_ascii=False)
+    if output:
+        Path(output).write_text(text + "\n", encoding="utf-8")
+        print(f"Wrote {output}.", file=out)
+    else:
+        print(text, file=out)
+    return 0
+
+
+def cmd_delete(out: TextIO) -> int:
+    settings, _ = _settings()
+    directory = settings.resolved_state_dir
+    state = _state(StateStore(directory))
+    if not directory.exists():
+        print(f"Nothing to delete: {directory} does not exist.", file=out)
+        return 0
+    shutil.rmtree(directory)
+    print(f"Deleted {directory}.", file=out)
+    if state and state.install_id:
+        print(
+            "Data already sent cannot be deleted from here. To have it deleted, give the "
+            f"vendor this install id: {state.install_id}",
+            file=out,
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    stream = out or sys.stdout
+    parser = argparse.ArgumentParser(
+        prog="codeweaver-telemetry", description="See and control codeweaver telemetry."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="is telemetry on, and why")
+    sub.add_parser("enable", help="opt in")
+    sub.add_parser("disable", help="opt out and forget the install id")
+    preview = sub.add_parser("preview", help="print the last payloads sent")
+    preview.add_argument("-n", type=int, default=10, help="how many (default 10)")
+    export = sub.add_parser("export", help="everything kept locally, as JSON")
+    export.add_argument("-o", "--output", help="write to this file instead of stdout")
+    sub.add_parser("delete", help="remove everything kept locally")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "status":
+            return cmd_status(stream)
+        if args.command == "enable":
+            return cmd_enable(stream)
+        if args.command == "disable":
+            return cmd_disable(stream)
+        if args.command == "preview":
+            return cmd_preview(stream, args.n)
+        if args.command == "export":
+            return cmd_export(stream, args.output)
+        return cmd_delete(stream)
+    except (OSError, StateError) as exc:
+        print(f"codeweaver-telemetry: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
