@@ -6,8 +6,9 @@ Queue policy: when the queue is full, the *newest* event is refused and counted
 daemon (it never keeps the process alive), and is recreated in a forked child (the child
 starts with an empty queue: the parent's events are the parent's to send).
 
-The worker wakes when ``batch_size`` events are waiting, when ``interval_s`` has passed since
-the oldest one arrived, or when asked to flush. It runs each event through the privacy
+The worker wakes when ``batch_size`` events are waiting, when ``interval_s`` has passed
+since the oldest one arrived, or when asked to flush (a flush sends up to 100 events per
+request). It runs each event through the privacy
 pipeline, then hands the batch to the sink. A batch the sink could not deliver (RETRY) is
 kept, up to the queue bound, and tried again with exponential backoff (1 s doubling to
 60 s); a flush tries again at once.
@@ -27,6 +28,7 @@ from codeweaver_telemetry._types import Event, ExportResult, Sink
 
 __all__ = ["Worker"]
 
+_FLUSH_BATCH = 100  # events per request while flushing
 _MIN_BACKOFF_S = 1.0
 _MAX_BACKOFF_S = 60.0
 
@@ -187,9 +189,9 @@ class Worker:
                     return
                 gen = self._flush_gen
                 flushing = gen > self._done_gen
-                raw = [
-                    self._queue.popleft() for _ in range(min(len(self._queue), self._batch_size))
-                ]
+                # A flush (at exit above all) has little time: fewer, larger requests.
+                size = max(self._batch_size, _FLUSH_BATCH) if flushing else self._batch_size
+                raw = [self._queue.popleft() for _ in range(min(len(self._queue), size))]
                 kept, self._retry = self._retry, []
                 self._in_flight = len(raw) + len(kept)
                 self._oldest_at = time.monotonic() if self._queue else None

@@ -69,6 +69,21 @@ def make_client(clean_env: Path) -> Iterator[Callable[..., TelemetryClient]]:
 
 
 @pytest.fixture
+def build() -> Iterator[Callable[..., TelemetryClient]]:
+    """Build clients exactly as given (no consent added); shut down after the test."""
+    made: list[TelemetryClient] = []
+
+    def factory(*args: Any, **kwargs: Any) -> TelemetryClient:
+        built = TelemetryClient(*args, **kwargs)
+        made.append(built)
+        return built
+
+    yield factory
+    for built in made:
+        built.shutdown(timeout=0.2)
+
+
+@pytest.fixture
 def telemetry_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     """Capture the package logger's records at DEBUG and above."""
     caplog.set_level(logging.DEBUG, logger="codeweaver_telemetry")

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,21 +36,6 @@ def state_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def store(state_dir: Path) -> StateStore:
     return StateStore(state_dir)
-
-
-@pytest.fixture
-def build() -> Iterator[Callable[..., TelemetryClient]]:
-    """Build clients that are shut down after the test."""
-    made: list[TelemetryClient] = []
-
-    def factory(*args: Any, **kwargs: Any) -> TelemetryClient:
-        client = TelemetryClient(*args, **kwargs)
-        made.append(client)
-        return client
-
-    yield factory
-    for client in made:
-        client.shutdown(timeout=0.2)
 
 
 def _settings(**overrides: Any) -> TelemetrySettings:

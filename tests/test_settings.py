@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +25,6 @@ from tests.receiver import DEFINITIONS, FLAGS, PostHogReceiver
 
 PREFIX = "CODEWEAVER__TELEMETRY__"
 SECRET = "phc_SUPERSECRET123"
-
-
-@pytest.fixture
-def build() -> Iterator[Callable[..., TelemetryClient]]:
-    """Build clients that are shut down after the test."""
-    made: list[TelemetryClient] = []
-
-    def factory(*args: Any, **kwargs: Any) -> TelemetryClient:
-        client = TelemetryClient(*args, **kwargs)
-        made.append(client)
-        return client
-
-    yield factory
-    for client in made:
-        client.shutdown(timeout=0.2)
 
 
 @pytest.fixture

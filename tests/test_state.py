@@ -8,7 +8,7 @@ import os
 import runpy
 import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +25,6 @@ posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file mode
 @pytest.fixture
 def store(tmp_path: Path) -> StateStore:
     return StateStore(tmp_path / "state")
-
-
-@pytest.fixture
-def build() -> Iterator[Callable[..., TelemetryClient]]:
-    """Build clients that are shut down after the test."""
-    made: list[TelemetryClient] = []
-
-    def factory(*args: Any, **kwargs: Any) -> TelemetryClient:
-        client = TelemetryClient(*args, **kwargs)
-        made.append(client)
-        return client
-
-    yield factory
-    for client in made:
-        client.shutdown(timeout=0.2)
 
 
 def _raw(store: StateStore) -> dict[str, Any]:

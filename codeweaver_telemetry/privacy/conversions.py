@@ -41,7 +41,6 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable, Iterable, Mapping, Sized
-from typing import Any
 
 from codeweaver_telemetry.privacy.hashing import keyed_hash
 
@@ -137,20 +136,23 @@ def _distribution_key(item: object) -> str | None:
     return None
 
 
+def _items(value: object) -> Iterable[object]:
+    """The items a DISTRIBUTION or AGGREGATE looks at: a dict's values, a collection's
+    members, or the value itself."""
+    if isinstance(value, Mapping):
+        return value.values()
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return value
+    return (value,)
+
+
 def to_distribution(value: object, scrub: Callable[[str], str]) -> dict[str, int]:
     """``{item: count}`` over the scalar items of a collection (dict: its values)."""
     value = _unwrap(value)
-    items: Iterable[object]
     if value is None:
         return {}
-    if isinstance(value, Mapping):
-        items = value.values()
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        items = value
-    else:
-        items = (value,)
     counts: dict[str, int] = {}
-    for item in items:
+    for item in _items(value):
         key = item if type(item) is str else _distribution_key(item)
         if key is not None:
             counts[key] = counts.get(key, 0) + 1
@@ -182,16 +184,8 @@ def _number(item: object) -> int | float | None:
 
 def to_aggregate(value: object) -> int | float:
     """Sum of the numeric items (dict: its values); non-numbers, bools, NaN/inf ignored."""
-    value = _unwrap(value)
-    items: Iterable[Any]
-    if isinstance(value, Mapping):
-        items = value.values()
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        items = value
-    else:
-        items = (value,)
     total: int | float = 0
-    for item in items:
+    for item in _items(_unwrap(value)):
         number = _number(item)
         if number is not None:
             total += number
