@@ -232,6 +232,7 @@ def bench_flags(receiver: PostHogReceiver, home: str) -> None:
             )
         )
         raw = posthog.Client("phc_bench", host=receiver.url, disable_geoip=True)
+
         def ours_lookup(i: int, c: TelemetryClient = ours) -> object:
             return c.get_feature_flag("exp")
 

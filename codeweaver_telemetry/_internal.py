@@ -31,6 +31,7 @@ def env_flag(name: str) -> bool | None:
         return False
     return None
 
+
 logger = logging.getLogger("codeweaver_telemetry")
 """The package logger, with a NullHandler: it prints nothing unless the host sets up logging."""
 

@@ -148,9 +148,11 @@ class Pattern:
 
 
 def _not_after(chars: str, width: int = 1) -> str:
-    """Look-behind for after the first ``width`` characters of a match: the character before
-    the match is none of ``chars``, or it is the letter of a \\n, \\r or \\t escape (JSON and
-    repr text put one right before the first word of every line)."""
+    """A look-behind to put after the first ``width`` characters of a match.
+
+    It holds when the character before the match is none of ``chars``, or when it is the letter
+    of a ``\\n``, ``\\r`` or ``\\t`` escape: JSON and repr text put one before every line.
+    """
     dots = "." * width
     return rf"(?:(?<![{chars}]{dots})|(?<=\\[nrt]{dots}))"
 
@@ -170,9 +172,12 @@ _WSEG: Final = rf"{_WCH}+(?:'{_WCH}+)*"
 _WSEP: Final = r"[\\/]+"
 _WTAIL: Final = rf"(?:{_WSEG_SP}{_WSEP})*(?:{_WSEG})?"
 _WEND: Final = r"(?<![.)\]}])"
-# POSIX: segments end at whitespace, quotes, brackets and the usual text punctuation.
+# POSIX: segments end at whitespace, quotes, brackets and the usual text punctuation. A
+# directory (not the last segment) may hold single spaces before capitalised words, as in
+# ``Application Support/``; prose (``/etc/hosts and then cache/dir``) does not look like that.
 _PCH: Final = r"""[^\s/\\"'`<>|:;,()\[\]{}*?=&#]"""
-_PTAIL: Final = rf"(?:{_PCH}+(?:/+{_PCH}+)*/*)?"
+_PSEG_SP: Final = rf"{_PCH}+(?: [A-Z0-9]{_PCH}*)*"
+_PTAIL: Final = rf"(?:{_PSEG_SP}/+)*(?:{_PCH}+)?"
 
 
 def _secret_word_dispatch() -> str:
@@ -284,7 +289,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         "<stripe_key>",
         "Stripe docs, 'API keys'",
     ),
-    # Stripe webhook signing secrets: whsec_ + 32 or more.
+    # Stripe webhook signing secrets: whsec_ + 24 or more.
     Pattern(
         "stripe_webhook_secret",
         rf"w{_NOT_GLUED}hsec_[A-Za-z0-9]{{24,}}",
@@ -305,7 +310,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         "<google_key>",
         "Google Identity docs, OAuth 2.0 client secrets and access tokens",
     ),
-    # Hugging Face user access tokens: hf_ + 30 or more letters.
+    # Hugging Face user access tokens: hf_ + 30 or more alphanumerics.
     Pattern(
         "huggingface_token",
         rf"h{_NOT_GLUED}f_[A-Za-z0-9]{{30,}}",
@@ -376,9 +381,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
     # E-mail addresses, also percent-encoded (``alice%40example.com``) as found in URLs.
     Pattern(
         "email",
-        r"[\w.+%-]"
-        + _not_after(r"\w.+%-")
-        + r"[\w.+%-]*(?:@|%40)(?:[\w-]+\.)+[^\W\d_]{2,}(?![\w-])",
+        r"[\w.+%-](?<![\w.+%-].)[\w.+%-]*(?:@|%40)(?:[\w-]+\.)+[^\W\d_]{2,}(?![\w-])",
         "<email>",
         "RFC 5322 addr-spec, dot-atom subset",
     ),
@@ -412,14 +415,18 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
     # so does the ``//`` after a URL scheme.
     Pattern(
         "posix_path",
-        "/" + _not_after(r"\w./\\\]~") + rf"(?<![A-Za-z_]>/)(?!(?<=:/)/)/*{_PCH}+/+{_PTAIL}(?<!\.)",
+        "/"
+        + _not_after(r"\w./\\\]~")
+        + rf"(?<![A-Za-z_]>/)(?!(?<=:/)/)/*{_PSEG_SP}/+{_PTAIL}(?<!\.)",
         "<path>",
         "POSIX.1 pathname resolution",
     ),
     # MAC addresses: aa:bb:cc:dd:ee:ff, AA-BB-CC-DD-EE-FF and Cisco aabb.ccdd.eeff.
     Pattern(
         "mac_address",
-        "[0-9A-Fa-f]" + _not_after(r"\w:.-") + rf"(?:[0-9A-Fa-f](?:(?::{_HEX2}){{5}}(?![\w:])"
+        r"[0-9A-Fa-f](?=[0-9A-Fa-f](?:[:-]|[0-9A-Fa-f]{2}\.))"
+        + _not_after(r"\w:.-")
+        + rf"(?:[0-9A-Fa-f](?:(?::{_HEX2}){{5}}(?![\w:])"
         rf"|(?:-{_HEX2}){{5}}(?![\w-]))"
         r"|[0-9A-Fa-f]{3}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}(?![\w.]))",
         "<mac>",
@@ -429,7 +436,9 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
     # a digit somewhere, so C++ scopes such as ``a::b`` stay.
     Pattern(
         "ipv6",
-        "[0-9A-Fa-f]" + _not_after(r"\w:.") + rf"(?:(?<=\d)|(?=[0-9A-Fa-f:.]*\d))[0-9A-Fa-f]{{0,3}}"
+        r"[0-9A-Fa-f](?=[0-9A-Fa-f]{0,3}:)"
+        + _not_after(r"\w:.")
+        + rf"(?:(?<=\d)|(?=[0-9A-Fa-f:.]*\d))[0-9A-Fa-f]{{0,3}}"
         rf"(?:(?::{_H16}){{7}}|(?::{_H16}){{5}}:{_V4}"
         rf"|(?::{_H16}){{0,6}}::(?:(?:{_H16}:){{0,5}}{_V4}|{_H16}(?::{_H16}){{0,6}})?)"
         r"(?![\w:]|\.\d)",
@@ -438,7 +447,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
     ),
     # IPv6 starting with ``::`` (::1, ::ffff:10.0.0.1); a bare ``::`` stays.
     Pattern(
-        "ipv6_leading_zeros",
+        "ipv6_leading_double_colon",
         ":" + _not_after(r"\w:.") + rf":(?=[0-9A-Fa-f:.]*\d)"
         rf"(?:(?:{_H16}:){{0,5}}{_V4}|{_H16}(?::{_H16}){{0,6}})(?![\w:]|\.\d)",
         "<ip>",
@@ -447,7 +456,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
     # IPv4 dotted quads (a fifth dotted number makes it a version or an OID, which stays).
     Pattern(
         "ipv4",
-        r"\d"
+        r"\d(?=\d{0,2}\.)"
         + _not_after(r"\w.")
         + r"(?:(?<=[01])\d{0,2}|(?<=2)(?:5[0-5]|[0-4]\d|\d)?|(?<=[3-9])\d?)"
         rf"\.(?:{_OCTET}\.){{2}}{_OCTET}(?!\w|\.\d)",
@@ -465,6 +474,52 @@ _SEPARATORS: Final = frozenset(" \t\n\r\f\v\"',;()[]{}=&")
 # Short strings made only of these characters cannot hold any default pattern: every vendor
 # token is at least 20 characters long and everything else needs punctuation or a space.
 _FAST_SAFE: Final = re.compile(r"[A-Za-z0-9_+#$]{0,19}")
+
+# Something every default pattern needs: one of its punctuation marks, a digit-dot-digit run,
+# a hex.hex run (Cisco MACs) or a literal vendor prefix. Text with none of these (most prose,
+# enum values, identifiers) cannot match, so it skips the big alternation. Keep this in step
+# with DEFAULT_PATTERNS: a property test checks that text without a trigger never changes.
+_TRIGGER_CHARS: Final = frozenset("@:=/\\~-")
+_DOTTED: Final = re.compile(r"\d\.\d|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}|ya29\.")
+_PREFIXES: Final = (
+    "%40",
+    "eyJ",
+    "AKIA",
+    "ASIA",
+    "ABIA",
+    "ACCA",
+    "AIza",
+    "xox",
+    "xapp",
+    "GOCSPX",
+    "pypi",
+    "earer",
+    "EARER",
+    "asic",
+    "ASIC",
+)
+_UNDERSCORE_PREFIXES: Final = (
+    "gh",
+    "github_pat_",
+    "whsec_",
+    "k_live_",
+    "k_test_",
+    "hf_",
+    "phx_",
+    "npm_",
+)
+
+
+def _may_match(text: str) -> bool:
+    """Cheap: False only when no default pattern can match anywhere in ``text``."""
+    if not _TRIGGER_CHARS.isdisjoint(text):
+        return True
+    if "." in text and _DOTTED.search(text) is not None:
+        return True
+    if "_" in text and any(p in text for p in _UNDERSCORE_PREFIXES):
+        return True
+    return any(p in text for p in _PREFIXES)
+
 
 # marker, name of the secret group (None: the whole match is replaced)
 _Rule: TypeAlias = "tuple[str, str | None]"
@@ -514,7 +569,7 @@ class Scrubber:
     def __call__(self, text: str) -> str:
         """Return ``text`` with every secret and personal datum replaced by its marker."""
         try:
-            if self._fast and _FAST_SAFE.fullmatch(text) is not None:
+            if self._fast and (_FAST_SAFE.fullmatch(text) is not None or not _may_match(text)):
                 return text
             scrubbed, glued = self._pass(text)
             # A replacement glued to its neighbours can expose them (``fe80::1eyJ...`` is an
