@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import enum
 import hashlib
-import hmac
 import json
 import os
 import secrets
@@ -210,13 +209,24 @@ def keyed_hash(value: object, key: bytes) -> str:
 
 
 class KeyedHasher:
-    """``keyed_hash`` for one key, with the HMAC key schedule done once (copied per value)."""
+    """``keyed_hash`` for one key: HMAC-SHA256 (RFC 2104) with the key schedule done once.
 
-    __slots__ = ("_base",)
+    The inner and outer SHA-256 states are keyed once and copied per value (a C-level copy),
+    and recent results are remembered (values such as paths repeat across events).
+    """
+
+    __slots__ = ("_inner", "_memo", "_outer")
     _cache: ClassVar[dict[bytes, KeyedHasher]] = {}
+    _MEMO_SIZE: ClassVar[int] = 4096
 
     def __init__(self, key: bytes) -> None:
-        self._base = hmac.new(key, digestmod=hashlib.sha256)
+        block = hashlib.sha256().block_size
+        if len(key) > block:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(block, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+        self._memo: dict[object, str] = {}
 
     @classmethod
     def for_key(cls, key: bytes) -> KeyedHasher:
@@ -229,9 +239,21 @@ class KeyedHasher:
         return hasher
 
     def __call__(self, value: object) -> str:
-        h = self._base.copy()
-        h.update(canonical_bytes(value))
-        return h.hexdigest()[:HASH_HEX_LENGTH]
+        memo_key = value if type(value) is str else None
+        if memo_key is not None:
+            found = self._memo.get(memo_key)
+            if found is not None:
+                return found
+        inner = self._inner.copy()
+        inner.update(canonical_bytes(value))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        result = outer.hexdigest()[:HASH_HEX_LENGTH]
+        if memo_key is not None:
+            if len(self._memo) >= self._MEMO_SIZE:
+                self._memo.clear()
+            self._memo[memo_key] = result
+        return result
 
     def __repr__(self) -> str:
         return "KeyedHasher(<secret>)"

@@ -465,6 +465,10 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
     ),
 )
 
+# Strings up to this length have their result remembered, in at most this many entries.
+_MEMO_TEXT: Final = 64
+_MEMO_ENTRIES: Final = 4096
+
 # Passes before giving up on a fixed point (one or two are the rule) and failing closed.
 _MAX_PASSES: Final = 8
 
@@ -534,7 +538,7 @@ class Scrubber:
     the whole text is replaced by ``<redacted>``.
     """
 
-    __slots__ = ("_fast", "_patterns", "_regex", "_rules")
+    __slots__ = ("_fast", "_memo", "_patterns", "_regex", "_rules")
 
     def __init__(
         self,
@@ -560,6 +564,8 @@ class Scrubber:
         except re.error as exc:  # pragma: no cover - each pattern compiled on its own already
             raise ValueError(f"scrub patterns do not combine: {exc}") from exc
         self._fast = all(p in DEFAULT_PATTERNS for p in self._patterns)
+        # Short strings repeat across events (languages, statuses, names): remember them.
+        self._memo: dict[str, str] = {}
 
     @property
     def patterns(self) -> tuple[Pattern, ...]:
@@ -568,6 +574,17 @@ class Scrubber:
 
     def __call__(self, text: str) -> str:
         """Return ``text`` with every secret and personal datum replaced by its marker."""
+        if len(text) <= _MEMO_TEXT:
+            found = self._memo.get(text)
+            if found is None:
+                found = self._scrub(text)
+                if len(self._memo) >= _MEMO_ENTRIES:
+                    self._memo.clear()
+                self._memo[text] = found
+            return found
+        return self._scrub(text)
+
+    def _scrub(self, text: str) -> str:
         try:
             if self._fast and (_FAST_SAFE.fullmatch(text) is not None or not _may_match(text)):
                 return text

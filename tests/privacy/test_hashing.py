@@ -90,3 +90,15 @@ def test_canonical_bytes_separate_types() -> None:
     """Equal-looking values of different types never share an encoding."""
     values = ["1", 1, 1.0, True, b"1", None, [1], {"1": 1}]
     assert len({canonical_bytes(v) for v in values}) == len(values)
+
+
+@pytest.mark.parametrize("key", [b"k" * 16, b"k" * 32, b"x" * 64, b"long" * 40])
+@pytest.mark.parametrize("value", ["/home/alice/repo", "", 42, b"\x00raw", [1, "a"], None])
+def test_keyed_hash_is_standard_hmac_sha256(key: bytes, value: object) -> None:
+    """The hash is exactly HMAC-SHA256 (RFC 2104) of the canonical bytes, cut to 16 hex."""
+    import hashlib
+    import hmac
+
+    expected = hmac.new(key, canonical_bytes(value), hashlib.sha256).hexdigest()[:16]
+    assert keyed_hash(value, key) == expected
+    assert keyed_hash(value, key) == expected, "the remembered result is the same"
