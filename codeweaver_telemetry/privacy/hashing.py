@@ -239,7 +239,7 @@ class KeyedHasher:
         return hasher
 
     def __call__(self, value: object) -> str:
-        memo_key = value if type(value) is str else None
+        memo_key = value if type(value) is str and len(value) <= 256 else None
         if memo_key is not None:
             found = self._memo.get(memo_key)
             if found is not None:
