@@ -131,12 +131,44 @@ def import_time_ms(module: str, home: str) -> tuple[float, float]:
     return statistics.median(totals), statistics.median(walls)
 
 
+def start_ms(code: str, env: dict[str, str]) -> float:
+    """Median wall time of a fresh interpreter running ``code`` (5 runs)."""
+    walls = []
+    for _ in range(5):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], env=env, check=True)
+        walls.append((time.perf_counter() - start) * 1000)
+    return statistics.median(walls)
+
+
 def bench_import(home: str) -> None:
     ours_total, ours_wall = import_time_ms("codeweaver_telemetry", home)
     raw_total, raw_wall = import_time_ms("posthog", home)
     header("import time (python -X importtime, cumulative; median of 5 fresh interpreters)")
     row("import (importtime cumulative)", ours_total, raw_total, "ms")
     row("whole interpreter run (python -c import)", ours_wall, raw_wall, "ms")
+    raw_client = start_ms(
+        "import posthog; posthog.Client('phc_x', host='http://127.0.0.1:9')", clean_env(home)
+    )
+    first_client = "import codeweaver_telemetry as t; t.get_telemetry_client()"
+    for label, extra in (
+        ("off (DO_NOT_TRACK=1)", {"DO_NOT_TRACK": "1"}),
+        ("on, local log", {"CODEWEAVER__TELEMETRY__ENABLED": "1"}),
+        (
+            "on, PostHog key",
+            {
+                "CODEWEAVER__TELEMETRY__ENABLED": "1",
+                "CODEWEAVER__TELEMETRY__POSTHOG_API_KEY": "phc_x",
+                "CODEWEAVER__TELEMETRY__POSTHOG_HOST": "http://127.0.0.1:9",
+            },
+        ),
+    ):
+        row(
+            f"import + first client, {label}",
+            start_ms(first_client, clean_env(home, **extra)),
+            raw_client,
+            "ms",
+        )
     probe = subprocess.run(
         [
             sys.executable,

@@ -16,6 +16,7 @@ __all__ = [
     "ConsentVote",
     "Event",
     "ExportResult",
+    "SessionMetadata",
     "Sink",
     "Stage",
 ]
@@ -39,6 +40,14 @@ class Event:
     model: object | None = None
     context: Mapping[str, Any] = field(default_factory=dict)
     """System properties set by the library (session id, flags); added after privacy stages."""
+
+
+@dataclass(slots=True)
+class SessionMetadata:
+    """A session's metadata: the caller's snapshot, serialized once, on the worker thread."""
+
+    raw: dict[str, Any]
+    serialized: dict[str, Any] | None = None
 
 
 Stage: TypeAlias = Callable[[Event], "Event | None"]

@@ -215,6 +215,9 @@ class Worker:
     def _finish(self, raw: Sequence[Event]) -> list[Event]:
         finished = []
         for event in raw:
+            # The pipeline is pure Python: give the GIL back between events, so a caller
+            # thread waiting to capture never waits a whole switch interval behind a batch.
+            time.sleep(0)
             try:
                 done = self._process(event, self._count_drop)
             except Exception as exc:  # the pipeline drops, it never passes an event on raw

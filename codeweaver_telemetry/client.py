@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from codeweaver_telemetry._internal import internal_errors, logger
-from codeweaver_telemetry._types import Event, Sink
+from codeweaver_telemetry._types import Event, SessionMetadata, Sink
 from codeweaver_telemetry.consent import (
     ConsentDecision,
     consent_sources,
@@ -105,6 +105,14 @@ def _uuid7() -> str:
     return str(uuid.UUID(int=value))
 
 
+def _run_pipeline(event: Event, on_drop: Callable[[str], None]) -> Event | None:
+    # Imported here, on the worker thread: the caller never pays for the privacy modules
+    # (pydantic models, the scrubber's regex compilation).
+    from codeweaver_telemetry import pipeline
+
+    return pipeline.run(event, on_drop=on_drop)
+
+
 class _Session:
     __slots__ = ("id", "started")
 
@@ -141,7 +149,7 @@ class TelemetryClient:
         self._lock = threading.RLock()
         self._session: _Session | None = None
         self._context: Mapping[str, Any] = {}
-        self._metadata: dict[str, Any] = {}
+        self._metadata: SessionMetadata | None = None
         self._flags_seen: dict[str, FlagValue] = {}
         self._worker: Worker | None = None
         self._flag_cache: FlagCache | None = None
@@ -212,7 +220,6 @@ class TelemetryClient:
             )
             logger.warning("codeweaver_telemetry: %s; telemetry is off", self.decision.reason)
             return
-        from codeweaver_telemetry import pipeline
         from codeweaver_telemetry._worker import Worker
         from codeweaver_telemetry.flags import FlagCache
         from codeweaver_telemetry.privacy.hashing import (
@@ -227,7 +234,7 @@ class TelemetryClient:
             sink = self._default_sink(settings)
         self._worker = Worker(
             sink=sink,
-            process=lambda event, on_drop: pipeline.run(event, on_drop=on_drop),
+            process=_run_pipeline,
             batch_size=settings.batch_size,
             interval_s=settings.batch_interval_seconds,
             max_queue=settings.max_queue_size,
@@ -295,14 +302,15 @@ class TelemetryClient:
     def start_session(self, metadata: Mapping[str, Any] | None = None) -> str | None:
         """Start a session (idempotent) and return its id; None when telemetry is off.
 
-        ``metadata`` goes through the privacy pipeline once, now, and is then attached to
-        every event of the session. Feature flags are fetched in the background.
+        ``metadata`` is snapshotted now, goes through the privacy pipeline once (on the
+        worker thread), and is attached to every event of the session. Feature flags are
+        fetched in the background.
         """
         if not self._enabled:
             return None
         with internal_errors("start_session"), self._lock:
             if self._session is None:
-                self._metadata = self._serialize_metadata(metadata)
+                self._metadata = SessionMetadata(_snapshot(dict(metadata or {})))
                 self._session = _Session()
                 self._flags_seen = {}
                 self._refresh_context()
@@ -310,26 +318,6 @@ class TelemetryClient:
                     self._flag_cache.prefetch()
             return self._session.id
         return None
-
-    @staticmethod
-    def _serialize_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-        if not metadata:
-            return {}
-        from codeweaver_telemetry import pipeline
-        from codeweaver_telemetry.privacy.rules import serialize_for_telemetry
-
-        try:
-            serialized = serialize_for_telemetry(
-                _snapshot(dict(metadata)), max_string_chars=2 * pipeline.MAX_STRING_CHARS
-            )
-        except Exception as exc:  # bad metadata costs the metadata, never the session
-            logger.warning(
-                "codeweaver_telemetry: session metadata was dropped (%s: %s)",
-                type(exc).__name__,
-                exc,
-            )
-            return {}
-        return {k: v for k, v in (serialized or {}).items() if not k.startswith("$")}
 
     def end_session(self) -> None:
         """End the session: send the session event with its duration, then flush."""
@@ -347,7 +335,7 @@ class TelemetryClient:
             duration = round(time.monotonic() - session.started, 3)
             self._enqueue(SESSION_EVENT, {"duration_seconds": duration}, None)
             self._session = None
-            self._metadata = {}
+            self._metadata = None
             self._flags_seen = {}
             self._refresh_context()
             return True

@@ -16,8 +16,9 @@
    ``$geoip_disable: true``, ``$lib``, ``$lib_version``, ``$os``, ``$os_version``,
    ``$python_version`` and the session's ``$feature/<key>`` flags.
 
-The session's metadata (serialized once, when the session started) is merged under the
-event's own properties in step 1, so it counts towards the limits of step 2.
+The session's metadata (serialized once, by the first event of the session that needs it)
+is merged under the event's own properties in step 1, so it counts towards the limits of
+step 2.
 
 A stage returns None to drop the event; a stage that raises drops the event too (never passes
 it on raw). Stages are plain callables ``(Event) -> Event | None``.
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from codeweaver_telemetry._internal import logger
-from codeweaver_telemetry._types import Event, Stage
+from codeweaver_telemetry._types import Event, SessionMetadata, Stage
 from codeweaver_telemetry.privacy.rules import serialize_for_telemetry
 from codeweaver_telemetry.privacy.scrubber import scrub
 
@@ -63,7 +64,7 @@ _PRE_CUT = 2 * MAX_STRING_CHARS  # strings are cut to this before scrubbing
 def serialize_stage(event: Event) -> Event | None:
     """Turn the caller's snapshot into JSON-safe, scrubbed properties (one path for all)."""
     metadata = event.context.get("metadata")
-    props: dict[str, Any] = dict(metadata) if metadata else {}
+    props: dict[str, Any] = dict(_session_metadata(metadata)) if metadata else {}
     if event.model is not None:
         serialized = serialize_for_telemetry(event.model, max_string_chars=_PRE_CUT)
         if isinstance(serialized, dict):
@@ -76,6 +77,24 @@ def serialize_stage(event: Event) -> Event | None:
     event.model = None
     event.name = scrub(event.name[: 2 * MAX_NAME_CHARS])[:MAX_NAME_CHARS] or "unnamed_event"
     return event
+
+
+def _session_metadata(metadata: SessionMetadata) -> dict[str, Any]:
+    """Serialize a session's metadata the first time an event of the session needs it."""
+    if metadata.serialized is None:
+        try:
+            serialized = serialize_for_telemetry(metadata.raw, max_string_chars=_PRE_CUT)
+        except Exception as exc:  # bad metadata costs the metadata, never the events
+            logger.warning(
+                "codeweaver_telemetry: session metadata was dropped (%s: %s)",
+                type(exc).__name__,
+                exc,
+            )
+            serialized = {}
+        metadata.serialized = {
+            k: v for k, v in (serialized or {}).items() if not str(k).startswith("$")
+        }
+    return metadata.serialized
 
 
 def _limit(value: Any) -> Any:

@@ -59,16 +59,19 @@ class PostHogSink:
     """
 
     def __init__(self, *, api_key: str, host: str, timeout_s: float) -> None:
-        from posthog import request  # the ~200 ms import happens only for an enabled client
-
-        _quiet_posthog_logger()
-        self._request = request
+        self._request: Any = None
         self._api_key = api_key
         self._host = host
         self._timeout_s = timeout_s
 
     def export(self, batch: Sequence[Event]) -> ExportResult:
         """POST the batch (gzip) to ``/batch/``; map the outcome to SUCCESS, RETRY or DROP."""
+        if self._request is None:
+            # The ~200 ms import happens on the worker thread, on the first export.
+            from posthog import request
+
+            _quiet_posthog_logger()
+            self._request = request
         try:
             self._request.batch_post(
                 self._api_key,
