@@ -2,7 +2,8 @@
 """The background worker: a bounded queue, one daemon thread, batching, retry, deadlines.
 
 Queue policy: when the queue is full, the *newest* event is refused and counted
-(``queue_full``); the caller is never blocked. The thread starts on the first event, is a
+(``queue_full``); the caller is never blocked. A few slots beyond the bound are kept for
+the library's session summary. The thread starts on the first event, is a
 daemon (it never keeps the process alive), and is recreated in a forked child (the child
 starts with an empty queue: the parent's events are the parent's to send).
 
@@ -29,6 +30,7 @@ from codeweaver_telemetry._types import Event, ExportResult, Sink
 __all__ = ["Worker"]
 
 _FLUSH_BATCH = 100  # events per request while flushing
+_RESERVED_SLOTS = 8  # room beyond the bound for the library's own session events
 _MIN_BACKOFF_S = 1.0
 _MAX_BACKOFF_S = 60.0
 
@@ -86,15 +88,20 @@ class Worker:
         self._init_state()
 
     # -- caller side ----------------------------------------------------------------------
-    def submit(self, event: Event) -> bool:
-        """Queue an event without blocking; False if it was refused (full or closed)."""
+    def submit(self, event: Event, *, reserved: bool = False) -> bool:
+        """Queue an event without blocking; False if it was refused (full or closed).
+
+        ``reserved`` events (the library's session summary) may use a few slots beyond the
+        bound, so a queue filled by the app never costs the session its summary.
+        """
         if self._pid != os.getpid():  # a fork without the at-fork hook
             self._init_state()
         with self._lock:
             if self._closed:
                 self.dropped["shutdown"] += 1
                 return False
-            if len(self._queue) + len(self._retry) + self._in_flight >= self._max_queue:
+            bound = self._max_queue + (_RESERVED_SLOTS if reserved else 0)
+            if len(self._queue) + len(self._retry) + self._in_flight >= bound:
                 self.dropped["queue_full"] += 1
                 return False
             self._queue.append(event)

@@ -333,7 +333,7 @@ class TelemetryClient:
             if session is None:
                 return False
             duration = round(time.monotonic() - session.started, 3)
-            self._enqueue(SESSION_EVENT, {"duration_seconds": duration}, None)
+            self._enqueue(SESSION_EVENT, {"duration_seconds": duration}, None, reserved=True)
             self._session = None
             self._metadata = None
             self._flags_seen = {}
@@ -379,7 +379,14 @@ class TelemetryClient:
         with internal_errors("capture_with_serialization"):
             self._enqueue(event, None, model)
 
-    def _enqueue(self, name: str, properties: Mapping[str, Any] | None, model: object) -> None:
+    def _enqueue(
+        self,
+        name: str,
+        properties: Mapping[str, Any] | None,
+        model: object,
+        *,
+        reserved: bool = False,
+    ) -> None:
         worker = self._worker
         if worker is None or self._closed:
             return
@@ -392,7 +399,8 @@ class TelemetryClient:
                 distinct_id=self._distinct_id,
                 model=_snapshot(model) if model is not None else None,
                 context=self._context,
-            )
+            ),
+            reserved=reserved,
         )
 
     # -- flags ----------------------------------------------------------------------------

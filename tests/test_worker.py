@@ -210,6 +210,23 @@ def test_full_queue_refuses_the_newest_event_and_counts_it(
     assert rec.delivered == ["e0", "e1", "e2"]
 
 
+def test_reserved_slots_keep_room_for_the_session_summary(
+    make_worker: Callable[..., Worker], gate: threading.Event
+) -> None:
+    """When the app fills the queue, the library's session summary still gets in."""
+    rec = Recorder(gate=gate)
+    worker = make_worker(FunctionSink(rec), batch_size=1, max_queue=3)
+    assert worker.submit(ev("e0"))
+    assert rec.entered.wait(5)
+    assert worker.submit(ev("e1"))
+    assert worker.submit(ev("e2"))
+    assert not worker.submit(ev("app"))
+    assert worker.submit(ev("summary"), reserved=True)
+    gate.set()
+    assert worker.flush(5)
+    assert rec.delivered == ["e0", "e1", "e2", "summary"]
+
+
 # -- sink results ---------------------------------------------------------------------------
 def test_retry_keeps_the_batch_and_delivers_it_later_exactly_once(
     make_worker: Callable[..., Worker],
