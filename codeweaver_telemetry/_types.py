@@ -62,7 +62,9 @@ class ExportResult(enum.Enum):
     RETRY = "retry"
     """Not delivered, worth trying again later (network down, 5xx, 429)."""
     DROP = "drop"
-    """Not delivered and never will be (rejected as too large or malformed)."""
+    """Not delivered and never will be (rejected as malformed or unauthorised)."""
+    SPLIT = "split"
+    """Rejected as too large as a whole (HTTP 413): send it again in halves."""
 
 
 @runtime_checkable

@@ -258,11 +258,19 @@ class Worker:
         if result is ExportResult.DROP:
             self._count_drop_n("sink_rejected", len(batch))
             return True
+        if result is ExportResult.SPLIT:
+            if len(batch) == 1:  # one event alone is too large: it can never be delivered
+                self._count_drop_n("too_large", 1)
+                return True
+            middle = len(batch) // 2
+            first = self._export(batch[:middle])
+            second = self._export(batch[middle:])
+            return first and second
         with self._lock:
-            room = self._max_queue - len(self._queue)
-            self._retry = batch[: max(0, room)]
+            room = max(0, self._max_queue - len(self._queue) - len(self._retry))
+            self._retry.extend(batch[:room])
             if len(batch) > room:
-                self.dropped["queue_full"] += len(batch) - max(0, room)
+                self.dropped["queue_full"] += len(batch) - room
         return False
 
     def _count_drop_n(self, reason: str, n: int) -> None:

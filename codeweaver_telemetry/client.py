@@ -89,10 +89,22 @@ def _snapshot(value: Any, depth: int = 0) -> Any:
         return frozenset(value)
     try:
         return copy.deepcopy(value)
-    except Exception:  # an object that cannot be copied is serialized now instead
+    except Exception:  # what cannot be copied is serialized now (rules and scrubber apply)
         from codeweaver_telemetry.privacy.rules import serialize_for_telemetry
 
-        return serialize_for_telemetry(value)
+        try:
+            wrapped = serialize_for_telemetry({"v": value})
+        except Exception:
+            wrapped = {}
+        if "v" in wrapped:
+            return wrapped["v"]
+        return UncopyableValue()  # no JSON-safe form either: it is not sent
+
+
+class UncopyableValue:
+    """Stands in for a caller's object that could not be snapshotted; never sent."""
+
+    __slots__ = ()
 
 
 def _uuid7() -> str:
@@ -132,7 +144,9 @@ class TelemetryClient:
         sink: where finished events go; default: PostHog when an API key is set, else the
             local JSON Lines log in the state directory.
         config_error: a settings problem found while loading (telemetry is then off).
-        on_notice: shows the opt-out notice to the user (default: logged at WARNING).
+        on_notice: shows the one-time notice to the user under the opt-out policy (for
+            example ``lambda text: print(text, file=sys.stderr)``). Without it the opt-out
+            policy cannot show its notice, so telemetry stays off.
     """
 
     def __init__(
@@ -156,6 +170,8 @@ class TelemetryClient:
         self._flag_source: Any = None
         self._distinct_id = ""
         self._exit_timeout = 1.0
+        self._waited_s = 0.0  # time spent in flushes that timed out since the last success
+        self._key_provider: Any = None
         self._settings = settings
         self.decision = ConsentDecision(False, "init", "not initialised")
         """Whether telemetry is on, which source decided, and why."""
@@ -165,11 +181,16 @@ class TelemetryClient:
                 self.decision = quick
                 logger.debug("codeweaver_telemetry: telemetry is off (%s)", quick.reason)
                 return
-            if settings is None:
-                from codeweaver_telemetry.settings import load_settings
+        if self.decision.source != "init":
+            return
+        if settings is None:
+            # Outside the guard on purpose: load_settings never raises, except in strict
+            # mode, where the developer asked for the TelemetryConfigError.
+            from codeweaver_telemetry.settings import load_settings
 
-                settings, config_error = load_settings()
-                self._settings = settings
+            settings, config_error = load_settings()
+            self._settings = settings
+        with internal_errors("client start"):
             self._start(settings, sink, config_error, on_notice, _force_consent)
 
     @property
@@ -197,9 +218,8 @@ class TelemetryClient:
         forced: ConsentDecision | None,
     ) -> None:
         store = StateStore(settings.resolved_state_dir)
-        notice = on_notice or (lambda text: logger.warning("codeweaver_telemetry: %s", text))
         self.decision = forced or decide(
-            consent_sources(settings, store, config_error=config_error, on_notice=notice)
+            consent_sources(settings, store, config_error=config_error, on_notice=on_notice)
         )
         if not self.decision.allowed:
             # A broken state file is a problem the user should hear about (once); every
@@ -229,7 +249,11 @@ class TelemetryClient:
 
         self._distinct_id = install_id
         self._exit_timeout = settings.exit_timeout_seconds
-        set_default_key_provider(InMemoryKeyProvider(key))
+        # This client's events hash under this install's key, whatever other clients do.
+        self._key_provider = InMemoryKeyProvider(key)
+        if forced is None:  # direct serialize_for_telemetry() calls use the install key too
+            set_default_key_provider(self._key_provider)
+        self._refresh_context()
         if sink is None:
             sink = self._default_sink(settings)
         self._worker = Worker(
@@ -343,15 +367,12 @@ class TelemetryClient:
     def _refresh_context(self) -> None:
         # Copy-on-write: events already queued keep the context they were captured with.
         session = self._session
-        self._context = (
-            {
-                "session_id": session.id,
-                "metadata": self._metadata,
-                "flags": dict(self._flags_seen),
-            }
-            if session
-            else {}
-        )
+        context: dict[str, Any] = {"key_provider": self._key_provider}
+        if session is not None:
+            context.update(
+                session_id=session.id, metadata=self._metadata, flags=dict(self._flags_seen)
+            )
+        self._context = context
 
     # -- capture --------------------------------------------------------------------------
     def capture(self, event: str, properties: Mapping[str, Any] | None = None) -> None:
@@ -390,9 +411,15 @@ class TelemetryClient:
         worker = self._worker
         if worker is None or self._closed:
             return
+        if not isinstance(name, str):
+            logger.warning(
+                "codeweaver_telemetry: an event name must be a str, not %s; event dropped",
+                type(name).__name__,
+            )
+            return
         worker.submit(
             Event(
-                name=str(name),
+                name=name,
                 properties=_snapshot(properties) if properties else {},
                 timestamp=time.time(),
                 uuid=str(uuid.uuid4()),
@@ -443,13 +470,18 @@ class TelemetryClient:
         if worker is None:
             return True
         with internal_errors("flush"):
-            return worker.flush(self._exit_timeout if timeout is None else timeout)
+            started = time.monotonic()
+            delivered = worker.flush(self._exit_timeout if timeout is None else timeout)
+            self._waited_s = 0.0 if delivered else self._waited_s + time.monotonic() - started
+            return delivered
         return False
 
     def shutdown(self, timeout: float | None = None) -> None:
         """End the session, flush within ``timeout`` (default: the exit bound), stop.
 
-        Idempotent; afterwards every method is a quiet no-op.
+        Idempotent; afterwards every method is a quiet no-op. When earlier flushes already
+        waited on an unresponsive host, the default wait is what is left of the exit bound,
+        so a program never waits more than the bound in all at its end.
         """
         if self._closed:
             return
@@ -457,7 +489,10 @@ class TelemetryClient:
             self._end_session()
             self._closed = True
             self._enabled = False
-            bound = self._exit_timeout if timeout is None else timeout
+            if timeout is None:
+                bound = max(0.0, self._exit_timeout - self._waited_s)
+            else:
+                bound = timeout
             if self._worker is not None:
                 self._worker.shutdown(bound)
             if self._flag_source is not None:
@@ -474,8 +509,10 @@ class TelemetryClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.end_session()
-        self.flush()
+        if self._enabled:
+            with internal_errors("__exit__"):
+                self._end_session()
+                self.flush()  # one flush, one bound
 
     async def __aenter__(self) -> TelemetryClient:
         return self
@@ -524,15 +561,21 @@ _CLIENT_LOCK = threading.Lock()
 _ATEXIT_REGISTERED = False
 
 
-def get_telemetry_client() -> TelemetryClient:
-    """The process-wide client, created on first call from the environment and config file."""
+def get_telemetry_client(*, on_notice: Callable[[str], None] | None = None) -> TelemetryClient:
+    """The process-wide client, created on first call from the environment and config file.
+
+    Args:
+        on_notice: shows the one-time notice to the user (for example ``print`` to stderr)
+            under the opt-out policy. Only the first call's value is used. Without it, the
+            opt-out policy cannot show its notice, so telemetry stays off.
+    """
     global _CLIENT
     client = _CLIENT
     if client is not None:
         return client
     with _CLIENT_LOCK:
         if _CLIENT is None:
-            _CLIENT = TelemetryClient()
+            _CLIENT = TelemetryClient(on_notice=on_notice)
         return _CLIENT
 
 
@@ -549,7 +592,7 @@ def _exit_hook() -> None:
     clients = list(_LIVE)
     if not clients:
         return
-    bound = max(c._exit_timeout for c in clients)
+    bound = max(max(0.0, c._exit_timeout - c._waited_s) for c in clients)
     deadline = time.monotonic() + bound
     for client in clients:  # one shared deadline: exit never waits longer than the bound
         with internal_errors("exit"):
@@ -561,3 +604,16 @@ def _register_atexit() -> None:
     if not _ATEXIT_REGISTERED:
         _ATEXIT_REGISTERED = True
         atexit.register(_exit_hook)
+        _register_child_exit()
+
+
+def _register_child_exit() -> None:
+    # A multiprocessing child ends with os._exit(), so atexit never runs there; its
+    # finalizers do. Register the exit flush as one, here and in every forked child.
+    import multiprocessing.util as mp_util
+
+    def register(_: object = None) -> None:
+        mp_util.Finalize(None, _exit_hook, exitpriority=10)
+
+    register()
+    mp_util.register_after_fork(_exit_hook, register)

@@ -104,7 +104,9 @@ def environment_decision() -> ConsentDecision | None:
 
 
 def _do_not_track() -> ConsentVote | None:
-    if env_flag("DO_NOT_TRACK"):
+    # Fails closed: any value but an explicit false/0/no/off (or empty) means "do not track".
+    value = os.environ.get("DO_NOT_TRACK")
+    if value is not None and value.strip().lower() not in FALSE_WORDS:
         return ConsentVote(False, "DO_NOT_TRACK is set")
     return None
 
@@ -202,12 +204,20 @@ def consent_sources(
             return ConsentVote(True, f"opt-out policy; notice shown on {current.notice_shown_at}")
         if not record_notice:
             return ConsentVote(False, "opt-out policy; the notice has not been shown yet")
+        if on_notice is None:
+            # A notice nobody sees is no notice: stay off, and do not record it as shown.
+            return ConsentVote(
+                False,
+                "opt-out policy, but the app gave no way to show the notice (on_notice)",
+            )
+        try:
+            on_notice(NOTICE)
+        except Exception:  # the app's callback failed: the notice was not shown
+            return ConsentVote(False, "opt-out policy, but showing the notice failed")
         try:
             store.mark_notice_shown()
         except (OSError, StateError):
             return ConsentVote(False, "opt-out policy, but the notice could not be recorded")
-        if on_notice is not None:
-            on_notice(NOTICE)
         return ConsentVote(
             False, "opt-out policy; the notice was shown this run, so nothing is sent"
         )

@@ -687,3 +687,71 @@ def test_capture_events_flushes_on_leaving_the_block() -> None:
     with testing.capture_events() as captured:
         get_telemetry_client().capture("late")
     assert [e["event"] for e in captured.events()] == ["late"]
+
+
+def test_non_string_event_names_are_dropped(make_client: Callable[..., TelemetryClient]) -> None:
+    """An event name that is not a str is dropped (never sent as "None"), without raising."""
+    sink = InMemorySink()
+    client = make_client(sink=sink)
+    client.capture(None, {"a": 1})  # type: ignore[arg-type]
+    client.capture(42, {"a": 1})  # type: ignore[arg-type]
+    client.capture("ok", {})
+    assert client.flush(5)
+    assert [e["event"] for e in sink.events()] == ["ok"]
+
+
+def test_strict_mode_raises_config_errors_through_the_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With STRICT=1 a bad setting raises TelemetryConfigError from TelemetryClient()."""
+    from codeweaver_telemetry import TelemetryConfigError
+
+    monkeypatch.setenv("CODEWEAVER__TELEMETRY__STRICT", "1")
+    monkeypatch.setenv("CODEWEAVER__TELEMETRY__BATCH_SIZE", "abc")
+    with pytest.raises(TelemetryConfigError, match="batch_size"):
+        TelemetryClient()
+
+
+class _NoCopyNoJson:
+    def __deepcopy__(self, memo: object) -> object:
+        raise TypeError("no copies")
+
+
+def test_uncopyable_unknown_objects_are_not_sent(
+    make_client: Callable[..., TelemetryClient],
+) -> None:
+    """An object that can be neither copied nor serialized is left out, not sent as null."""
+    sink = InMemorySink()
+    client = make_client(sink=sink)
+    client.capture("e", {"o": _NoCopyNoJson(), "k": 1})
+    assert client.flush(5)
+    props = sink.events()[0]["properties"]
+    assert "o" not in props
+    assert props["k"] == 1
+
+
+def test_leaving_with_waits_one_bound_and_exit_waits_no_more(
+    make_client: Callable[..., TelemetryClient],
+) -> None:
+    """With a hanging sink, leaving the with block waits one exit bound, not two, and a
+    shutdown after it waits only what is left of the bound."""
+    release = threading.Event()
+
+    def hang(batch: object) -> ExportResult:
+        release.wait(10)
+        return ExportResult.SUCCESS
+
+    client = make_client(sink=FunctionSink(hang), exit_timeout_seconds=0.5)
+    try:
+        start = time.monotonic()
+        with client:
+            client.start_session({"v": 1})
+            client.capture("e", {})
+        took_with = time.monotonic() - start
+        start = time.monotonic()
+        client.shutdown()
+        took_shutdown = time.monotonic() - start
+    finally:
+        release.set()
+    assert took_with < 0.5 + 0.4, took_with
+    assert took_shutdown < 0.2, took_shutdown

@@ -58,6 +58,16 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 
 # -- DO_NOT_TRACK -------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["2", "y", "please", "TRUE "])
+def test_do_not_track_fails_closed(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """Any DO_NOT_TRACK value but an explicit false/0/no/off means off, even with ENABLED=1."""
+    monkeypatch.setenv("DO_NOT_TRACK", value)
+    monkeypatch.setenv(PREFIX + "ENABLED", "1")
+    decision = _decide(store)
+    assert not decision.allowed
+    assert decision.source == "DO_NOT_TRACK"
 
 
 @pytest.mark.parametrize("value", ["1", "true", "TRUE", "yes", "Yes", "on", "ON", " 1 "])
@@ -277,6 +287,36 @@ def test_opt_out_first_run_shows_notice_and_sends_nothing(
     assert (
         json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8")).get("install_id") is None
     )
+
+
+def test_opt_out_without_a_way_to_show_the_notice_stays_off(
+    build: Callable[..., TelemetryClient], monkeypatch: pytest.MonkeyPatch, state_dir: Path
+) -> None:
+    """Opt-out with no on_notice: the notice cannot be shown, so it is not recorded as shown
+    and telemetry stays off, run after run."""
+    monkeypatch.setenv(PREFIX + "CONSENT_POLICY", "opt-out")
+    monkeypatch.setenv(PREFIX + "STATE_DIR", str(state_dir))
+    for _ in range(2):
+        client = build(_settings(), sink=InMemorySink())
+        assert not client.enabled
+        assert client.decision.source == "policy"
+        assert "on_notice" in client.decision.reason
+    assert not (state_dir / STATE_FILE).exists()
+
+
+def test_opt_out_notice_callback_that_fails_is_not_recorded(
+    build: Callable[..., TelemetryClient], monkeypatch: pytest.MonkeyPatch, state_dir: Path
+) -> None:
+    """If the app's notice callback raises, the notice was not shown: off, nothing recorded."""
+    monkeypatch.setenv(PREFIX + "CONSENT_POLICY", "opt-out")
+    monkeypatch.setenv(PREFIX + "STATE_DIR", str(state_dir))
+
+    def broken(text: str) -> None:
+        raise OSError("no terminal")
+
+    client = build(_settings(), sink=InMemorySink(), on_notice=broken)
+    assert not client.enabled
+    assert StateStore(state_dir).read().notice_shown_at is None
 
 
 def test_opt_out_second_run_is_on(

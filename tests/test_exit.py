@@ -106,3 +106,34 @@ def test_hanging_flags_do_not_delay_exit(receiver: PostHogReceiver, tmp_path: Pa
     receiver.hang(route=FLAGS)
     took = run_child(receiver.url, tmp_path / "home", exit_timeout=0.5)
     assert took < 0.5 + SLACK_S
+
+
+def _child_captures(url: str) -> None:
+    from codeweaver_telemetry import get_telemetry_client
+
+    client = get_telemetry_client()
+    client.capture("from_child", {"n": 1})  # no flush: the process's own exit must send it
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_multiprocessing_children_deliver_their_events(
+    receiver: PostHogReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """A multiprocessing child that exits without flush() still delivers its events."""
+    import multiprocessing
+
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} start method here")
+    monkeypatch.setenv("CODEWEAVER__TELEMETRY__ENABLED", "1")
+    monkeypatch.setenv("CODEWEAVER__TELEMETRY__POSTHOG_API_KEY", "phc_mp")
+    monkeypatch.setenv("CODEWEAVER__TELEMETRY__POSTHOG_HOST", receiver.url)
+    monkeypatch.setenv("CODEWEAVER__TELEMETRY__EXIT_TIMEOUT_SECONDS", "5")
+    ctx = multiprocessing.get_context(method)
+    procs = [ctx.Process(target=_child_captures, args=(receiver.url,)) for _ in range(3)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(30)
+        assert proc.exitcode == 0
+    events = receiver.wait_for_events(3, timeout=10)
+    assert [e["event"] for e in events] == ["from_child"] * 3

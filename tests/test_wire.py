@@ -168,15 +168,15 @@ def test_server_errors_are_retried_until_delivered(
     assert len(receiver.capture_requests()) == 3
 
 
-def test_413_drops_the_batch_without_retrying(
+def test_413_for_a_single_event_drops_it_without_retrying(
     make_client: Callable[..., TelemetryClient], receiver: PostHogReceiver
 ) -> None:
-    """A batch the host refuses as too large is dropped and counted, not retried forever."""
+    """One event the host refuses as too large is dropped and counted, not retried forever."""
     receiver.fail_next(1, Fault.status(413), route=CAPTURE)
     client = wire_client(make_client, receiver)
     client.capture("too_big", {})
     assert client.flush(5) is True
-    assert client.stats()["dropped"] == {"sink_rejected": 1}
+    assert client.stats()["dropped"] == {"too_large": 1}
     client.capture("after", {})
     assert client.flush(5)
     assert [e["event"] for e in receiver.events()] == ["after"]
@@ -278,3 +278,17 @@ def test_disabled_client_makes_no_requests(receiver: PostHogReceiver) -> None:
     client.shutdown()
     assert receiver.requests() == []
     assert not client.settings.resolved_state_dir.exists()
+
+
+def test_413_splits_the_batch_until_it_fits(
+    make_client: Callable[..., TelemetryClient], receiver: PostHogReceiver
+) -> None:
+    """A 413 for a batch sends it again in halves; every event arrives exactly once."""
+    receiver.fail_next(1, Fault.status(413), route=CAPTURE)
+    client = wire_client(make_client, receiver)
+    for i in range(4):
+        client.capture("half", {"i": i})
+    assert client.flush(5)
+    assert sorted(e["properties"]["i"] for e in receiver.events()) == [0, 1, 2, 3]
+    assert [len(r.events()) for r in receiver.capture_requests()] == [4, 2, 2]
+    assert client.stats()["dropped"] == {}

@@ -26,7 +26,7 @@ from codeweaver_telemetry.flags import FlagValue
 
 __all__ = ["PostHogFlags", "PostHogSink"]
 
-_DROP_STATUSES = {400, 401, 403, 404, 413, 422}
+_DROP_STATUSES = {400, 401, 403, 404, 422}
 
 
 def _quiet_posthog_logger() -> None:
@@ -65,7 +65,11 @@ class PostHogSink:
         self._timeout_s = timeout_s
 
     def export(self, batch: Sequence[Event]) -> ExportResult:
-        """POST the batch (gzip) to ``/batch/``; map the outcome to SUCCESS, RETRY or DROP."""
+        """POST the batch (gzip) to ``/batch/``.
+
+        Returns SUCCESS; SPLIT for HTTP 413 (too large as a whole); DROP for 400, 401, 403,
+        404 and 422 (it would fail again); RETRY for anything else (5xx, 408, 429, network).
+        """
         if self._request is None:
             # The ~200 ms import happens on the worker thread, on the first export.
             from posthog import request
@@ -82,6 +86,8 @@ class PostHogSink:
             )
         except self._request.APIError as exc:
             status = exc.status if isinstance(exc.status, int) else 0
+            if status == 413:
+                return ExportResult.SPLIT
             if status in _DROP_STATUSES:
                 logger.warning(
                     "codeweaver_telemetry: PostHog rejected a batch (HTTP %s); dropped", status
