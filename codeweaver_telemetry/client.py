@@ -489,10 +489,8 @@ class TelemetryClient:
             self._end_session()
             self._closed = True
             self._enabled = False
-            if timeout is None:
-                bound = max(0.0, self._exit_timeout - self._waited_s)
-            else:
-                bound = timeout
+            left = max(0.0, self._exit_timeout - self._waited_s)
+            bound = left if timeout is None else timeout
             if self._worker is not None:
                 self._worker.shutdown(bound)
             if self._flag_source is not None:
