@@ -209,6 +209,26 @@ class TelemetryClient:
         """Build a client from explicit settings."""
         return cls(settings, sink=sink)
 
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        sink: Sink | None = None,
+        on_notice: Callable[[str], None] | None = None,
+        **options: Any,
+    ) -> TelemetryClient:
+        """Build a client from setting values given in code, over environment and file.
+
+        Unlike ``TelemetrySettings(...)``, a bad value never raises (outside strict mode):
+        it is logged once and telemetry stays off, as for the environment.
+
+        Example: ``TelemetryClient.from_options(enabled=True, posthog_api_key="phc_...")``.
+        """
+        from codeweaver_telemetry.settings import load_settings
+
+        settings, error = load_settings(**options)
+        return cls(settings, sink=sink, config_error=error, on_notice=on_notice)
+
     def _start(
         self,
         settings: TelemetrySettings,

@@ -755,3 +755,24 @@ def test_leaving_with_waits_one_bound_and_exit_waits_no_more(
         release.set()
     assert took_with < 0.5 + 0.4, took_with
     assert took_shutdown < 0.2, took_shutdown
+
+
+def test_from_options_never_raises_on_bad_values() -> None:
+    """from_options with a bad value logs and stays off instead of raising into the host."""
+    client = TelemetryClient.from_options(enabled=True, batch_size="lots")
+    assert not client.enabled
+    assert client.decision.source == "config_error"
+    assert "batch_size" in client.decision.reason
+
+
+def test_from_options_builds_an_enabled_client(tmp_path: Path) -> None:
+    """from_options passes code values over the environment, like TelemetrySettings."""
+    sink = InMemorySink()
+    client = TelemetryClient.from_options(sink=sink, enabled=True, state_dir=tmp_path / "s")
+    try:
+        assert client.enabled
+        client.capture("opt", {})
+        assert client.flush(5)
+        assert [e["event"] for e in sink.events()] == ["opt"]
+    finally:
+        client.shutdown(timeout=1)
