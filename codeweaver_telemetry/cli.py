@@ -8,7 +8,7 @@ Commands::
     disable   record your opt-out and forget the install id and HASH key
     preview   print the last payloads sent (the local log)
     export    write the state (without secrets) and the local log as JSON
-    delete    remove everything kept locally; prints the id to quote to the vendor
+    delete    remove the files telemetry keeps locally; prints the id to quote to the vendor
 
 This is the only module that prints. It never starts a client or sends anything.
 """
@@ -17,22 +17,38 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from codeweaver_telemetry.consent import consent_sources, decide
+from codeweaver_telemetry.privacy.hashing import KEY_FILE_NAME
 from codeweaver_telemetry.settings import TelemetrySettings, load_settings
 from codeweaver_telemetry.sinks.jsonl import LOG_FILE, read_log
-from codeweaver_telemetry.state import StateError, StateStore, TelemetryState
+from codeweaver_telemetry.state import (
+    _LOCK_FILE,
+    STATE_FILE,
+    StateError,
+    StateStore,
+    TelemetryState,
+)
 
 __all__ = ["main"]
+
+# The files the library writes in the state directory: the state file and its lock, the HASH
+# key file (FileKeyProvider), the local log and its rotated copy, and their temp files.
+_OWNED_FILES = (STATE_FILE, _LOCK_FILE, KEY_FILE_NAME, LOG_FILE, LOG_FILE + ".1")
+_OWNED_PATTERNS = (".state.*.tmp", f".{KEY_FILE_NAME}.*")
 
 
 def _settings() -> tuple[TelemetrySettings, str | None]:
     return load_settings()
+
+
+def _config_problem(error: str | None, out: TextIO) -> None:
+    if error:
+        print(f"Configuration problem: {error}", file=out)
 
 
 def _state(store: StateStore) -> TelemetryState | None:
@@ -70,16 +86,19 @@ def cmd_enable(out: TextIO) -> int:
     store.set_consent("enabled", by="cli")
     decision = decide(consent_sources(settings, store, config_error=error, record_notice=False))
     print("Recorded: telemetry enabled.", file=out)
+    _config_problem(error, out)
     if not decision.allowed:
-        print(f"It stays off for now: {decision.reason} ({decision.source}).", file=out)
+        why = "the configuration problem above" if error else decision.reason
+        print(f"It stays off for now: {why} ({decision.source}).", file=out)
     return 0
 
 
 def cmd_disable(out: TextIO) -> int:
-    settings, _ = _settings()
+    settings, error = _settings()
     store = StateStore(settings.resolved_state_dir)
     store.set_consent("disabled", by="cli")
     print("Recorded: telemetry disabled. The install id and HASH key were removed.", file=out)
+    _config_problem(error, out)
     return 0
 
 
@@ -117,15 +136,40 @@ def cmd_export(out: TextIO, output: str | None) -> int:
     return 0
 
 
+def _owned_files(directory: Path) -> list[Path]:
+    """The files in ``directory`` that the library wrote (never a directory, never others)."""
+    found = [directory / name for name in _OWNED_FILES]
+    for pattern in _OWNED_PATTERNS:
+        found.extend(sorted(directory.glob(pattern)))
+    return [p for p in found if p.is_symlink() or p.is_file()]
+
+
 def cmd_delete(out: TextIO) -> int:
     settings, _ = _settings()
     directory = settings.resolved_state_dir
-    state = _state(StateStore(directory))
-    if not directory.exists():
-        print(f"Nothing to delete: {directory} does not exist.", file=out)
+    if not directory.is_dir():
+        why = "is not a directory" if directory.exists() else "does not exist"
+        print(f"Nothing to delete: {directory} {why}.", file=out)
         return 0
-    shutil.rmtree(directory)
-    print(f"Deleted {directory}.", file=out)
+    state = _state(StateStore(directory))
+    deleted = []
+    for path in _owned_files(directory):
+        try:
+            path.unlink()
+        except FileNotFoundError:  # another process removed it first (e.g. a temp file)
+            continue
+        deleted.append(path)
+    if not deleted:
+        print(f"Nothing to delete: no telemetry files in {directory}.", file=out)
+        return 0
+    for path in deleted:
+        print(f"Deleted {path}", file=out)
+    try:
+        directory.rmdir()
+    except OSError:  # not empty: the other files are not ours to remove
+        print(f"Kept {directory}: it holds files that are not telemetry's.", file=out)
+    else:
+        print(f"Deleted {directory}", file=out)
     if state and state.install_id:
         print(
             "Data already sent cannot be deleted from here. To have it deleted, give the "

@@ -14,10 +14,24 @@ The config file is TOML with a ``[telemetry]`` table. The first of these that ex
    ``~/.config/codeweaver`` on Linux, ``~/Library/Application Support/codeweaver`` on macOS,
    ``%APPDATA%\\codeweaver`` on Windows).
 
+A ``codeweaver.toml`` found in the working directory comes with whatever repository you
+happen to be in, so it is not trusted: it may only reduce collection or tune timing. From
+that file only ``disable_telemetry``, ``enabled = false``, ``tools_over_privacy = false``,
+``strict`` and the numeric timing and size settings (``batch_size``,
+``batch_interval_seconds``, ``max_queue_size``, ``exit_timeout_seconds``,
+``flag_timeout_seconds``, ``flag_refresh_seconds``, ``request_timeout_seconds``) are used.
+Any other key there (``enabled = true``, ``consent_policy``, ``posthog_host``, the API keys,
+``state_dir``, ``audit_log``, ``config_file``, ...) is ignored with one warning that names it;
+put such settings in the user config file or in a file named by
+``CODEWEAVER__TELEMETRY__CONFIG_FILE``. A file named explicitly, or the one in the user config
+directory, is trusted with every setting.
+
 Bad settings never reach the host program as an exception: :func:`load_settings` logs one
 warning naming the setting, the problem and the fix, and returns settings with telemetry
-off. With ``strict=True`` (or ``CODEWEAVER__TELEMETRY__STRICT=1``) it raises
-:class:`TelemetryConfigError` instead, for tests and development.
+off (keeping ``state_dir`` when code, environment or a trusted config file gives one, so an
+opt-out recorded then lands where it will be read later). With ``strict=True`` (or
+``CODEWEAVER__TELEMETRY__STRICT=1``) it raises :class:`TelemetryConfigError` instead, for tests
+and development.
 """
 
 from __future__ import annotations
@@ -31,7 +45,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from codeweaver_telemetry._internal import ENV_PREFIX, TRUE_WORDS, logger
@@ -54,6 +75,24 @@ __all__ = [
 DEFAULT_HOST = "https://us.i.posthog.com"
 CONFIG_FILE_NAME = "codeweaver.toml"
 _FILE_ALIASES = {"tools_above_privacy": "tools_over_privacy"}
+
+# What a codeweaver.toml found in the working directory (an untrusted repository file) may set:
+# only settings that reduce collection or tune timing and size.
+_UNTRUSTED_FILE_KEYS = frozenset(
+    {
+        "disable_telemetry",
+        "strict",
+        "batch_size",
+        "batch_interval_seconds",
+        "max_queue_size",
+        "exit_timeout_seconds",
+        "flag_timeout_seconds",
+        "flag_refresh_seconds",
+        "request_timeout_seconds",
+    }
+)
+_UNTRUSTED_FALSE_ONLY_KEYS = frozenset({"enabled", "tools_over_privacy"})
+_BOOL = TypeAdapter(bool)
 
 
 class TelemetryConfigError(ValueError):
@@ -95,12 +134,30 @@ def config_file_candidates(explicit: str | os.PathLike[str] | None = None) -> li
     ]
 
 
+def _user_config_file() -> Path:
+    return _platform_dir("config") / "codeweaver" / CONFIG_FILE_NAME
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
 def _read_config_table(
     explicit: str | os.PathLike[str] | None,
-) -> tuple[Path | None, dict[str, Any]]:
+) -> tuple[Path | None, dict[str, Any], bool]:
+    """``(path, [telemetry] table, trusted)`` of the first config file found.
+
+    ``trusted`` is False only for ``codeweaver.toml`` found in the working directory (unless
+    that is the user config file itself): such a file comes with whatever repository the user
+    is in.
+    """
+    named = explicit is not None or bool(os.environ.get(ENV_PREFIX + "CONFIG_FILE"))
     for index, path in enumerate(config_file_candidates(explicit)):
         if not path.is_file():
-            if explicit is not None or (index == 0 and os.environ.get(ENV_PREFIX + "CONFIG_FILE")):
+            if named:
                 raise TelemetryConfigError(
                     f"config_file: {path} does not exist or is not a file; "
                     f"fix the path or unset {ENV_PREFIX}CONFIG_FILE"
@@ -119,19 +176,38 @@ def _read_config_table(
             raise TelemetryConfigError(
                 f"config_file: [telemetry] in {path} must be a table; fix or remove it"
             )
-        return path, {_FILE_ALIASES.get(str(k), str(k)): v for k, v in table.items()}
-    return None, {}
+        trusted = named or index > 0 or _same_path(path, _user_config_file())
+        return path, {_FILE_ALIASES.get(str(k), str(k)): v for k, v in table.items()}, trusted
+    return None, {}, True
+
+
+def _is_false(value: object) -> bool:
+    try:
+        return _BOOL.validate_python(value) is False
+    except ValidationError:
+        return False
+
+
+def _untrusted_may_set(key: str, value: object) -> bool:
+    """Whether a working-directory config file may set ``key`` to ``value``."""
+    if key in _UNTRUSTED_FILE_KEYS:
+        return True
+    return key in _UNTRUSTED_FALSE_ONLY_KEYS and _is_false(value)
 
 
 class _ConfigFileSource:
-    """The ``[telemetry]`` table of the first config file found (a plain settings source)."""
+    """The ``[telemetry]`` table of the first config file found (a plain settings source).
+
+    From an untrusted file (``codeweaver.toml`` in the working directory) only the keys that
+    reduce collection or tune timing are kept; the rest are dropped with one warning.
+    """
 
     def __init__(self, explicit: str | os.PathLike[str] | None) -> None:
         self.explicit = explicit
         self.path: Path | None = None
 
     def __call__(self) -> dict[str, Any]:
-        self.path, table = _read_config_table(self.explicit)
+        self.path, table, trusted = _read_config_table(self.explicit)
         known = set(TelemetrySettings.model_fields)
         for key in table:
             if key not in known:
@@ -139,7 +215,21 @@ class _ConfigFileSource:
                     f"{key}: unknown setting in [telemetry] of {self.path}"
                     f"{_did_you_mean(key, known)}; fix or remove it"
                 )
-        return table
+        if trusted:
+            return table
+        ignored = [key for key, value in table.items() if not _untrusted_may_set(key, value)]
+        if ignored:
+            logger.warning(
+                "codeweaver_telemetry: ignored %s in [telemetry] of %s: a codeweaver.toml in "
+                "the working directory may only turn telemetry off or tune timing and sizes; "
+                "to use these settings, put them in the user config file (%s) or in a file "
+                "named by %sCONFIG_FILE",
+                ", ".join(ignored),
+                self.path,
+                _user_config_file(),
+                ENV_PREFIX,
+            )
+        return {key: value for key, value in table.items() if key not in ignored}
 
 
 def _did_you_mean(name: str, known: set[str]) -> str:
@@ -313,4 +403,32 @@ def load_settings(**overrides: Any) -> tuple[TelemetrySettings, str | None]:
     if strict:
         raise TelemetryConfigError(message)
     logger.warning("%s", message)
-    return TelemetrySettings.model_construct(disable_telemetry=True), message
+    fallback = TelemetrySettings.model_construct(
+        disable_telemetry=True, state_dir=_fallback_state_dir(overrides)
+    )
+    return fallback, message
+
+
+def _as_dir(value: object) -> Path | None:
+    if isinstance(value, (str, os.PathLike)) and str(value).strip():
+        return Path(value)
+    return None
+
+
+def _fallback_state_dir(overrides: Mapping[str, Any]) -> Path | None:
+    """``state_dir`` as normal loading would take it (code, env, trusted config file).
+
+    Used when another setting is invalid, so the state directory (and the opt-out stored in
+    it) stays where the user put it. Cheap, and never raises: None means the default.
+    """
+    try:
+        if "state_dir" in overrides:
+            return _as_dir(overrides["state_dir"])
+        name = ENV_PREFIX + "STATE_DIR"
+        for var, value in os.environ.items():
+            if var.upper() == name:
+                return _as_dir(value)
+        _, table, trusted = _read_config_table(overrides.get("config_file"))
+        return _as_dir(table.get("state_dir")) if trusted else None
+    except Exception:  # best effort: the error being reported is the one that matters
+        return None

@@ -13,7 +13,9 @@ import pytest
 
 from codeweaver_telemetry import TelemetryClient
 from codeweaver_telemetry.cli import main
-from codeweaver_telemetry.state import StateStore
+from codeweaver_telemetry.state import STATE_FILE, StateStore
+
+PREFIX = "CODEWEAVER__TELEMETRY__"
 
 
 def run(*argv: str) -> str:
@@ -98,6 +100,75 @@ def test_delete_removes_everything_and_prints_the_id(
     assert client.distinct_id in text
     assert not state_dir(clean_env).exists()
     assert "Nothing to delete" in run("delete")
+
+
+def test_delete_keeps_files_that_are_not_telemetrys(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make_client: Callable[..., TelemetryClient],
+) -> None:
+    """With STATE_DIR pointing at a project folder, delete removes only the library's files."""
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "notes.txt").write_text("mine", encoding="utf-8")
+    (project / "src" / "main.py").write_text("print()", encoding="utf-8")
+    monkeypatch.setenv(PREFIX + "STATE_DIR", str(project))
+    client = make_client()
+    client.capture("x", {})
+    client.shutdown(timeout=5)
+    ours = [".state.abc.tmp", ".hash_key.xyz", "hash_key", "events.jsonl.1"]
+    for name in ours:
+        (project / name).write_text("", encoding="utf-8")
+    ours += [STATE_FILE, ".lock", "events.jsonl"]
+    assert all((project / name).exists() for name in ours)
+    text = run("delete")
+    for name in ours:
+        assert not (project / name).exists(), name
+        assert f"Deleted {project / name}" in text, name
+    assert (project / "notes.txt").read_text(encoding="utf-8") == "mine"
+    assert (project / "src" / "main.py").exists()
+    assert "Kept" in text
+    assert client.distinct_id is not None
+    assert client.distinct_id in text
+    assert "Nothing to delete" in run("delete")
+    assert sorted(p.name for p in project.iterdir()) == ["notes.txt", "src"]
+
+
+def test_disable_with_a_bad_setting_uses_the_configured_state_dir(
+    clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With another setting invalid, disable still writes to STATE_DIR and names the problem."""
+    target = tmp_path / "my-state"
+    monkeypatch.setenv(PREFIX + "STATE_DIR", str(target))
+    monkeypatch.setenv(PREFIX + "BATCH_SIZE", "abc")
+    text = run("disable")
+    assert "Recorded: telemetry disabled." in text
+    assert "batch_size" in text
+    assert PREFIX + "BATCH_SIZE" in text
+    assert StateStore(target).read().consent == "disabled"
+    assert not state_dir(clean_env).exists(), "nothing is written to the default directory"
+    status = run("status")
+    assert "decided by: config_error" in status
+    assert "batch_size" in status
+    assert str(target / STATE_FILE) in status
+    monkeypatch.delenv(PREFIX + "BATCH_SIZE")
+    status = run("status")
+    assert "Telemetry is OFF" in status
+    assert "decided by: stored_choice" in status, "the opt-out outlives the fix"
+
+
+def test_enable_with_a_bad_setting_names_the_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """enable records the choice in STATE_DIR and says the bad setting keeps telemetry off."""
+    target = tmp_path / "my-state"
+    monkeypatch.setenv(PREFIX + "STATE_DIR", str(target))
+    monkeypatch.setenv(PREFIX + "BATCH_SIZE", "abc")
+    text = run("enable")
+    assert "Configuration problem:" in text
+    assert "batch_size" in text
+    assert "stays off" in text
+    assert StateStore(target).read().consent == "enabled"
 
 
 def test_console_script_entry_point_runs(clean_env: Path) -> None:

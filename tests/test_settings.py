@@ -20,7 +20,7 @@ from codeweaver_telemetry.settings import (
     load_settings,
 )
 from codeweaver_telemetry.sinks.jsonl import LOG_FILE
-from codeweaver_telemetry.state import STATE_FILE
+from codeweaver_telemetry.state import STATE_FILE, StateStore
 from tests.receiver import DEFINITIONS, FLAGS, PostHogReceiver
 
 PREFIX = "CODEWEAVER__TELEMETRY__"
@@ -381,11 +381,13 @@ def test_code_beats_env(env: Callable[..., None]) -> None:
 
 def test_env_beats_config_file(env: Callable[..., None]) -> None:
     """The environment beats ./codeweaver.toml."""
-    _write_toml(Path.cwd() / "codeweaver.toml", "[telemetry]\nbatch_size = 5\naudit_log = true\n")
-    env(BATCH_SIZE="7", AUDIT_LOG="false")
+    _write_toml(
+        Path.cwd() / "codeweaver.toml", "[telemetry]\nbatch_size = 5\nexit_timeout_seconds = 2.0\n"
+    )
+    env(BATCH_SIZE="7", EXIT_TIMEOUT_SECONDS="3")
     settings = _ok()
     assert settings.batch_size == 7
-    assert settings.audit_log is False
+    assert settings.exit_timeout_seconds == 3.0
 
 
 def test_config_file_beats_default() -> None:
@@ -449,16 +451,16 @@ def test_config_file_without_telemetry_table_is_ignored() -> None:
     assert _ok().batch_size == 10
 
 
-def test_config_file_tools_above_privacy_alias() -> None:
+def test_config_file_tools_above_privacy_alias(tmp_path: Path) -> None:
     """`tools_above_privacy` in the file is accepted as the old name of tools_over_privacy."""
-    _write_toml(Path.cwd() / "codeweaver.toml", "[telemetry]\ntools_above_privacy = true\n")
+    _write_toml(_user_config(tmp_path), "[telemetry]\ntools_above_privacy = true\n")
     assert _ok().tools_over_privacy is True
 
 
-def test_config_file_full_table() -> None:
-    """Every kind of value (bool, str, int, float, path, secret) can come from the file."""
+def test_config_file_full_table(tmp_path: Path, telemetry_logs: pytest.LogCaptureFixture) -> None:
+    """Every kind of value (bool, str, int, float, path, secret) can come from the user's file."""
     _write_toml(
-        Path.cwd() / "codeweaver.toml",
+        _user_config(tmp_path),
         "[telemetry]\n"
         "enabled = true\n"
         'consent_policy = "opt-out"\n'
@@ -475,6 +477,184 @@ def test_config_file_full_table() -> None:
     assert settings.posthog_host == "https://eu.i.posthog.com"
     assert settings.batch_interval_seconds == 5.5
     assert settings.state_dir == Path("/tmp/cw-state")
+    assert _warnings(telemetry_logs) == []
+
+
+# -- config file in the working directory (untrusted) -------------------------------------------
+
+
+def _user_config(tmp_path: Path) -> Path:
+    return tmp_path / "xdg_config" / "codeweaver" / "codeweaver.toml"
+
+
+TRUSTED_ONLY_TABLE = (
+    "[telemetry]\n"
+    "enabled = true\n"
+    'consent_policy = "opt-out"\n'
+    'posthog_host = "https://collector.attacker.example"\n'
+    f'posthog_api_key = "{SECRET}"\n'
+    'posthog_personal_api_key = "phx_ATTACKER"\n'
+    'state_dir = "/tmp/attacker-state"\n'
+    "audit_log = false\n"
+    "tools_over_privacy = true\n"
+    "batch_size = 4\n"
+)
+ATTACKER_TABLE = TRUSTED_ONLY_TABLE + 'config_file = "/tmp/attacker.toml"\n'
+
+
+def test_cwd_config_cannot_redirect_or_opt_in(telemetry_logs: pytest.LogCaptureFixture) -> None:
+    """An attacker's ./codeweaver.toml is ignored except for timing, with ONE warning.
+
+    The warning names every ignored key, the file and the fix, and never a value.
+    """
+    path = _write_toml(Path.cwd() / "codeweaver.toml", ATTACKER_TABLE)
+    settings = _ok()
+    assert settings.posthog_host == DEFAULT_HOST
+    assert settings.posthog_api_key is None
+    assert settings.posthog_personal_api_key is None
+    assert settings.enabled is None
+    assert settings.consent_policy == "opt-in"
+    assert settings.state_dir is None
+    assert settings.audit_log is True
+    assert settings.tools_over_privacy is False
+    assert settings.config_file is None
+    assert settings.batch_size == 4, "timing and sizes are still honoured"
+    warnings = _warnings(telemetry_logs)
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    message = warnings[0].getMessage()
+    for key in (
+        "enabled",
+        "consent_policy",
+        "posthog_host",
+        "posthog_api_key",
+        "posthog_personal_api_key",
+        "state_dir",
+        "audit_log",
+        "tools_over_privacy",
+        "config_file",
+    ):
+        assert key in message, key
+    assert "batch_size" not in message
+    assert str(path) in message
+    assert "user config file" in message
+    assert PREFIX + "CONFIG_FILE" in message
+    assert SECRET not in telemetry_logs.text
+    assert "collector.attacker.example" not in telemetry_logs.text
+
+
+def test_cwd_config_enabled_true_is_ignored(
+    build: Callable[..., TelemetryClient], telemetry_logs: pytest.LogCaptureFixture
+) -> None:
+    """`enabled = true` in ./codeweaver.toml does not opt the user in."""
+    _write_toml(Path.cwd() / "codeweaver.toml", "[telemetry]\nenabled = true\n")
+    client = build()
+    assert client.settings.enabled is None
+    assert client.enabled is False
+    assert client.decision.source == "policy"
+    assert len(_warnings(telemetry_logs)) == 1
+
+
+@pytest.mark.parametrize("value", ["false", '"no"', "0"])
+def test_cwd_config_enabled_false_is_honoured(
+    value: str, build: Callable[..., TelemetryClient], telemetry_logs: pytest.LogCaptureFixture
+) -> None:
+    """`enabled = false` in ./codeweaver.toml turns telemetry off, even over a stored opt-in."""
+    _write_toml(Path.cwd() / "codeweaver.toml", f"[telemetry]\nenabled = {value}\n")
+    settings = _ok()
+    assert settings.enabled is False
+    StateStore(settings.resolved_state_dir).set_consent("enabled", by="cli")
+    client = build()
+    assert client.enabled is False
+    assert client.decision.source == "enabled"
+    assert _warnings(telemetry_logs) == []
+
+
+def test_cwd_config_disable_telemetry_is_honoured(
+    build: Callable[..., TelemetryClient], env: Callable[..., None]
+) -> None:
+    """`disable_telemetry = true` in ./codeweaver.toml turns telemetry off, even when enabled."""
+    _write_toml(Path.cwd() / "codeweaver.toml", "[telemetry]\ndisable_telemetry = true\n")
+    env(ENABLED="1")
+    client = build()
+    assert client.settings.disable_telemetry is True
+    assert client.enabled is False
+    assert client.decision.source == "disable_telemetry"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", False), ("false", False)])
+def test_cwd_config_tools_over_privacy_only_false(
+    value: str, expected: bool, telemetry_logs: pytest.LogCaptureFixture
+) -> None:
+    """tools_over_privacy (or its alias) from ./codeweaver.toml is used only when false."""
+    _write_toml(Path.cwd() / "codeweaver.toml", f"[telemetry]\ntools_above_privacy = {value}\n")
+    assert _ok(tools_over_privacy=False).tools_over_privacy is expected
+    assert len(_warnings(telemetry_logs)) == (1 if value == "true" else 0)
+
+
+def test_cwd_config_timing_and_strict_are_honoured(
+    telemetry_logs: pytest.LogCaptureFixture,
+) -> None:
+    """The numeric timing and size settings and strict may come from ./codeweaver.toml."""
+    _write_toml(
+        Path.cwd() / "codeweaver.toml",
+        "[telemetry]\n"
+        "batch_size = 3\n"
+        "batch_interval_seconds = 2.5\n"
+        "max_queue_size = 50\n"
+        "exit_timeout_seconds = 0.5\n"
+        "flag_timeout_seconds = 0.25\n"
+        "flag_refresh_seconds = 30\n"
+        "request_timeout_seconds = 1.5\n"
+        "strict = true\n",
+    )
+    settings = _ok()
+    assert (settings.batch_size, settings.max_queue_size) == (3, 50)
+    assert settings.batch_interval_seconds == 2.5
+    assert settings.exit_timeout_seconds == 0.5
+    assert settings.flag_timeout_seconds == 0.25
+    assert settings.flag_refresh_seconds == 30
+    assert settings.request_timeout_seconds == 1.5
+    assert settings.strict is True
+    assert _warnings(telemetry_logs) == []
+
+
+@pytest.mark.parametrize("how", ["env", "code"])
+def test_explicit_config_file_is_trusted(
+    how: str, env: Callable[..., None], tmp_path: Path, telemetry_logs: pytest.LogCaptureFixture
+) -> None:
+    """A file named by CONFIG_FILE or config_file= may set anything, even in the working dir."""
+    path = _write_toml(Path.cwd() / "codeweaver.toml", TRUSTED_ONLY_TABLE)
+    if how == "env":
+        env(CONFIG_FILE=str(path))
+    settings = _ok(**({"config_file": path} if how == "code" else {}))
+    assert settings.posthog_host == "https://collector.attacker.example"
+    assert settings.enabled is True
+    assert settings.consent_policy == "opt-out"
+    assert settings.audit_log is False
+    assert settings.state_dir == Path("/tmp/attacker-state")
+    assert _warnings(telemetry_logs) == []
+
+
+def test_user_config_dir_file_is_trusted(
+    tmp_path: Path, telemetry_logs: pytest.LogCaptureFixture
+) -> None:
+    """The codeweaver.toml in the user config directory may set anything."""
+    _write_toml(_user_config(tmp_path), TRUSTED_ONLY_TABLE)
+    settings = _ok()
+    assert settings.posthog_host == "https://collector.attacker.example"
+    assert settings.enabled is True
+    assert settings.tools_over_privacy is True
+    assert _warnings(telemetry_logs) == []
+
+
+def test_user_config_dir_as_working_dir_is_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, telemetry_logs: pytest.LogCaptureFixture
+) -> None:
+    """Running from the user config directory reads the user's own file, trusted."""
+    path = _write_toml(_user_config(tmp_path), "[telemetry]\nenabled = true\n")
+    monkeypatch.chdir(path.parent)
+    assert _ok().enabled is True
+    assert _warnings(telemetry_logs) == []
 
 
 # -- bad settings -------------------------------------------------------------------------------
@@ -606,6 +786,67 @@ def test_bad_setting_strict_in_env_raises(
     with pytest.raises(TelemetryConfigError) as info:
         load_settings()
     assert bad_setting[0] in str(info.value)
+
+
+# -- state_dir survives a bad setting -----------------------------------------------------------
+
+
+def _state_dir_in_code(env: Callable[..., None], target: Path) -> dict[str, Any]:
+    return {"state_dir": target}
+
+
+def _state_dir_in_env(env: Callable[..., None], target: Path) -> dict[str, Any]:
+    env(STATE_DIR=str(target))
+    return {}
+
+
+def _state_dir_in_config_file(env: Callable[..., None], target: Path) -> dict[str, Any]:
+    path = _write_toml(target.parent / "explicit.toml", f"[telemetry]\nstate_dir = '{target}'\n")
+    env(CONFIG_FILE=str(path))
+    return {}
+
+
+def _state_dir_in_user_config(env: Callable[..., None], target: Path) -> dict[str, Any]:
+    user = target.parent / "xdg_config" / "codeweaver" / "codeweaver.toml"
+    _write_toml(user, f"[telemetry]\nstate_dir = '{target}'\n")
+    return {}
+
+
+@pytest.mark.parametrize(
+    "where",
+    [_state_dir_in_code, _state_dir_in_env, _state_dir_in_config_file, _state_dir_in_user_config],
+)
+def test_bad_setting_keeps_state_dir(
+    where: Callable[[Callable[..., None], Path], dict[str, Any]],
+    env: Callable[..., None],
+    tmp_path: Path,
+) -> None:
+    """With another setting invalid, the fallback settings keep the configured state_dir."""
+    target = tmp_path / "my-state"
+    overrides = where(env, target)
+    env(BATCH_SIZE="abc")
+    settings, message = load_settings(**overrides)
+    assert message is not None
+    assert "batch_size" in message
+    assert settings.disable_telemetry is True
+    assert settings.resolved_state_dir == target
+
+
+def test_bad_setting_ignores_cwd_state_dir(env: Callable[..., None], clean_env: Path) -> None:
+    """The fallback does not take state_dir from ./codeweaver.toml (it is untrusted there)."""
+    _write_toml(Path.cwd() / "codeweaver.toml", "[telemetry]\nstate_dir = '/tmp/attacker'\n")
+    env(BATCH_SIZE="abc")
+    settings, message = load_settings()
+    assert message is not None
+    assert settings.resolved_state_dir == clean_env / "telemetry"
+
+
+@pytest.mark.parametrize("bad", [{"state_dir": 123}, {"config_file": 123}])
+def test_bad_setting_fallback_never_raises(bad: dict[str, Any], clean_env: Path) -> None:
+    """An unusable state_dir or config_file gives the default directory, not an exception."""
+    settings, message = load_settings(**bad)
+    assert message is not None
+    assert settings.resolved_state_dir == clean_env / "telemetry"
 
 
 # -- hosts --------------------------------------------------------------------------------------
