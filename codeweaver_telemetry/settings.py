@@ -301,7 +301,7 @@ class TelemetrySettings(BaseSettings):
         default=0.5, ge=0, le=10, description="seconds a first flag lookup may wait, 0-10"
     )
     flag_refresh_seconds: float = Field(
-        default=600.0, ge=10, description="seconds before cached flags are refetched, >= 10"
+        default=600.0, ge=1, description="seconds before cached flags are refetched, >= 1"
     )
     request_timeout_seconds: float = Field(
         default=3.0, gt=0, le=60, description="seconds per HTTP request, above 0 and up to 60"

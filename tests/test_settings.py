@@ -21,7 +21,7 @@ from codeweaver_telemetry.settings import (
 )
 from codeweaver_telemetry.sinks.jsonl import LOG_FILE
 from codeweaver_telemetry.state import STATE_FILE, StateStore
-from tests.receiver import DEFINITIONS, FLAGS, PostHogReceiver
+from tests.receiver import CAPTURE, DEFINITIONS, FLAGS, PostHogReceiver
 
 PREFIX = "CODEWEAVER__TELEMETRY__"
 SECRET = "phc_SUPERSECRET123"
@@ -976,3 +976,63 @@ def test_api_key_not_logged_by_enabled_client(
     assert SECRET not in repr(client)
     assert SECRET not in repr(client.settings)
     assert SECRET not in caplog.text
+
+
+# -- timing variables change behaviour, on the wire ------------------------------------------
+def _wire_env(env: Callable[..., None], receiver: PostHogReceiver, **extra: str) -> None:
+    env(
+        ENABLED="1",
+        POSTHOG_API_KEY="phc_timing",
+        POSTHOG_HOST=receiver.url,
+        **extra,
+    )
+
+
+@pytest.mark.parametrize(("budget", "expected"), [("0.05", "control"), ("3", "variant_b")])
+def test_env_flag_timeout_bounds_the_first_lookup(
+    build: Callable[..., TelemetryClient],
+    env: Callable[..., None],
+    receiver: PostHogReceiver,
+    budget: str,
+    expected: str,
+) -> None:
+    """FLAG_TIMEOUT_SECONDS decides whether a slow /flags/ answer is waited for."""
+    receiver.set_flags({"exp": "variant_b"})
+    receiver.slow(0.6, route=FLAGS)
+    _wire_env(env, receiver, FLAG_TIMEOUT_SECONDS=budget)
+    client = build()
+    assert client.get_feature_flag("exp", default="control") == expected
+
+
+def test_env_flag_refresh_refetches_stale_flags(
+    build: Callable[..., TelemetryClient], env: Callable[..., None], receiver: PostHogReceiver
+) -> None:
+    """FLAG_REFRESH_SECONDS: once the cache is older, a lookup refetches in the background."""
+    receiver.set_flags({"exp": "a"})
+    _wire_env(env, receiver, FLAG_REFRESH_SECONDS="1")
+    client = build()
+    assert client.get_feature_flag("exp") == "a"
+    receiver.set_flags({"exp": "b"})
+    time.sleep(1.1)
+    client.get_feature_flag("exp")  # stale: starts the refetch, answers from the cache
+    receiver.wait_for_requests(2, route=FLAGS)
+    deadline = time.monotonic() + 5
+    while client.get_feature_flag("exp") != "b":
+        assert time.monotonic() < deadline, "the refreshed value never arrived"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("timeout", "fails"), [("0.2", True), ("5", False)])
+def test_env_request_timeout_bounds_each_request(
+    build: Callable[..., TelemetryClient],
+    env: Callable[..., None],
+    receiver: PostHogReceiver,
+    timeout: str,
+    fails: bool,
+) -> None:
+    """REQUEST_TIMEOUT_SECONDS: a slower answer than the timeout counts as a failure."""
+    receiver.slow(0.8, route=CAPTURE)
+    _wire_env(env, receiver, REQUEST_TIMEOUT_SECONDS=timeout)
+    client = build()
+    client.capture("timed", {})
+    assert client.flush(3) is (not fails)
