@@ -35,7 +35,7 @@ from typing import Any
 from codeweaver_telemetry._internal import logger
 from codeweaver_telemetry._types import Event, SessionMetadata, Stage
 from codeweaver_telemetry.privacy.rules import serialize_for_telemetry
-from codeweaver_telemetry.privacy.scrubber import scrub
+from codeweaver_telemetry.privacy.scrubber import TRUNCATION_MARK, scrub_cut
 
 __all__ = [
     "DEFAULT_STAGES",
@@ -57,8 +57,7 @@ MAX_KEY_CHARS = 200
 MAX_NAME_CHARS = 200
 MAX_ITEMS = 500
 MAX_EVENT_BYTES = 64 * 1024
-TRUNCATION_MARK = "…"
-_PRE_CUT = 2 * MAX_STRING_CHARS  # strings are cut to this before scrubbing
+_PRE_CUT = 2 * MAX_STRING_CHARS  # longer strings are cut (at whitespace) before scrubbing
 
 
 def serialize_stage(event: Event) -> Event | None:
@@ -75,7 +74,7 @@ def serialize_stage(event: Event) -> Event | None:
             props.update(serialized)
     event.properties = {k: v for k, v in props.items() if not str(k).startswith("$")}
     event.model = None
-    event.name = scrub(event.name[: 2 * MAX_NAME_CHARS])[:MAX_NAME_CHARS] or "unnamed_event"
+    event.name = scrub_cut(event.name, 2 * MAX_NAME_CHARS)[:MAX_NAME_CHARS] or "unnamed_event"
     return event
 
 

@@ -488,12 +488,14 @@ def test_broken_callers_objects_never_raise(client: TelemetryClient, sink: InMem
 
 
 def test_a_huge_string_arrives_cut(client: TelemetryClient, sink: InMemorySink) -> None:
-    """A 1 MB string arrives cut to MAX_STRING_CHARS, ending with the truncation mark."""
-    client.capture("big", {"blob": "a" * 1_000_000})
+    """A 1 MB text arrives cut to MAX_STRING_CHARS, ending with the truncation mark; one
+    1 MB word (nothing to cut it at safely) arrives as the mark alone."""
+    client.capture("big", {"blob": "a " * 500_000, "word": "a" * 1_000_000})
     assert client.flush(20)
-    blob = only(sink, "big")["blob"]
-    assert len(blob) == MAX_STRING_CHARS
-    assert blob.endswith(TRUNCATION_MARK)
+    props = only(sink, "big")
+    assert len(props["blob"]) == MAX_STRING_CHARS
+    assert props["blob"].endswith(TRUNCATION_MARK)
+    assert props["word"] == TRUNCATION_MARK
 
 
 def test_a_huge_string_does_not_stall_delivery(client: TelemetryClient, sink: InMemorySink) -> None:

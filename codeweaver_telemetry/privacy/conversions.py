@@ -29,8 +29,10 @@ Details:
   worth hashing).
 - DISTRIBUTION counts the scalar items (str, int, finite float, bool) of a collection; None,
   bytes, nested collections and models inside it are skipped. Keys are strings (``True`` ->
-  ``"true"``), scrubbed, cut to 100 characters, and at most 100 distinct keys are kept (the
-  most frequent); the rest are summed under ``"<other>"``.
+  ``"true"``), scrubbed (a key over 200 characters is first cut at a word boundary, see
+  :func:`~codeweaver_telemetry.privacy.scrubber.scrub_cut`), cut to 100 characters, and at
+  most 100 distinct keys are kept (the most frequent); the rest are summed under
+  ``"<other>"``.
 - AGGREGATE sums the int and finite float items (bools are flags, not quantities, and are
   skipped); the result is an int when every summed item is an int.
 - BOOLEAN of an "other" object whose ``__bool__`` raises is True (the value is present).
@@ -43,6 +45,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sized
 
 from codeweaver_telemetry.privacy.hashing import keyed_hash
+from codeweaver_telemetry.privacy.scrubber import scrub_cut
 
 __all__ = [
     "DISTRIBUTION_KEY_LENGTH",
@@ -163,7 +166,7 @@ def to_distribution(value: object, scrub: Callable[[str], str]) -> dict[str, int
     )
     result: dict[str, int] = {}
     for key, count in ranked[:DISTRIBUTION_MAX_KEYS]:
-        safe = scrub(key[: 2 * DISTRIBUTION_KEY_LENGTH])[:DISTRIBUTION_KEY_LENGTH]
+        safe = scrub_cut(key, 2 * DISTRIBUTION_KEY_LENGTH, scrub)[:DISTRIBUTION_KEY_LENGTH]
         result[safe] = result.get(safe, 0) + count
     rest = sum(count for _, count in ranked[DISTRIBUTION_MAX_KEYS:])
     if rest:

@@ -44,7 +44,7 @@ from codeweaver_telemetry.privacy.hashing import (
     KeyProvider,
     get_default_key_provider,
 )
-from codeweaver_telemetry.privacy.scrubber import SECRET_MARKER, is_secret_key, scrub
+from codeweaver_telemetry.privacy.scrubber import SECRET_MARKER, is_secret_key, scrub, scrub_cut
 
 __all__ = [
     "CYCLE_MARKER",
@@ -429,10 +429,10 @@ class _Walker:
         self.by_alias = by_alias
 
     def scrub(self, text: str) -> str:
-        # Cutting first keeps a huge string from stalling the worker; the caller cuts the
-        # result shorter still, so nothing half-matched at the first cut survives.
+        # Cutting first keeps a huge string from stalling the worker; scrub_cut drops the
+        # word the cut would split, so no half secret slips past the scrubber.
         if self._max is not None and len(text) > self._max:
-            text = text[: self._max]
+            return scrub_cut(text, self._max, self._scrub)
         return self._scrub(text)
 
     def hasher(self) -> KeyedHasher:
@@ -632,8 +632,10 @@ def serialize_for_telemetry(
         by_alias: key model output by field aliases.
         key_provider: the HASH key (default: the process default).
         scrubber: the string scrubber (default: :func:`scrub`).
-        max_string_chars: cut strings to this length *before* scrubbing (the pipeline
-            passes twice its final limit, so a huge string never stalls the worker).
+        max_string_chars: scrub only the first this many characters of a longer string, cut
+            at whitespace and marked as cut (see
+            :func:`~codeweaver_telemetry.privacy.scrubber.scrub_cut`; the pipeline passes
+            twice its final limit, so a huge string never stalls the worker).
     """
     walker = _Walker(
         key_provider or get_default_key_provider(), scrubber or scrub, by_alias, max_string_chars

@@ -5,21 +5,26 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
 __all__ = [
     "DEFAULT_PATTERNS",
     "SECRET_MARKER",
+    "TRUNCATION_MARK",
     "Pattern",
     "Scrubber",
     "is_secret_key",
     "scrub",
+    "scrub_cut",
 ]
 
 #: Replaces the value under a secret-sounding key, in text and in mappings alike.
 SECRET_MARKER: Final = "<secret>"  # noqa: S105 - a marker, not a credential
+
+#: Ends a string that was cut short.
+TRUNCATION_MARK: Final = "\u2026"
 
 # Returned instead of the input if scrubbing ever fails: fail closed, never pass text through.
 _FAIL_CLOSED_MARKER: Final = "<redacted>"
@@ -645,3 +650,72 @@ def scrub(text: str) -> str:
     userinfo and secret query values. Never raises; ``scrub(scrub(x)) == scrub(x)``.
     """
     return _DEFAULT_SCRUBBER(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cutting long text before scrubbing it
+# ---------------------------------------------------------------------------------------------
+
+# Everything up to and including the last whitespace character (``\s``, as in the patterns).
+_UP_TO_LAST_SPACE: Final = re.compile(r".*\s", re.DOTALL)
+# After a single space, a POSIX directory segment goes on with a capital or a digit.
+_SEGMENT_GOES_ON: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+
+
+def _word_start(text: str, end: int) -> int:
+    """Index of the first character of the word that ends at ``end``."""
+    match = _UP_TO_LAST_SPACE.match(text, 0, end)
+    return 0 if match is None else match.end()
+
+
+def _safe_cut(text: str, limit: int) -> int:
+    """Where to cut ``text`` (longer than ``limit``) so that no secret is cut unrecognisably.
+
+    The cut falls on whitespace at or before ``limit``: the word the limit splits is dropped
+    whole. No default pattern matches across whitespace except these, and a cut at
+    whitespace inside them leaves a part that is still recognised or holds nothing secret:
+
+    - a PEM block: the BEGIN line stays and the pattern takes a block without its END line;
+      a cut inside the BEGIN line leaves no key material;
+    - a secret assignment: its ``key: value`` (to the end of the line) or quoted value
+      matches without its end (the opening quote stays); a cut between key and value leaves
+      only the key; the same holds for ``--password "..."`` flags and ``Bearer <token>``;
+    - a Windows or UNC path whose segment holds a space (``C:\\Users\\Alice Smith``): the
+      part before the space is a path already;
+    - a POSIX path whose directory holds single spaces before capitals or digits
+      (``/Alice Smith/notes``): the part before the space may be a lone ``/Alice``, which is
+      no path on its own, so a word with a slash that such a chain of words leads back to
+      is dropped too.
+    """
+    match = _UP_TO_LAST_SPACE.match(text, 0, limit + 1)
+    if match is None:
+        return 0
+    cut = match.end() - 1  # text[cut] is whitespace; the word before it is whole
+    at = cut
+    while text[at] == " " and text[at + 1 : at + 2] in _SEGMENT_GOES_ON:
+        start = _word_start(text, at)
+        if start == at:  # two whitespace characters: no path goes on across them
+            break
+        if "/" in text[start:at]:  # a path may start in this word: drop it
+            if start == 0:
+                return 0
+            cut = start - 1
+        if start == 0:
+            break
+        at = start - 1
+    return cut
+
+
+def scrub_cut(text: str, limit: int, scrubber: Callable[[str], str] = scrub) -> str:
+    """Scrub ``text``, or for text longer than ``limit``, at most its first ``limit`` characters.
+
+    A long string is cut before scrubbing so that scrubbing stays fast; the cut drops the word
+    it would split (see :func:`_safe_cut`), since a secret cut in two (``alice.smith@e``) is no
+    longer recognised. The result then ends with :data:`TRUNCATION_MARK`, and is just the mark
+    when the first ``limit`` characters hold no whitespace. Markers can be longer or shorter
+    than what they replace: a caller with a length limit cuts the result again.
+    """
+    if len(text) <= limit:
+        return scrubber(text)
+    cut = _safe_cut(text, max(limit, 0))
+    return (scrubber(text[:cut]) if cut else "") + TRUNCATION_MARK
