@@ -34,6 +34,7 @@ from typing import Any
 
 from codeweaver_telemetry._internal import logger
 from codeweaver_telemetry._types import Event, SessionMetadata, Stage
+from codeweaver_telemetry.privacy.hashing import KeyProvider
 from codeweaver_telemetry.privacy.rules import serialize_for_telemetry
 from codeweaver_telemetry.privacy.scrubber import TRUNCATION_MARK, scrub_cut
 
@@ -61,28 +62,44 @@ _PRE_CUT = 2 * MAX_STRING_CHARS  # longer strings are cut (at whitespace) before
 
 
 def serialize_stage(event: Event) -> Event | None:
-    """Turn the caller's snapshot into JSON-safe, scrubbed properties (one path for all)."""
+    """Turn the caller's snapshot into JSON-safe, scrubbed properties (one path for all).
+
+    Events named with a leading ``$`` are dropped: PostHog reserves those names
+    (``$identify``, ``$create_alias``, ``$groupidentify``...) and some write person data.
+    Hashes use the key of the client that captured the event (``context["key_provider"]``).
+    """
+    name = scrub_cut(event.name, 2 * MAX_NAME_CHARS)[:MAX_NAME_CHARS]
+    if not name or name.startswith("$"):
+        logger.warning("codeweaver_telemetry: an event with a reserved or empty name was dropped")
+        return None
+    keys = event.context.get("key_provider")
     metadata = event.context.get("metadata")
-    props: dict[str, Any] = dict(_session_metadata(metadata)) if metadata else {}
+    props: dict[str, Any] = dict(_session_metadata(metadata, keys)) if metadata else {}
     if event.model is not None:
-        serialized = serialize_for_telemetry(event.model, max_string_chars=_PRE_CUT)
+        serialized = serialize_for_telemetry(
+            event.model, max_string_chars=_PRE_CUT, key_provider=keys
+        )
         if isinstance(serialized, dict):
             props.update(serialized)
     if event.properties:
-        serialized = serialize_for_telemetry(event.properties, max_string_chars=_PRE_CUT)
+        serialized = serialize_for_telemetry(
+            event.properties, max_string_chars=_PRE_CUT, key_provider=keys
+        )
         if isinstance(serialized, dict):
             props.update(serialized)
     event.properties = {k: v for k, v in props.items() if not str(k).startswith("$")}
     event.model = None
-    event.name = scrub_cut(event.name, 2 * MAX_NAME_CHARS)[:MAX_NAME_CHARS] or "unnamed_event"
+    event.name = name
     return event
 
 
-def _session_metadata(metadata: SessionMetadata) -> dict[str, Any]:
+def _session_metadata(metadata: SessionMetadata, keys: KeyProvider | None) -> dict[str, Any]:
     """Serialize a session's metadata the first time an event of the session needs it."""
     if metadata.serialized is None:
         try:
-            serialized = serialize_for_telemetry(metadata.raw, max_string_chars=_PRE_CUT)
+            serialized = serialize_for_telemetry(
+                metadata.raw, max_string_chars=_PRE_CUT, key_provider=keys
+            )
         except Exception as exc:  # bad metadata costs the metadata, never the events
             logger.warning(
                 "codeweaver_telemetry: session metadata was dropped (%s: %s)",

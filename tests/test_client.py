@@ -778,3 +778,39 @@ def test_from_options_builds_an_enabled_client(tmp_path: Path) -> None:
         assert [e["event"] for e in sink.events()] == ["opt"]
     finally:
         client.shutdown(timeout=1)
+
+
+def test_reserved_event_names_are_dropped(make_client: Callable[..., TelemetryClient]) -> None:
+    """Names PostHog reserves ($identify, $create_alias...) never go out."""
+    sink = InMemorySink()
+    client = make_client(sink=sink)
+    for name in ("$identify", "$create_alias", "$groupidentify", "ok"):
+        client.capture(name, {"$set": {"email": "x"}})
+    assert client.flush(5)
+    assert [e["event"] for e in sink.events()] == ["ok"]
+
+
+def test_each_client_hashes_with_its_own_install_key(
+    make_client: Callable[..., TelemetryClient], tmp_path: Path
+) -> None:
+    """Starting a second client (another install) does not change the first one's hashes."""
+
+    class Repo(BasedModel):
+        path: str
+
+        def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
+            return {FilteredKey("path"): AnonymityConversion.HASH}
+
+    sink = InMemorySink()
+    first = make_client(sink=sink)
+    first.capture_with_serialization("r", Repo(path="/srv/x"))
+    assert first.flush(5)
+    other_sink = InMemorySink()
+    second = make_client(sink=other_sink, state_dir=tmp_path / "other-install")
+    first.capture_with_serialization("r", Repo(path="/srv/x"))
+    second.capture_with_serialization("r", Repo(path="/srv/x"))
+    assert first.flush(5)
+    assert second.flush(5)
+    a, b = (e["properties"]["path"] for e in sink.events())
+    assert a == b, "the first client's hash is stable"
+    assert other_sink.events()[0]["properties"]["path"] != a, "another install hashes apart"
