@@ -386,9 +386,10 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
     # E-mail addresses, also percent-encoded (``alice%40example.com``) as found in URLs.
     Pattern(
         "email",
-        r"[\w.+%-](?<![\w.+%-].)[\w.+%-]*(?:@|%40)(?:[\w-]+\.)+[^\W\d_]{2,}(?![\w-])",
+        r"[\w.+%-](?<![\w.+%-].)[\w.+%-]*(?:@|%40)"
+        rf"(?:(?:[\w-]+\.)+[^\W\d_]{{2,}}(?![\w-])|{_V4}(?![\w.]))",
         "<email>",
-        "RFC 5322 addr-spec, dot-atom subset",
+        "RFC 5322 addr-spec, dot-atom subset; also user@IPv4 as in ssh and scp targets",
     ),
     # Windows drive paths (C:\Users\Alice Smith\..., C:/Users/...); a profile name may hold spaces.
     Pattern(

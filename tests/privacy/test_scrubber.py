@@ -68,6 +68,7 @@ CATCHES = [
     # e-mail addresses
     ("login failed for alice.smith+dev@example.co.uk (3 tries)", "alice.smith", "<email>"),
     ("invite sent to bob%40example.org via https://x.io/?to=", "bob%40example", "<email>"),
+    ("ssh: connect to carol@10.0.0.5 port 22 refused", "carol@", "<email>"),
     # home and absolute paths on every OS
     ('File "/home/alice/project/app.py", line 3, in main', "alice", "<path>"),
     ("cannot read /root/.ssh/id_ed25519", "/root/.ssh", "<path>"),
