@@ -21,6 +21,7 @@ from codeweaver_telemetry.settings import (
 )
 from codeweaver_telemetry.sinks.jsonl import LOG_FILE
 from codeweaver_telemetry.state import STATE_FILE, StateStore
+from tests.helpers import wait_until
 from tests.receiver import CAPTURE, DEFINITIONS, FLAGS, PostHogReceiver
 
 PREFIX = "CODEWEAVER__TELEMETRY__"
@@ -56,15 +57,6 @@ def _write_toml(path: Path, body: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(body, encoding="utf-8")
     return path
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 # -- defaults -----------------------------------------------------------------------------------
@@ -233,7 +225,7 @@ def test_env_batch_size(build: Callable[..., TelemetryClient], env: Callable[...
     time.sleep(0.2)
     assert sink.events() == []
     client.capture("e", {"i": 2})
-    assert _wait_for(lambda: len(sink.events()) == 3)
+    assert wait_until(lambda: len(sink.events()) == 3)
 
 
 def test_env_batch_interval_seconds(
@@ -245,7 +237,7 @@ def test_env_batch_interval_seconds(
     client = build(_ok(), sink=sink)
     assert client.settings.batch_interval_seconds == 0.05
     client.capture("lonely")
-    assert _wait_for(lambda: len(sink.events()) == 1)
+    assert wait_until(lambda: len(sink.events()) == 1)
 
 
 def test_env_max_queue_size(
@@ -1016,10 +1008,7 @@ def test_env_flag_refresh_refetches_stale_flags(
     time.sleep(1.1)
     client.get_feature_flag("exp")  # stale: starts the refetch, answers from the cache
     receiver.wait_for_requests(2, route=FLAGS)
-    deadline = time.monotonic() + 5
-    while client.get_feature_flag("exp") != "b":
-        assert time.monotonic() < deadline, "the refreshed value never arrived"
-        time.sleep(0.05)
+    assert wait_until(lambda: client.get_feature_flag("exp") == "b"), "the refresh never arrived"
 
 
 @pytest.mark.parametrize(("timeout", "fails"), [("0.2", True), ("5", False)])

@@ -18,6 +18,7 @@ from codeweaver_telemetry import pipeline
 from codeweaver_telemetry._types import Event, ExportResult, Sink
 from codeweaver_telemetry._worker import Worker
 from codeweaver_telemetry.sinks.memory import FunctionSink, InMemorySink
+from tests.helpers import wait_until
 
 THREAD_NAME = "codeweaver-telemetry"
 HANG_S = 10.0
@@ -34,15 +35,6 @@ def ev(name: str = "e") -> Event:
 
 def names(batch: Sequence[Event]) -> list[str]:
     return [e.name for e in batch]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def telemetry_threads() -> set[threading.Thread]:
