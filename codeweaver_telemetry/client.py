@@ -359,7 +359,7 @@ class TelemetryClient:
                 self._flags_seen = {}
                 self._refresh_context()
                 if self._flag_cache is not None:
-                    self._flag_cache.prefetch()
+                    self._flag_cache.prefetch(force=True)  # once per session
             return self._session.id
         return None
 

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT OR Apache-2.0
 """Feature flags: fetched in the background, cached, never slower than a budget, never raising.
 
-Refresh policy: all flags for the install id are fetched with one request when a session
+Refresh policy: all flags for the install id are fetched with one request when each session
 starts (or on the first lookup), then served from the cache. A lookup after
 ``refresh_s`` seconds triggers one background refetch while the cached values keep being
 served. Only the first lookup of an empty cache waits, and for at most ``budget_s``; it
@@ -48,13 +48,19 @@ class FlagCache:
         self._fetching = False
         self._waited = False
 
-    def prefetch(self) -> None:
-        """Start a background fetch if none is running and the cache is empty or stale."""
+    def prefetch(self, *, force: bool = False) -> None:
+        """Start a background fetch if none is running and the cache is empty or stale.
+
+        ``force`` (a new session) fetches even a fresh cache; cached values keep being
+        served until the new answer arrives.
+        """
         now = time.monotonic()
         with self._lock:
             if self._fetching:
                 return
-            fresh = self._values is not None and now - self._fetched_at < self._refresh_s
+            fresh = (
+                not force and self._values is not None and now - self._fetched_at < self._refresh_s
+            )
             retry_wait = max(5.0, self._refresh_s / 10)
             if fresh or (self._failed_at and now - self._failed_at < retry_wait):
                 return

@@ -287,3 +287,20 @@ def test_413_splits_the_batch_until_it_fits(
     assert sorted(e["properties"]["i"] for e in receiver.events()) == [0, 1, 2, 3]
     assert [len(r.events()) for r in receiver.capture_requests()] == [4, 2, 2]
     assert client.stats()["dropped"] == {}
+
+
+def test_each_session_fetches_flags_once(
+    make_client: Callable[..., TelemetryClient], receiver: PostHogReceiver
+) -> None:
+    """Flags are fetched once per session: a new session asks again, lookups never do."""
+    receiver.set_flags({"exp": "a"})
+    client = wire_client(make_client, receiver)
+    client.start_session()
+    assert client.get_feature_flag("exp") == "a"
+    client.get_feature_flag("exp")
+    client.end_session()
+    receiver.set_flags({"exp": "b"})
+    client.start_session()
+    receiver.wait_for_requests(2, route=FLAGS)
+    assert wait_until(lambda: client.get_feature_flag("exp") == "b")
+    assert len(receiver.flag_requests()) == 2
