@@ -9,10 +9,12 @@ starts with an empty queue: the parent's events are the parent's to send).
 
 The worker wakes when ``batch_size`` events are waiting, when ``interval_s`` has passed
 since the oldest one arrived, or when asked to flush (a flush sends up to 100 events per
-request). It runs each event through the privacy
-pipeline, then hands the batch to the sink. A batch the sink could not deliver (RETRY) is
-kept, up to the queue bound, and tried again with exponential backoff (1 s doubling to
-60 s); a flush tries again at once.
+request). It runs each event through the privacy pipeline, then hands the batch to the
+sink. A batch the sink could not deliver (RETRY) is kept, up to the queue bound, and tried
+again with exponential backoff (1 s doubling to 60 s); a flush tries again at once.
+
+At shutdown, what could not be delivered in time is written to the disk spool (after the
+privacy pipeline, never raw), and the next process that starts a worker sends it first.
 """
 
 from __future__ import annotations
@@ -23,9 +25,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from codeweaver_telemetry._internal import internal_errors, logger
 from codeweaver_telemetry._types import Event, ExportResult, Sink
+
+if TYPE_CHECKING:
+    from codeweaver_telemetry._spool import Spool
 
 __all__ = ["Worker"]
 
@@ -54,14 +60,18 @@ class Worker:
         batch_size: int,
         interval_s: float,
         max_queue: int,
+        spool: Spool | None = None,
     ) -> None:
         self._sink = sink
+        self._spool = spool
         self._process = process
         self._batch_size = batch_size
         self._interval_s = interval_s
         self._max_queue = max_queue
         self.dropped: collections.Counter[str] = collections.Counter()
         self.sent = 0
+        self.spooled = 0
+        """Events written to the disk spool at shutdown."""
         self._init_state()
         ref = weakref.WeakMethod(self._after_fork)
         if hasattr(os, "register_at_fork"):
@@ -72,6 +82,7 @@ class Worker:
         self._cond = threading.Condition(self._lock)
         self._queue: collections.deque[Event] = collections.deque()
         self._retry: list[Event] = []  # finished events kept after a failed export
+        self._exporting: list[Event] = []  # the finished batch the sink is working on
         self._in_flight = 0
         self._flush_gen = 0
         self._done_gen = 0  # last flush generation the worker has fully handled
@@ -141,28 +152,63 @@ class Worker:
                 self._cond.wait(remaining)
 
     def shutdown(self, timeout_s: float) -> bool:
-        """Flush for at most ``timeout_s``, stop the thread, shut the sink; idempotent."""
-        deadline = time.monotonic() + max(0.0, timeout_s)
+        """Flush, stop the thread, spool what is left, shut the sink; all within ``timeout_s``.
+
+        With a spool, a part of the bound (a quarter, at most 0.2 s) is kept for writing
+        the undelivered events to disk; the rest goes to the final flush. Idempotent.
+        """
+        timeout_s = max(0.0, timeout_s)
+        deadline = time.monotonic() + timeout_s
         with self._lock:
             if self._closed:
                 return not (self._queue or self._retry)
             self._closed = True
-        delivered = self.flush(timeout_s)
+        reserve = min(0.2, timeout_s / 4) if self._spool is not None else 0.0
+        delivered = self.flush(timeout_s - reserve)
         with self._lock:
             self._stopping = True
-            left = len(self._queue) + len(self._retry) + self._in_flight
             self._cond.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(max(0.0, deadline - reserve - time.monotonic()))
+        with self._lock:  # what is still here has not been delivered
+            raw, self._queue = list(self._queue), collections.deque()
+            # A batch still in the sink's hands (a hanging host) is spooled too; PostHog
+            # drops an event it already has by its uuid, so a late delivery is harmless.
+            finished = [*self._exporting, *self._retry]
+            self._retry = []
+            lost = max(0, self._in_flight - len(self._exporting))
+        if raw or finished:
+            with internal_errors("spool"):
+                self._save_undelivered(raw, finished, deadline)
         with internal_errors("sink shutdown"):
             self._sink.shutdown(max(0.0, deadline - time.monotonic()))
+        if lost:
+            self.dropped["exit_timeout"] += lost
+        return delivered
+
+    def _save_undelivered(self, raw: list[Event], finished: list[Event], deadline: float) -> None:
+        """Spool what is left (raw events pass the pipeline first, as time allows)."""
+        left = len(raw) + len(finished)
+        if self._spool is not None:
+            for index, event in enumerate(raw):
+                if time.monotonic() >= deadline:
+                    raw = raw[index:]
+                    break
+                done = self._process(event, self._count_drop)
+                if done is not None:
+                    finished.append(done)
+            else:
+                raw = []
+            saved = self._spool.save(finished) if finished else 0
+            self.dropped["spool_full"] += len(finished) - saved
+            self.spooled += saved
+            left = len(raw)
         if left:
             self.dropped["exit_timeout"] += left
             logger.info(
                 "codeweaver_telemetry: %d events were not delivered before the exit bound", left
             )
-        return delivered
 
     # -- worker side ----------------------------------------------------------------------
     def _start(self) -> None:
@@ -187,7 +233,20 @@ class Worker:
             times.append(max(0.0, self._oldest_at + self._interval_s - now))
         return min(times) if times else None
 
+    def _load_spool(self) -> None:
+        """Take the events earlier runs could not deliver: they are sent first."""
+        if self._spool is None:
+            return
+        with internal_errors("spool"):
+            events = self._spool.load()
+            if events:
+                with self._lock:
+                    room = max(0, self._max_queue - len(self._queue) - len(self._retry))
+                    self._retry.extend(events[:room])
+                    self.dropped["queue_full"] += max(0, len(events) - room)
+
     def _run(self) -> None:
+        self._load_spool()
         while True:
             with self._lock:
                 while not self._stopping and not self._due(time.monotonic()):
@@ -244,6 +303,8 @@ class Worker:
     def _export(self, batch: list[Event]) -> bool:
         if not batch:
             return True
+        with self._lock:
+            self._exporting = batch
         try:
             result = self._sink.export(batch)
         except Exception as exc:  # a broken sink must not kill the thread
@@ -252,6 +313,8 @@ class Worker:
                 type(exc).__name__,
             )
             result = ExportResult.RETRY
+        with self._lock:
+            self._exporting = []
         if result is ExportResult.SUCCESS:
             self.sent += len(batch)
             return True

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from codeweaver_telemetry._spool import SPOOL_DIR, Spool
 from codeweaver_telemetry.consent import consent_sources, decide
 from codeweaver_telemetry.privacy.hashing import KEY_FILE_NAME
 from codeweaver_telemetry.settings import TelemetrySettings, load_settings
@@ -98,6 +99,9 @@ def cmd_disable(out: TextIO) -> int:
     store = StateStore(settings.resolved_state_dir)
     store.set_consent("disabled", by="cli")
     print("Recorded: telemetry disabled. The install id and HASH key were removed.", file=out)
+    unsent = Spool(settings.resolved_state_dir / SPOOL_DIR).clear()
+    if unsent:
+        print(f"Removed {len(unsent)} spool file(s) of events not yet sent.", file=out)
     _config_problem(error, out)
     return 0
 
@@ -152,7 +156,7 @@ def cmd_delete(out: TextIO) -> int:
         print(f"Nothing to delete: {directory} {why}.", file=out)
         return 0
     state = _state(StateStore(directory))
-    deleted = []
+    deleted = Spool(directory / SPOOL_DIR).clear()
     for path in _owned_files(directory):
         try:
             path.unlink()

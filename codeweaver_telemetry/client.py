@@ -276,12 +276,15 @@ class TelemetryClient:
         self._refresh_context()
         if sink is None:
             sink = self._default_sink(settings)
+        from codeweaver_telemetry._spool import SPOOL_DIR, Spool
+
         self._worker = Worker(
             sink=sink,
             process=_run_pipeline,
             batch_size=settings.batch_size,
             interval_s=settings.batch_interval_seconds,
             max_queue=settings.max_queue_size,
+            spool=Spool(settings.resolved_state_dir / SPOOL_DIR) if forced is None else None,
         )
         if settings.posthog_api_key is not None:
             from codeweaver_telemetry.sinks.posthog import PostHogFlags
@@ -339,8 +342,13 @@ class TelemetryClient:
         """Counters: events sent, dropped by reason, pending."""
         worker = self._worker
         if worker is None:
-            return {"sent": 0, "dropped": {}, "pending": 0}
-        return {"sent": worker.sent, "dropped": dict(worker.dropped), "pending": worker.pending}
+            return {"sent": 0, "dropped": {}, "pending": 0, "spooled": 0}
+        return {
+            "sent": worker.sent,
+            "dropped": dict(worker.dropped),
+            "pending": worker.pending,
+            "spooled": worker.spooled,
+        }
 
     # -- sessions -------------------------------------------------------------------------
     def start_session(self, metadata: Mapping[str, Any] | None = None) -> str | None:

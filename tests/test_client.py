@@ -615,7 +615,7 @@ def test_telemetry_off_is_a_no_op_everywhere(
     with client:
         client.capture("e")
     client.shutdown()
-    assert client.stats() == {"sent": 0, "dropped": {}, "pending": 0}
+    assert client.stats() == {"sent": 0, "dropped": {}, "pending": 0, "spooled": 0}
     assert sink.events() == []
     assert telemetry_threads() - before == set()
     assert not clean_env.exists() or list(clean_env.rglob("*")) == []
@@ -629,7 +629,7 @@ def test_the_default_process_client_is_off_and_writes_nothing(clean_env: Path) -
     client.start_session()
     client.capture("e")
     assert client.flush() is True
-    assert client.stats() == {"sent": 0, "dropped": {}, "pending": 0}
+    assert client.stats() == {"sent": 0, "dropped": {}, "pending": 0, "spooled": 0}
     assert not clean_env.exists() or list(clean_env.rglob("*")) == []
 
 
