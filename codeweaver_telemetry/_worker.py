@@ -267,7 +267,10 @@ class Worker:
             with self._lock:
                 self._in_flight = 0
                 if not ok:
-                    self._backoff_until = time.monotonic() + self._backoff_s
+                    # The host's Retry-After (a sink may expose it) wins if it asks for longer.
+                    asked = getattr(self._sink, "retry_after_s", 0.0)
+                    wait = max(self._backoff_s, min(float(asked or 0.0), _MAX_BACKOFF_S))
+                    self._backoff_until = time.monotonic() + wait
                     self._backoff_s = min(self._backoff_s * 2, _MAX_BACKOFF_S)
                 else:
                     self._backoff_s = _MIN_BACKOFF_S

@@ -579,6 +579,11 @@ class _AuditedSink:
         self._remote.shutdown(timeout_s)
         self._log.shutdown(0)
 
+    @property
+    def retry_after_s(self) -> float:
+        """The remote's Retry-After, for the worker's back-off."""
+        return float(getattr(self._remote, "retry_after_s", 0.0) or 0.0)
+
 
 # -- the process-wide client and exit ---------------------------------------------------------
 _LIVE: weakref.WeakSet[TelemetryClient] = weakref.WeakSet()

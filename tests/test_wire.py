@@ -304,3 +304,15 @@ def test_each_session_fetches_flags_once(
     receiver.wait_for_requests(2, route=FLAGS)
     assert wait_until(lambda: client.get_feature_flag("exp") == "b")
     assert len(receiver.flag_requests()) == 2
+
+
+def test_retry_after_is_honoured(
+    make_client: Callable[..., TelemetryClient], receiver: PostHogReceiver
+) -> None:
+    """After a 429 with Retry-After: 2, the worker waits 2 s (not its 1 s back-off) to retry."""
+    receiver.fail_next(1, Fault.status(429, retry_after=2), route=CAPTURE)
+    client = wire_client(make_client, receiver)
+    client.capture("later", {})
+    first, second = receiver.wait_for_requests(2, route=CAPTURE, timeout=10)
+    assert second.received_at - first.received_at >= 1.8
+    assert [e["event"] for e in receiver.events()] == ["later"]

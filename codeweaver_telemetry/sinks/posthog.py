@@ -59,6 +59,8 @@ class PostHogSink:
     """
 
     def __init__(self, *, api_key: str, host: str, timeout_s: float) -> None:
+        self.retry_after_s = 0.0
+        """The host's ``Retry-After`` from the last answer (0 when it gave none)."""
         self._request: Any = None
         self._api_key = api_key
         self._host = host
@@ -76,6 +78,7 @@ class PostHogSink:
 
             _quiet_posthog_logger()
             self._request = request
+        self.retry_after_s = 0.0
         try:
             self._request.batch_post(
                 self._api_key,
@@ -86,6 +89,9 @@ class PostHogSink:
             )
         except self._request.APIError as exc:
             status = exc.status if isinstance(exc.status, int) else 0
+            retry_after = getattr(exc, "retry_after", None)
+            if isinstance(retry_after, (int, float)) and retry_after > 0:
+                self.retry_after_s = float(retry_after)
             if status == 413:
                 return ExportResult.SPLIT
             if status in _DROP_STATUSES:
