@@ -64,6 +64,7 @@ class Worker:
     ) -> None:
         self._sink = sink
         self._spool = spool
+        self._owner_pid = os.getpid()
         self._process = process
         self._batch_size = batch_size
         self._interval_s = interval_s
@@ -116,12 +117,13 @@ class Worker:
                 self.dropped["queue_full"] += 1
                 return False
             self._queue.append(event)
-            if self._oldest_at is None:
+            first_of_batch = self._oldest_at is None
+            if first_of_batch:
                 self._oldest_at = time.monotonic()
             if self._thread is None:
                 self._start()
-            elif len(self._queue) >= self._batch_size:
-                self._cond.notify()
+            elif first_of_batch or len(self._queue) >= self._batch_size:
+                self._cond.notify()  # an idle worker learns when this batch falls due
         return True
 
     @property
@@ -175,7 +177,8 @@ class Worker:
             raw, self._queue = list(self._queue), collections.deque()
             # A batch still in the sink's hands (a hanging host) is spooled too; PostHog
             # drops an event it already has by its uuid, so a late delivery is harmless.
-            finished = [*self._exporting, *self._retry]
+            # by uuid: a half of a split batch can be in both
+            finished = list({e.uuid: e for e in (*self._exporting, *self._retry)}.values())
             self._retry = []
             lost = max(0, self._in_flight - len(self._exporting))
         if raw or finished:
@@ -234,16 +237,18 @@ class Worker:
         return min(times) if times else None
 
     def _load_spool(self) -> None:
-        """Take the events earlier runs could not deliver: they are sent first."""
-        if self._spool is None:
+        """Take events earlier runs could not deliver (at most half the queue): sent first.
+
+        Only the process that built the worker loads: a forked child (a pool worker, often
+        ended by a signal) would risk taking the spool with it.
+        """
+        if self._spool is None or os.getpid() != self._owner_pid:
             return
         with internal_errors("spool"):
-            events = self._spool.load()
+            events = self._spool.load(limit=max(1, self._max_queue // 2))
             if events:
                 with self._lock:
-                    room = max(0, self._max_queue - len(self._queue) - len(self._retry))
-                    self._retry.extend(events[:room])
-                    self.dropped["queue_full"] += max(0, len(events) - room)
+                    self._retry.extend(events)
 
     def _run(self) -> None:
         self._load_spool()
@@ -309,6 +314,14 @@ class Worker:
         with self._lock:
             self._exporting = batch
         try:
+            return self._export_part(batch)
+        finally:
+            with self._lock:
+                self._exporting = []
+
+    def _export_part(self, batch: list[Event]) -> bool:
+        """Export ``batch`` (the whole or a half of a split); True when nothing is left."""
+        try:
             result = self._sink.export(batch)
         except Exception as exc:  # a broken sink must not kill the thread
             logger.warning(
@@ -316,8 +329,6 @@ class Worker:
                 type(exc).__name__,
             )
             result = ExportResult.RETRY
-        with self._lock:
-            self._exporting = []
         if result is ExportResult.SUCCESS:
             self.sent += len(batch)
             return True
@@ -329,8 +340,8 @@ class Worker:
                 self._count_drop_n("too_large", 1)
                 return True
             middle = len(batch) // 2
-            first = self._export(batch[:middle])
-            second = self._export(batch[middle:])
+            first = self._export_part(batch[:middle])
+            second = self._export_part(batch[middle:])
             return first and second
         with self._lock:
             room = max(0, self._max_queue - len(self._queue) - len(self._retry))

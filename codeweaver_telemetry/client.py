@@ -16,6 +16,7 @@ import datetime as dt
 import decimal
 import enum
 import logging
+import os
 import secrets
 import threading
 import time
@@ -117,6 +118,18 @@ def _uuid7() -> str:
     return str(uuid.UUID(int=value))
 
 
+def _spool_tag(settings: TelemetrySettings, sink: Sink | None) -> str:
+    """Where spooled events may go: this PostHog project, the local log, or this sink type."""
+    if sink is not None:
+        return "sink-" + type(sink).__name__.lower()
+    if settings.posthog_api_key is None:
+        return "local"
+    import hashlib
+
+    destination = f"{settings.posthog_host}\0{settings.posthog_api_key.get_secret_value()}"
+    return hashlib.sha256(destination.encode("utf-8")).hexdigest()[:16]
+
+
 def _run_pipeline(event: Event, on_drop: Callable[[str], None]) -> Event | None:
     # Imported here, on the worker thread: the caller never pays for the privacy modules
     # (pydantic models, the scrubber's regex compilation).
@@ -171,6 +184,7 @@ class TelemetryClient:
         self._distinct_id = ""
         self._exit_timeout = 1.0
         self._waited_s = 0.0  # time spent in flushes that timed out since the last success
+        self._sent_at_wait = 0  # the worker's sent count at the last flush that timed out
         self._key_provider: Any = None
         self._settings = settings
         self.decision = ConsentDecision(False, "init", "not initialised")
@@ -274,6 +288,7 @@ class TelemetryClient:
         if forced is None:  # direct serialize_for_telemetry() calls use the install key too
             set_default_key_provider(self._key_provider)
         self._refresh_context()
+        given_sink = sink
         if sink is None:
             sink = self._default_sink(settings)
         from codeweaver_telemetry._spool import SPOOL_DIR, Spool
@@ -284,7 +299,11 @@ class TelemetryClient:
             batch_size=settings.batch_size,
             interval_s=settings.batch_interval_seconds,
             max_queue=settings.max_queue_size,
-            spool=Spool(settings.resolved_state_dir / SPOOL_DIR) if forced is None else None,
+            spool=(
+                Spool(settings.resolved_state_dir / SPOOL_DIR, tag=_spool_tag(settings, given_sink))
+                if forced is None
+                else None
+            ),
         )
         if settings.posthog_api_key is not None:
             from codeweaver_telemetry.sinks.posthog import PostHogFlags
@@ -498,11 +517,29 @@ class TelemetryClient:
         if worker is None:
             return True
         with internal_errors("flush"):
-            started = time.monotonic()
-            delivered = worker.flush(self._exit_timeout if timeout is None else timeout)
-            self._waited_s = 0.0 if delivered else self._waited_s + time.monotonic() - started
-            return delivered
+            return self._flush(worker, self._exit_timeout if timeout is None else timeout)
         return False
+
+    def _flush(self, worker: Worker, timeout: float) -> bool:
+        started = time.monotonic()
+        delivered = worker.flush(timeout)
+        if delivered:
+            self._waited_s = 0.0
+        else:
+            self._waited_s += time.monotonic() - started
+            self._sent_at_wait = worker.sent
+        return delivered
+
+    def _exit_budget(self) -> float:
+        """What is left of the exit bound after flushes that timed out.
+
+        Once the worker has delivered anything since, the host is answering again and the
+        whole bound is available.
+        """
+        worker = self._worker
+        if worker is not None and worker.sent > self._sent_at_wait:
+            self._waited_s = 0.0
+        return max(0.0, self._exit_timeout - self._waited_s)
 
     def shutdown(self, timeout: float | None = None) -> None:
         """End the session, flush within ``timeout`` (default: the exit bound), stop.
@@ -517,7 +554,9 @@ class TelemetryClient:
             self._end_session()
             self._closed = True
             self._enabled = False
-            left = max(0.0, self._exit_timeout - self._waited_s)
+            # Writing the spool is local and quick: it keeps a small share even when the
+            # bound was used up by earlier flushes.
+            left = max(self._exit_budget(), min(0.2, self._exit_timeout / 4))
             bound = left if timeout is None else timeout
             if self._worker is not None:
                 self._worker.shutdown(bound)
@@ -535,10 +574,11 @@ class TelemetryClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._enabled:
+        worker = self._worker
+        if self._enabled and worker is not None:
             with internal_errors("__exit__"):
                 self._end_session()
-                self.flush()  # one flush, one bound
+                self._flush(worker, self._exit_budget())  # one flush, within one bound
 
     async def __aenter__(self) -> TelemetryClient:
         return self
@@ -589,6 +629,7 @@ class _AuditedSink:
 _LIVE: weakref.WeakSet[TelemetryClient] = weakref.WeakSet()
 _CLIENT: TelemetryClient | None = None
 _CLIENT_LOCK = threading.Lock()
+_BUILDING = threading.local()
 _ATEXIT_REGISTERED = False
 
 
@@ -604,9 +645,17 @@ def get_telemetry_client(*, on_notice: Callable[[str], None] | None = None) -> T
     client = _CLIENT
     if client is not None:
         return client
+    if getattr(_BUILDING, "active", False):
+        # Called again while the client is being built (say, from on_notice): answer with
+        # an off client rather than wait on ourselves.
+        return TelemetryClient(_force_consent=ConsentDecision(False, "init", "still starting"))
     with _CLIENT_LOCK:
         if _CLIENT is None:
-            _CLIENT = TelemetryClient(on_notice=on_notice)
+            _BUILDING.active = True
+            try:
+                _CLIENT = TelemetryClient(on_notice=on_notice)
+            finally:
+                _BUILDING.active = False
         return _CLIENT
 
 
@@ -623,11 +672,33 @@ def _exit_hook() -> None:
     clients = list(_LIVE)
     if not clients:
         return
-    bound = max(max(0.0, c._exit_timeout - c._waited_s) for c in clients)
+    reserve = min(0.2, max(c._exit_timeout for c in clients) / 4)  # for the spool
+    bound = max([reserve, *(c._exit_budget() for c in clients)])
     deadline = time.monotonic() + bound
     for client in clients:  # one shared deadline: exit never waits longer than the bound
         with internal_errors("exit"):
             client.shutdown(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child: fresh locks, and no share in the parent's session.
+
+    The child's events still go out (its worker restarts on its own), but it must not end
+    the parent's session (one session event per session) nor wait on the parent's work.
+    """
+    global _CLIENT_LOCK
+    _CLIENT_LOCK = threading.Lock()
+    for client in list(_LIVE):
+        client._lock = threading.RLock()
+        client._session = None
+        client._metadata = None
+        client._flags_seen = {}
+        client._waited_s = 0.0
+        client._refresh_context()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _register_atexit() -> None:

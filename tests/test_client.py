@@ -28,6 +28,8 @@ from codeweaver_telemetry import (
 )
 from codeweaver_telemetry import client as client_module
 from codeweaver_telemetry.pipeline import MAX_STRING_CHARS, TRUNCATION_MARK
+from tests.helpers import wait_until
+from tests.receiver import PostHogReceiver
 
 C = AnonymityConversion
 K = FilteredKey
@@ -814,3 +816,68 @@ def test_each_client_hashes_with_its_own_install_key(
     a, b = (e["properties"]["path"] for e in sink.events())
     assert a == b, "the first client's hash is stable"
     assert other_sink.events()[0]["properties"]["path"] != a, "another install hashes apart"
+
+
+def test_a_forked_child_does_not_end_the_parents_session(
+    make_client: Callable[..., TelemetryClient], receiver: PostHogReceiver
+) -> None:
+    """A multiprocessing child that never uses telemetry sends nothing at its exit: the
+    session event is sent once, by the parent."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork here")
+    client = make_client(posthog_api_key="phc_fork", posthog_host=receiver.url)
+    client.start_session({"v": 1})
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=int)  # does nothing with telemetry
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    client.end_session()
+    receiver.wait_for_events(1)
+    time.sleep(0.3)  # a child's late event would have arrived by now
+    assert [e["event"] for e in receiver.events()] == ["codeweaver_session"]
+
+
+def test_a_recovered_host_gives_exit_its_whole_bound_back(
+    make_client: Callable[..., TelemetryClient],
+) -> None:
+    """A flush that timed out during a slow spell does not cost exit its bound once the
+    host answers again: everything queued later is still delivered at shutdown."""
+    gate = threading.Event()
+    delivered: list[str] = []
+
+    def slow_then_fine(batch: Any) -> ExportResult:
+        gate.wait(5)
+        delivered.extend(e.name for e in batch)
+        return ExportResult.SUCCESS
+
+    client = make_client(sink=FunctionSink(slow_then_fine), exit_timeout_seconds=1.0)
+    client.capture("during_slow_spell", {})
+    assert client.flush(0.2) is False
+    gate.set()
+    assert wait_until(lambda: delivered == ["during_slow_spell"])
+    for i in range(20):
+        client.capture(f"later{i}", {})
+    client.shutdown()
+    assert len(delivered) == 21
+
+
+def test_on_notice_may_call_get_telemetry_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notice callback that asks for the client does not deadlock."""
+    monkeypatch.setenv("CODEWEAVER__TELEMETRY__CONSENT_POLICY", "opt-out")
+    seen: list[object] = []
+
+    def notice(text: str) -> None:
+        seen.append(get_telemetry_client())
+
+    done = threading.Event()
+
+    def build() -> None:
+        get_telemetry_client(on_notice=notice)
+        done.set()
+
+    threading.Thread(target=build, daemon=True).start()
+    assert done.wait(10), "get_telemetry_client deadlocked"
+    assert len(seen) == 1

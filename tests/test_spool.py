@@ -106,7 +106,7 @@ def test_broken_spool_lines_are_skipped(tmp_path: Path) -> None:
     good = json.dumps(
         {"event": "ok", "distinct_id": "d", "timestamp": 1, "uuid": "u", "properties": {}}
     )
-    (directory / "spool-1-aa.jsonl").write_text(f"not json\n{good}\n[1]\n", encoding="utf-8")
+    (directory / "spool-local-1-aa.jsonl").write_text(f"not json\n{good}\n[1]\n", encoding="utf-8")
     assert [e.name for e in Spool(directory).load()] == ["ok"]
 
 
@@ -118,7 +118,8 @@ def test_a_disabled_client_leaves_the_spool_alone(
 ) -> None:
     """With telemetry off, spooled events are neither sent nor touched."""
     state_dir = clean_env / "telemetry"
-    Spool(state_dir / SPOOL_DIR).save([Event("old", {}, 0.0, "u", "d")])
+    state_dir.mkdir(parents=True)
+    assert Spool(state_dir / SPOOL_DIR).save([Event("old", {}, 0.0, "u", "d")]) == 1
     monkeypatch.setenv("DO_NOT_TRACK", "1")
     client = TelemetryClient.from_options(
         enabled=True, posthog_api_key="phc_x", posthog_host=receiver.url
@@ -133,7 +134,49 @@ def test_a_disabled_client_leaves_the_spool_alone(
 def test_cli_disable_and_delete_remove_the_spool(clean_env: Path, command: str) -> None:
     """Opting out, or deleting local data, also removes events not yet sent."""
     state_dir = clean_env / "telemetry"
-    Spool(state_dir / SPOOL_DIR).save([Event("old", {}, 0.0, "u", "d")])
+    state_dir.mkdir(parents=True)
+    assert Spool(state_dir / SPOOL_DIR).save([Event("old", {}, 0.0, "u", "d")]) == 1
+    assert '"old"' in spool_text(state_dir)
     out = io.StringIO()
     assert cli_main([command], out=out) == 0
     assert spool_text(state_dir) == ""
+
+
+def test_a_run_takes_at_most_its_limit_and_leaves_the_rest(tmp_path: Path) -> None:
+    """A run loads up to its limit; the rest stays spooled for later runs, nothing is lost."""
+    spool = Spool(tmp_path / "spool")
+    spool.save([Event("e", {"i": i}, float(i), f"u{i}", "d") for i in range(10)])
+    first = spool.load(limit=3)
+    rest = spool.load()
+    assert [e.properties["i"] for e in first] == [0, 1, 2]
+    assert sorted(e.properties["i"] for e in rest) == list(range(3, 10))
+
+
+def test_spooled_events_only_go_to_their_own_destination(tmp_path: Path) -> None:
+    """Events spooled for one PostHog project are never loaded by a client of another."""
+    Spool(tmp_path / "spool", tag="aaaa").save([Event("mine", {}, 0.0, "u", "d")])
+    assert Spool(tmp_path / "spool", tag="bbbb").load() == []
+    assert [e.name for e in Spool(tmp_path / "spool", tag="aaaa").load()] == ["mine"]
+
+
+def test_the_spool_never_recreates_a_deleted_state_directory(tmp_path: Path) -> None:
+    """After the state directory is deleted, a still-running process spools nothing."""
+    spool = Spool(tmp_path / "gone" / "spool")
+    assert spool.save([Event("e", {}, 0.0, "u", "d")]) == 0
+    assert not (tmp_path / "gone").exists()
+
+
+def test_both_halves_of_a_split_batch_are_spooled_at_exit(
+    make_client: Callable[..., TelemetryClient], receiver: PostHogReceiver
+) -> None:
+    """A 413 split whose first half hangs at exit: the half not yet sent is spooled too."""
+    from tests.receiver import Fault
+
+    receiver.fail_next(1, Fault.status(413), route=CAPTURE)
+    client = wire(make_client, receiver, exit_timeout_seconds=0.8)
+    for i in range(4):
+        client.capture("split", {"i": i})
+    receiver.wait_for_requests(1, route=CAPTURE)
+    receiver.hang(route=CAPTURE)
+    client.shutdown()
+    assert client.stats()["spooled"] == 4

@@ -440,3 +440,14 @@ def test_the_real_pipeline_finishes_events(make_worker: Callable[..., Worker]) -
     assert "$set" not in sent["properties"]
     assert sent["properties"]["$process_person_profile"] is False
     assert sys.version.startswith(sent["properties"]["$python_version"])
+
+
+def test_an_idle_worker_still_sends_on_the_interval(make_worker: Callable[..., Worker]) -> None:
+    """After the worker has gone idle, a new event is still sent once the interval passes."""
+    sink = InMemorySink()
+    worker = make_worker(sink, batch_size=100, interval_s=0.1)
+    worker.submit(ev("first"))
+    assert wait_until(lambda: len(sink.events()) == 1)
+    time.sleep(0.3)  # idle: nothing queued
+    worker.submit(ev("second"))
+    assert wait_until(lambda: len(sink.events()) == 2, timeout=3)
