@@ -177,7 +177,7 @@ class Worker:
             raw, self._queue = list(self._queue), collections.deque()
             # A batch still in the sink's hands (a hanging host) is spooled too; PostHog
             # drops an event it already has by its uuid, so a late delivery is harmless.
-            # by uuid: a half of a split batch can be in both
+            # Keyed by uuid: one half of a split batch can be in both lists.
             finished = list({e.uuid: e for e in (*self._exporting, *self._retry)}.values())
             self._retry = []
             lost = max(0, self._in_flight - len(self._exporting))
@@ -187,7 +187,7 @@ class Worker:
         with internal_errors("sink shutdown"):
             self._sink.shutdown(max(0.0, deadline - time.monotonic()))
         if lost:
-            self.dropped["exit_timeout"] += lost
+            self._count_drop_n("exit_timeout", lost)
         return delivered
 
     def _save_undelivered(self, raw: list[Event], finished: list[Event], deadline: float) -> None:
@@ -204,11 +204,12 @@ class Worker:
             else:
                 raw = []
             saved = self._spool.save(finished) if finished else 0
-            self.dropped["spool_full"] += len(finished) - saved
+            if len(finished) > saved:
+                self._count_drop_n("spool_full", len(finished) - saved)
             self.spooled += saved
             left = len(raw)
         if left:
-            self.dropped["exit_timeout"] += left
+            self._count_drop_n("exit_timeout", left)
             logger.info(
                 "codeweaver_telemetry: %d events were not delivered before the exit bound", left
             )
