@@ -266,7 +266,13 @@ class Worker:
                 raw = [self._queue.popleft() for _ in range(min(len(self._queue), size))]
                 kept, self._retry = self._retry, []
                 self._in_flight = len(raw) + len(kept)
-                self._oldest_at = time.monotonic() if self._queue else None
+                # The leftovers keep their age: the next one is due an interval after it
+                # was captured (its wall-clock timestamp), not after this batch was taken.
+                self._oldest_at = (
+                    time.monotonic() - max(0.0, time.time() - self._queue[0].timestamp)
+                    if self._queue
+                    else None
+                )
             ok = True
             with internal_errors("worker"):
                 ok = self._export(kept + self._finish(raw))
