@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["Worker"]
 
 _FLUSH_BATCH = 100  # events per request while flushing
+_YIELD_EVERY_S = 0.001  # how much pipeline work the worker does before yielding the GIL
 _RESERVED_SLOTS = 8  # room beyond the bound for the library's own session events
 _MIN_BACKOFF_S = 1.0
 _MAX_BACKOFF_S = 60.0
@@ -79,7 +80,9 @@ class Worker:
             os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
 
     def _init_state(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: capture() may run in a signal handler on a thread that is already
+        # inside submit(); a plain lock would deadlock it.
+        self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._queue: collections.deque[Event] = collections.deque()
         self._retry: list[Event] = []  # finished events kept after a failed export
@@ -134,6 +137,8 @@ class Worker:
 
     def flush(self, timeout_s: float) -> bool:
         """Ask the worker to send everything now; True if all was delivered in time."""
+        if threading.current_thread() is self._thread:
+            return False  # called from inside an export (a sink): it cannot wait on itself
         deadline = time.monotonic() + max(0.0, timeout_s)
         with self._lock:
             if not self._queue and not self._retry and not self._in_flight:
@@ -295,10 +300,14 @@ class Worker:
 
     def _finish(self, raw: Sequence[Event]) -> list[Event]:
         finished = []
+        yielded = time.perf_counter()
         for event in raw:
-            # The pipeline is pure Python: give the GIL back between events, so a caller
-            # thread waiting to capture never waits a whole switch interval behind a batch.
-            time.sleep(0)
+            # The pipeline is pure Python: give the GIL back about every millisecond, so a
+            # capturing thread never waits a whole switch interval (5 ms) behind a batch.
+            # (sleep(0) costs a scheduler round trip, so not after every event.)
+            if time.perf_counter() - yielded > _YIELD_EVERY_S:
+                time.sleep(0)
+                yielded = time.perf_counter()
             try:
                 done = self._process(event, self._count_drop)
             except Exception as exc:  # the pipeline drops, it never passes an event on raw

@@ -7,6 +7,7 @@ import contextlib
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 from codeweaver_telemetry import client as _client
 from codeweaver_telemetry.consent import ConsentDecision
@@ -27,11 +28,12 @@ def capture_events(**settings: object) -> Iterator[InMemorySink]:
     the sink after the block (leaving it shuts the client down, which flushes). State lives
     in a temporary directory. The previous client is restored afterwards.
     """
+    values = {"batch_interval_seconds": 0.05, **settings}
+    built = TelemetrySettings(**values)  # type: ignore[arg-type]  # bad values raise here
     state_dir = tempfile.mkdtemp(prefix="codeweaver-telemetry-test-")
     sink = InMemorySink()
-    values = {"state_dir": state_dir, "batch_interval_seconds": 0.05, **settings}
     client = _client.TelemetryClient(
-        TelemetrySettings(**values),  # type: ignore[arg-type]
+        built.model_copy(update={"state_dir": Path(state_dir)}),
         sink=sink,
         _force_consent=ConsentDecision(True, "testing", "codeweaver_telemetry.testing"),
     )

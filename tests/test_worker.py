@@ -451,3 +451,62 @@ def test_an_idle_worker_still_sends_on_the_interval(make_worker: Callable[..., W
     time.sleep(0.3)  # idle: nothing queued
     worker.submit(ev("second"))
     assert wait_until(lambda: len(sink.events()) == 2, timeout=3)
+
+
+_SIGNAL_SCRIPT = """
+import signal, sys, time
+from codeweaver_telemetry._types import Event
+from codeweaver_telemetry._worker import Worker
+from codeweaver_telemetry.sinks.memory import InMemorySink
+
+sink = InMemorySink()
+worker = Worker(sink=sink, process=lambda e, d: e, batch_size=100, interval_s=60,
+                max_queue=100_000)
+def handler(signum, frame):
+    worker.submit(Event("from_signal", {}, time.time(), "u"))
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+deadline = time.monotonic() + 1.0
+while time.monotonic() < deadline:
+    worker.submit(Event("main", {}, time.time(), "u"))
+signal.setitimer(signal.ITIMER_REAL, 0)
+assert worker.flush(10)
+print(sum(e["event"] == "from_signal" for e in sink.events()))
+"""
+
+
+def test_a_signal_handler_may_capture_while_submit_is_running() -> None:
+    """submit() re-entered on the same thread (a signal handler) does not deadlock."""
+    import signal
+    import subprocess
+    import sys
+
+    if not hasattr(signal, "setitimer"):
+        pytest.skip("no interval timers here")
+    out = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) > 0
+
+
+def test_flush_from_inside_the_sink_returns_at_once(make_worker: Callable[..., Worker]) -> None:
+    """A sink that calls flush() on its own worker gets False at once, not a wait on itself."""
+    took: list[float] = []
+    holder: list[Worker] = []
+
+    def handler(batch: object) -> None:
+        start = time.monotonic()
+        holder[0].flush(5)
+        took.append(time.monotonic() - start)
+
+    worker = make_worker(FunctionSink(handler))
+    holder.append(worker)
+    worker.submit(ev("e"))
+    assert worker.flush(10)
+    assert took
+    assert took[0] < 0.5
