@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from codeweaver_telemetry._spool import SPOOL_DIR, Spool
-from codeweaver_telemetry.consent import consent_sources, decide
+from codeweaver_telemetry.consent import ConsentDecision, consent_sources, decide
 from codeweaver_telemetry.privacy.hashing import KEY_FILE_NAME
 from codeweaver_telemetry.settings import TelemetrySettings, load_settings
 from codeweaver_telemetry.sinks.jsonl import LOG_FILE, read_log
@@ -43,8 +43,9 @@ _OWNED_FILES = (STATE_FILE, _LOCK_FILE, KEY_FILE_NAME, LOG_FILE, LOG_FILE + ".1"
 _OWNED_PATTERNS = (".state.*.tmp", f".{KEY_FILE_NAME}.*")
 
 
-def _settings() -> tuple[TelemetrySettings, str | None]:
-    return load_settings()
+def _decision(settings: TelemetrySettings, store: StateStore, error: str | None) -> ConsentDecision:
+    """The consent decision as a client would make it now, without recording a notice."""
+    return decide(consent_sources(settings, store, config_error=error, record_notice=False))
 
 
 def _config_problem(error: str | None, out: TextIO) -> None:
@@ -60,9 +61,9 @@ def _state(store: StateStore) -> TelemetryState | None:
 
 
 def cmd_status(out: TextIO) -> int:
-    settings, error = _settings()
+    settings, error = load_settings()
     store = StateStore(settings.resolved_state_dir)
-    decision = decide(consent_sources(settings, store, config_error=error, record_notice=False))
+    decision = _decision(settings, store, error)
     state = _state(store)
     destination = (
         f"PostHog at {settings.posthog_host}"
@@ -82,10 +83,10 @@ def cmd_status(out: TextIO) -> int:
 
 
 def cmd_enable(out: TextIO) -> int:
-    settings, error = _settings()
+    settings, error = load_settings()
     store = StateStore(settings.resolved_state_dir)
     store.set_consent("enabled", by="cli")
-    decision = decide(consent_sources(settings, store, config_error=error, record_notice=False))
+    decision = _decision(settings, store, error)
     print("Recorded: telemetry enabled.", file=out)
     _config_problem(error, out)
     if not decision.allowed:
@@ -95,7 +96,7 @@ def cmd_enable(out: TextIO) -> int:
 
 
 def cmd_disable(out: TextIO) -> int:
-    settings, error = _settings()
+    settings, error = load_settings()
     store = StateStore(settings.resolved_state_dir)
     store.set_consent("disabled", by="cli")
     print("Recorded: telemetry disabled. The install id and HASH key were removed.", file=out)
@@ -107,7 +108,7 @@ def cmd_disable(out: TextIO) -> int:
 
 
 def cmd_preview(out: TextIO, limit: int) -> int:
-    settings, _ = _settings()
+    settings, _ = load_settings()
     events = list(read_log(settings.resolved_state_dir))
     if not events:
         print("Nothing has been sent yet (the local log is empty).", file=out)
@@ -130,7 +131,7 @@ def export_document(directory: Path) -> dict[str, Any]:
 
 
 def cmd_export(out: TextIO, output: str | None) -> int:
-    settings, _ = _settings()
+    settings, _ = load_settings()
     text = json.dumps(export_document(settings.resolved_state_dir), indent=2, ensure_ascii=False)
     if output:
         Path(output).write_text(text + "\n", encoding="utf-8")
@@ -149,7 +150,7 @@ def _owned_files(directory: Path) -> list[Path]:
 
 
 def cmd_delete(out: TextIO) -> int:
-    settings, _ = _settings()
+    settings, _ = load_settings()
     directory = settings.resolved_state_dir
     if not directory.is_dir():
         why = "is not a directory" if directory.exists() else "does not exist"
