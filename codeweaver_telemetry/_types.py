@@ -36,6 +36,7 @@ class Event:
     timestamp: float
     """Seconds since the epoch, taken on the caller's thread."""
     uuid: str
+    """The event's id (PostHog dedupes on it); the pipeline assigns one when empty."""
     distinct_id: str = ""
     model: object | None = None
     context: Mapping[str, Any] = field(default_factory=dict)

@@ -469,7 +469,7 @@ class TelemetryClient:
                 name=name,
                 properties=_snapshot(properties) if properties else {},
                 timestamp=time.time(),
-                uuid=str(uuid.uuid4()),
+                uuid="",  # assigned by the pipeline, off the caller's thread
                 distinct_id=self._distinct_id,
                 model=_snapshot(model) if model is not None else None,
                 context=self._context,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -90,6 +91,8 @@ def serialize_stage(event: Event) -> Event | None:
     event.properties = {k: v for k, v in props.items() if not str(k).startswith("$")}
     event.model = None
     event.name = name
+    if not event.uuid:
+        event.uuid = str(uuid.uuid4())
     return event
 
 
