@@ -306,6 +306,12 @@ class TelemetrySettings(BaseSettings):
     request_timeout_seconds: float = Field(
         default=3.0, gt=0, le=60, description="seconds per HTTP request, above 0 and up to 60"
     )
+    heartbeat_interval_seconds: float | None = Field(
+        default=None,
+        ge=60,
+        le=86_400,
+        description="seconds between heartbeat events, 60-86400; unset means no heartbeat",
+    )
     state_dir: Path | None = Field(
         default=None,
         description="a writable directory (default: $CODEWEAVER_HOME/telemetry, else the "
@@ -360,13 +366,16 @@ def _unknown_env_setting() -> str | None:
     return None
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, given_in_code: Mapping[str, Any]) -> str:
     problems = []
     for error in exc.errors(include_url=False, include_input=False):
         field = str(error["loc"][0]) if error["loc"] else "settings"
         name = field.lower().removeprefix(ENV_PREFIX.lower())
         info = TelemetrySettings.model_fields.get(name)
         fix = info.description if info is not None and info.description else "a valid value"
+        if name in given_in_code:
+            problems.append(f"{name} (given in code): {error['msg']}; pass {fix}")
+            continue
         env_name = ENV_PREFIX + name.upper()
         problems.append(f"{name} ({env_name}): {error['msg']}; set it to {fix}, or unset it")
     return "; ".join(problems)
@@ -392,7 +401,7 @@ def load_settings(**overrides: Any) -> tuple[TelemetrySettings, str | None]:
         try:
             settings = TelemetrySettings(**overrides)
         except ValidationError as exc:
-            error = _describe(exc)
+            error = _describe(exc, overrides)
         except TelemetryConfigError as exc:
             error = str(exc)
         except Exception as exc:  # anything else while reading settings is still a config error
@@ -406,7 +415,7 @@ def load_settings(**overrides: Any) -> tuple[TelemetrySettings, str | None]:
     fallback = TelemetrySettings.model_construct(
         disable_telemetry=True, state_dir=_fallback_state_dir(overrides)
     )
-    return fallback, message
+    return fallback, error
 
 
 def _as_dir(value: object) -> Path | None:
