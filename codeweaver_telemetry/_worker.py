@@ -72,6 +72,8 @@ class Worker:
         self._max_queue = max_queue
         self.dropped: collections.Counter[str] = collections.Counter()
         self.sent = 0
+        self.consecutive_failures = 0
+        """Exports that failed in a row (0 after a success): the heartbeat's health check."""
         self.spooled = 0
         """Events written to the disk spool at shutdown."""
         self._init_state()
@@ -283,6 +285,7 @@ class Worker:
                 ok = self._export(kept + self._finish(raw))
             with self._lock:
                 self._in_flight = 0
+                self.consecutive_failures = 0 if ok else self.consecutive_failures + 1
                 if not ok:
                     # The host's Retry-After (a sink may expose it) wins if it asks for longer.
                     asked = getattr(self._sink, "retry_after_s", 0.0)

@@ -30,14 +30,14 @@ import json
 import platform
 import sys
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from codeweaver_telemetry._internal import logger
 from codeweaver_telemetry._types import Event, SessionMetadata, Stage
 from codeweaver_telemetry.privacy.hashing import KeyProvider
 from codeweaver_telemetry.privacy.rules import serialize_for_telemetry
-from codeweaver_telemetry.privacy.scrubber import TRUNCATION_MARK, scrub_cut
+from codeweaver_telemetry.privacy.scrubber import TRUNCATION_MARK, scrub, scrub_cut
 
 __all__ = [
     "DEFAULT_STAGES",
@@ -180,13 +180,34 @@ def _leading_version(release: str) -> str:
     return ".".join(parts)
 
 
+def _flag_properties(flags: Mapping[Any, Any]) -> dict[str, Any]:
+    """``$feature/<key>`` properties; keys and string values pass the scrubber and caps.
+
+    Flags come from PostHog or, for a search event, from the app: neither is trusted.
+    """
+    out: dict[str, Any] = {}
+    for index, (key, given) in enumerate(flags.items()):
+        if index >= MAX_ITEMS:
+            break
+        if not isinstance(key, str) or not key:
+            continue
+        if isinstance(given, str):
+            value: Any = scrub(given[:MAX_KEY_CHARS])
+        elif isinstance(given, (bool, int, float)):
+            value = given
+        else:
+            continue
+        out[f"$feature/{scrub(key[:MAX_KEY_CHARS])}"] = value
+    return out
+
+
 def context_stage(event: Event) -> Event | None:
     """Add the session's metadata, flags and the library's own properties, last."""
     ctx = event.context
     props = event.properties
     flags = ctx.get("flags")
     if flags:
-        props.update({f"$feature/{k}": v for k, v in flags.items()})
+        props.update(_flag_properties(flags))
     props.update(library_properties())
     session_id = ctx.get("session_id")
     if session_id:
