@@ -28,19 +28,33 @@ _EXPORTS: dict[str, str] = {
     "FunctionSink": "sinks.memory",
     "InMemoryKeyProvider": "privacy.hashing",
     "InMemorySink": "sinks.memory",
+    "IntentType": "events.schemas",
     "KeyProvider": "privacy.hashing",
     "LocalJSONLSink": "sinks.jsonl",
+    "MatchSummary": "events.schemas",
     "PostHogEventLike": "client",
     "Scrubber": "privacy.scrubber",
+    "SearchEvent": "events.schemas",
+    "SearchResponseSummary": "events.schemas",
+    "SearchStrategy": "events.schemas",
+    "SessionEvent": "events.schemas",
+    "SessionStatistics": "events.stats",
     "Sink": "_types",
     "TelemetryClient": "client",
     "TelemetryConfigError": "settings",
     "TelemetryRuleError": "privacy.rules",
     "TelemetrySettings": "settings",
+    "capture_error": "events",
+    "capture_exceptions": "events",
+    "capture_search_event": "events",
+    "capture_session_event": "events",
     "get_telemetry_client": "client",
+    "install_excepthook": "events",
     "is_secret_key": "privacy.scrubber",
+    "record_usage": "events",
     "scrub": "privacy.scrubber",
     "serialize_for_telemetry": "privacy.rules",
+    "track_usage": "events",
 }
 
 __all__ = [
@@ -56,19 +70,33 @@ __all__ = [
     "FunctionSink",
     "InMemoryKeyProvider",
     "InMemorySink",
+    "IntentType",
     "KeyProvider",
     "LocalJSONLSink",
+    "MatchSummary",
     "PostHogEventLike",
     "Scrubber",
+    "SearchEvent",
+    "SearchResponseSummary",
+    "SearchStrategy",
+    "SessionEvent",
+    "SessionStatistics",
     "Sink",
     "TelemetryClient",
     "TelemetryConfigError",
     "TelemetryRuleError",
     "TelemetrySettings",
+    "capture_error",
+    "capture_exceptions",
+    "capture_search_event",
+    "capture_session_event",
     "get_telemetry_client",
+    "install_excepthook",
     "is_secret_key",
+    "record_usage",
     "scrub",
     "serialize_for_telemetry",
+    "track_usage",
 ]
 
 
@@ -97,6 +125,24 @@ if TYPE_CHECKING:
         get_telemetry_client,
     )
     from codeweaver_telemetry.consent import ConsentDecision
+    from codeweaver_telemetry.events import (
+        capture_error,
+        capture_exceptions,
+        capture_search_event,
+        capture_session_event,
+        install_excepthook,
+        record_usage,
+        track_usage,
+    )
+    from codeweaver_telemetry.events.schemas import (
+        IntentType,
+        MatchSummary,
+        SearchEvent,
+        SearchResponseSummary,
+        SearchStrategy,
+        SessionEvent,
+    )
+    from codeweaver_telemetry.events.stats import SessionStatistics
     from codeweaver_telemetry.flags import FlagValue
     from codeweaver_telemetry.privacy.hashing import (
         FileKeyProvider,

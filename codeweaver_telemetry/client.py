@@ -11,6 +11,7 @@ nothing raises into the host program.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import datetime as dt
 import decimal
@@ -22,11 +23,12 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import PurePath
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from codeweaver_telemetry._instruments import ErrorCapture, Timer
 from codeweaver_telemetry._internal import internal_errors, logger
 from codeweaver_telemetry._types import Event, SessionMetadata, Sink
 from codeweaver_telemetry.consent import (
@@ -40,13 +42,22 @@ from codeweaver_telemetry.state import StateError, StateStore
 # Everything below is imported only once telemetry is on: a client that is off costs no
 # pydantic, no settings parsing, no regex compilation and no posthog.
 if TYPE_CHECKING:
+    from codeweaver_telemetry._heartbeat import Heartbeat
     from codeweaver_telemetry._worker import Worker
+    from codeweaver_telemetry.events.schemas import SessionEvent
+    from codeweaver_telemetry.events.stats import SessionStatistics
     from codeweaver_telemetry.flags import FlagCache, FlagValue
     from codeweaver_telemetry.settings import TelemetrySettings
 
 __all__ = ["PostHogEventLike", "TelemetryClient", "get_telemetry_client"]
 
 SESSION_EVENT = "codeweaver_session"
+SEARCH_EVENT = "codeweaver_search"
+ERROR_EVENT = "codeweaver_error"
+HEARTBEAT_EVENT = "codeweaver_heartbeat"
+_ERROR_EVENTS_PER_FINGERPRINT = 5  # per session; later repeats are only counted
+_ERROR_FINGERPRINTS = 100  # distinct errors sent as events per session
+_CAPTURED_MARK = "_codeweaver_telemetry_fingerprint"
 
 _IMMUTABLE_TYPES = frozenset({str, int, float, bool, type(None), bytes})
 _IMMUTABLE = (
@@ -139,11 +150,29 @@ def _run_pipeline(event: Event, on_drop: Callable[[str], None]) -> Event | None:
 
 
 class _Session:
-    __slots__ = ("id", "started")
+    __slots__ = ("errors_sent", "id", "started", "stats")
 
     def __init__(self) -> None:
+        from codeweaver_telemetry.events.stats import SessionStatistics
+
         self.id = _uuid7()
         self.started = time.monotonic()
+        self.stats = SessionStatistics()
+        self.errors_sent: dict[str, int] = {}
+
+
+class _Off:
+    """What an instrument of a client that is off resolves to."""
+
+    enabled = False
+
+
+def _off() -> Any:
+    return _Off
+
+
+_OFF_TIMER = Timer(_off, "")
+_OFF_ERRORS = ErrorCapture(_off)
 
 
 class TelemetryClient:
@@ -186,6 +215,9 @@ class TelemetryClient:
         self._waited_s = 0.0  # time spent in flushes that timed out since the last success
         self._sent_at_wait = 0  # the worker's sent count at the last flush that timed out
         self._key_provider: Any = None
+        self._hasher: Callable[[object], str] | None = None
+        self._heartbeat: Heartbeat | None = None
+        self._started_at = time.monotonic()
         self._settings = settings
         self.decision = ConsentDecision(False, "init", "not initialised")
         """Whether telemetry is on, which source decided, and why."""
@@ -324,6 +356,8 @@ class TelemetryClient:
         self._enabled = True
         _LIVE.add(self)
         _register_atexit()
+        if settings.heartbeat_interval_seconds is not None:
+            self._start_heartbeat(settings.heartbeat_interval_seconds)
 
     def _default_sink(self, settings: TelemetrySettings) -> Sink:
         from codeweaver_telemetry.sinks.jsonl import LocalJSONLSink
@@ -391,25 +425,100 @@ class TelemetryClient:
         return None
 
     def end_session(self) -> None:
-        """End the session: send the session event with its duration, then flush."""
+        """End the session: send its session event (once), then flush within the exit bound.
+
+        Leaving a ``with`` block and :meth:`shutdown` end the session too; whichever comes
+        first sends the event, the others find no session. Outside a session this does
+        nothing.
+        """
         if not self._enabled:
             return
         with internal_errors("end_session"):
             if self._end_session():
                 self.flush()
 
-    def _end_session(self) -> bool:
+    def _end_session(
+        self,
+        overrides: Mapping[str, Any] | None = None,
+        stats: SessionStatistics | None = None,
+    ) -> bool:
         with self._lock:
             session = self._session
             if session is None:
                 return False
-            duration = round(time.monotonic() - session.started, 3)
-            self._enqueue(SESSION_EVENT, {"duration_seconds": duration}, None, reserved=True)
+            try:
+                event: object = self._session_event(session, overrides, stats)
+                properties = None
+            except Exception:  # the session still ends, and its duration still goes out
+                logger.warning("codeweaver_telemetry: the session statistics could not be read")
+                event = None
+                properties = {"duration_seconds": round(time.monotonic() - session.started, 3)}
+            self._enqueue(SESSION_EVENT, properties, event, reserved=True, owned=True)
             self._session = None
             self._metadata = None
             self._flags_seen = {}
             self._refresh_context()
             return True
+
+    @staticmethod
+    def _session_event(
+        session: _Session | None,
+        overrides: Mapping[str, Any] | None,
+        stats: SessionStatistics | None,
+    ) -> SessionEvent:
+        from codeweaver_telemetry.events.schemas import SessionEvent
+
+        options = dict(overrides or {})
+        duration = options.pop("duration_seconds", None)
+        if duration is None and session is not None:
+            duration = time.monotonic() - session.started
+        source = stats if stats is not None else (session.stats if session else None)
+        snapshot = source.snapshot() if source is not None else {}
+        return SessionEvent.from_snapshot(snapshot, duration_seconds=duration, **options)
+
+    @property
+    def statistics(self) -> SessionStatistics | None:
+        """The current session's :class:`SessionStatistics`; None when off or outside one.
+
+        The ``record_*`` methods of the client write to it and do nothing when there is no
+        session, so apps rarely need it directly.
+        """
+        session = self._session
+        return session.stats if session is not None and self._enabled else None
+
+    def preview(self) -> dict[str, Any] | None:
+        """The session event exactly as the pipeline would send it now, without sending it.
+
+        Returns the finished payload (``event``, ``distinct_id``, ``timestamp``, ``uuid``,
+        ``properties``); only ``uuid`` and ``timestamp`` differ from the event sent when the
+        session ends. None when telemetry is off, outside a session, or if the pipeline
+        would drop the event.
+        """
+        if not self._enabled:
+            return None
+        with internal_errors("preview"):
+            with self._lock:
+                session = self._session
+                if session is None:
+                    return None
+                event = self._session_event(session, None, None)
+                context = self._context
+            from codeweaver_telemetry import pipeline
+            from codeweaver_telemetry.sinks.memory import to_payload
+
+            done = pipeline.run(
+                Event(
+                    name=SESSION_EVENT,
+                    properties={},
+                    timestamp=time.time(),
+                    uuid="",
+                    distinct_id=self._distinct_id,
+                    model=event,
+                    context=context,
+                )
+            )
+            return to_payload(done) if done is not None else None
+        return None
 
     def _refresh_context(self) -> None:
         # Copy-on-write: events already queued keep the context they were captured with.
@@ -447,6 +556,263 @@ class TelemetryClient:
         with internal_errors("capture_with_serialization"):
             self._enqueue(event, None, model)
 
+    # -- shipped events -----------------------------------------------------------------------
+    def capture_search_event(
+        self,
+        response: object,
+        query: str | None = None,
+        intent_type: object = None,
+        strategies: Iterable[object] = (),
+        execution_time_ms: float | None = None,
+        *,
+        tools_over_privacy: bool | None = None,
+        feature_flags: Mapping[str, FlagValue] | None = None,
+    ) -> None:
+        """Send a ``codeweaver_search`` event and record the search in the session.
+
+        Args:
+            response: a :class:`~codeweaver_telemetry.events.SearchResponseSummary`, or any
+                object with its attributes; only counts, a score summary and distributions
+                are read from it.
+            query: the user's query; sent only as character and term counts, unless
+                ``tools_over_privacy`` is on.
+            intent_type: an :class:`~codeweaver_telemetry.events.IntentType`, the app's own
+                ``str`` enum, or a string.
+            strategies: :class:`~codeweaver_telemetry.events.SearchStrategy` members or
+                strings.
+            execution_time_ms: how long the search took.
+            tools_over_privacy: add ``query.text`` (scrubbed, 200 characters at most) and
+                ``query.hash`` (keyed HASH); None: the ``tools_over_privacy`` setting.
+            feature_flags: the flags this search ran under, as ``$feature/<key>``; None:
+                the flags looked up in the session.
+        """
+        if not self._enabled:
+            return
+        with internal_errors("capture_search_event"):
+            from codeweaver_telemetry.events.schemas import SearchEvent
+
+            opted = (
+                self.settings.tools_over_privacy
+                if tools_over_privacy is None
+                else bool(tools_over_privacy)
+            )
+            event = SearchEvent.from_response(
+                response,
+                query=query,
+                intent_type=intent_type,
+                strategies=strategies,
+                execution_time_ms=execution_time_ms,
+                tools_over_privacy=opted,
+            )
+            session = self._session
+            if session is not None:
+                session.stats.record_search(
+                    intent=event.intent,
+                    strategies=event.strategies,
+                    latency_ms=event.execution_time_ms,
+                )
+            context = self._context
+            if isinstance(feature_flags, Mapping):
+                context = {**context, "flags": _snapshot(dict(feature_flags))}
+            self._enqueue(SEARCH_EVENT, None, event, owned=True, context=context)
+
+    def capture_session_event(
+        self,
+        stats: SessionStatistics | None = None,
+        *,
+        version: str | None = None,
+        setup_success: bool | None = None,
+        setup_attempts: int | None = None,
+        config_errors: Iterable[object] = (),
+        duration_seconds: float | None = None,
+    ) -> None:
+        """Send the ``codeweaver_session`` event now, with these facts over the recorded ones.
+
+        In a session, this ends the session (its one session event is this one, so ending
+        the session later sends nothing more). Outside a session it sends a session event
+        built from ``stats`` alone. It never waits for delivery.
+
+        Args:
+            stats: the statistics to send (default: the session's own).
+            version: the app's version.
+            setup_success: whether set-up succeeded (default: as recorded).
+            setup_attempts: set-up attempts (default: as recorded).
+            config_errors: exceptions, exception classes or kind names; counted by type
+                name in ``setup.error_kinds``, never with their messages.
+            duration_seconds: the session's length (default: measured).
+        """
+        if not self._enabled:
+            return
+        with internal_errors("capture_session_event"):
+            overrides = {
+                "version": version,
+                "setup_success": setup_success,
+                "setup_attempts": setup_attempts,
+                "config_errors": tuple(config_errors or ()),
+                "duration_seconds": duration_seconds,
+            }
+            if not self._end_session(overrides, stats):
+                event = self._session_event(None, overrides, stats)
+                self._enqueue(SESSION_EVENT, None, event, reserved=True, owned=True)
+
+    # -- recording into the session -----------------------------------------------------------
+    def _record(self, method: str, *args: Any) -> None:
+        session = self._session
+        if session is None or not self._enabled:
+            return
+        with internal_errors(method):
+            getattr(session.stats, method)(*args)
+
+    def record_request(self, ok: bool = True, latency_ms: float | None = None) -> None:
+        """Count one request (and its latency) in the session; nothing outside a session."""
+        self._record("record_request", ok, latency_ms)
+
+    def record_tokens(self, generated: int = 0, delivered: int = 0, saved: int = 0) -> None:
+        """Add token counts to the session."""
+        self._record("record_tokens", generated, delivered, saved)
+
+    def record_languages(self, languages: Iterable[str] | Mapping[str, int]) -> None:
+        """Add languages (names, or name -> count) to the session's distribution."""
+        self._record("record_languages", languages)
+
+    def record_failover(self, seconds: float = 0.0) -> None:
+        """Count one failover and the seconds it took."""
+        self._record("record_failover", seconds)
+
+    def record_setup(
+        self, success: bool, attempts: int = 1, error_kinds: Iterable[object] = ()
+    ) -> None:
+        """Record the set-up outcome; error kinds are kept as type names, never messages."""
+        self._record("record_setup", success, attempts, error_kinds)
+
+    def record_usage(self, name: str, count: int = 1) -> None:
+        """Count a use of a feature under ``name`` in the session's ``usage`` map."""
+        self._record("record_usage", name, count)
+
+    def record_timing(self, name: str, ms: float) -> None:
+        """Record one duration (milliseconds) under ``name`` in the session's ``timings``."""
+        self._record("record_timing", name, ms)
+
+    def timer(self, name: str) -> Timer:
+        """Time a block or function into the session's ``timings`` (never one event per call).
+
+        ``with client.timer("index"): ...``, ``async with client.timer("index"): ...`` or
+        ``@client.timer("index")`` on a sync or async function.
+        """
+        if not self._enabled:
+            return _OFF_TIMER
+        return Timer(self._self, name)
+
+    def _self(self) -> TelemetryClient:
+        return self
+
+    # -- errors ---------------------------------------------------------------------------------
+    def capture_error(
+        self,
+        exc: BaseException,
+        *,
+        handled: bool = True,
+        include_message: bool = False,
+        in_app: tuple[str, ...] | None = None,
+    ) -> str | None:
+        """Send a ``codeweaver_error`` event for ``exc`` and count it in the session.
+
+        Sent: the exception's type (qualified for the app's own types), its in-app frames
+        as ``module:function`` (no paths, no line text), a fingerprint (keyed HASH of type
+        and frames) and ``handled``. The message only with ``include_message=True``, and
+        then scrubbed and cut to 200 characters. Per session, one fingerprint is sent as an
+        event at most 5 times; later repeats are only counted.
+
+        Args:
+            exc: the exception.
+            handled: False when the program did not recover from it.
+            include_message: also send the (scrubbed) message.
+            in_app: top-level package names whose frames count as the app's; default:
+                frames outside the standard library and site-packages.
+
+        Returns:
+            The fingerprint (None when telemetry is off).
+        """
+        if not self._enabled:
+            return None
+        with internal_errors("capture_error"):
+            from codeweaver_telemetry.events.errors import describe_exception
+            from codeweaver_telemetry.events.schemas import ErrorEvent
+
+            known_fingerprint = getattr(exc, _CAPTURED_MARK, None)
+            if isinstance(known_fingerprint, str):  # one exception object is one error
+                return known_fingerprint
+            described = describe_exception(exc, in_app=in_app)
+            fingerprint = self._fingerprint(described.signature)
+            with contextlib.suppress(Exception):  # a capture block, then the excepthook
+                setattr(exc, _CAPTURED_MARK, fingerprint)
+            with self._lock:
+                session = self._session
+                send = True
+                if session is not None:
+                    session.stats.record_error(fingerprint)
+                    seen = session.errors_sent.get(fingerprint, 0)
+                    known = seen > 0 or len(session.errors_sent) < _ERROR_FINGERPRINTS
+                    send = known and seen < _ERROR_EVENTS_PER_FINGERPRINT
+                    if send:
+                        session.errors_sent[fingerprint] = seen + 1
+            if send:
+                event = ErrorEvent(
+                    type=described.type_name,
+                    frames=described.frames,
+                    fingerprint=fingerprint,
+                    handled=bool(handled),
+                    cause_types=described.cause_types,
+                    message=described.message if include_message else None,
+                )
+                self._enqueue(ERROR_EVENT, None, event, owned=True)
+            return fingerprint
+        return None
+
+    def _fingerprint(self, signature: str) -> str:
+        hasher = self._hasher
+        if hasher is None:
+            from codeweaver_telemetry.privacy.hashing import KeyedHasher
+
+            hasher = self._hasher = KeyedHasher.for_key(self._key_provider.key())
+        return hasher(signature)
+
+    def capture_exceptions(
+        self, *, include_message: bool = False, in_app: tuple[str, ...] | None = None
+    ) -> ErrorCapture:
+        """A context manager and decorator that captures an exception, then re-raises it.
+
+        ``with client.capture_exceptions(): ...`` or ``@client.capture_exceptions()`` (sync
+        or async). The exception is sent as unhandled; see :meth:`capture_error`.
+        """
+        if not self._enabled:
+            return _OFF_ERRORS
+        return ErrorCapture(self._self, include_message=include_message, in_app=in_app)
+
+    # -- heartbeat ------------------------------------------------------------------------------
+    def _start_heartbeat(self, interval_s: float) -> None:
+        from codeweaver_telemetry._heartbeat import Heartbeat
+
+        def failing() -> bool:
+            worker = self._worker
+            return worker is not None and worker.consecutive_failures > 0
+
+        self._heartbeat = Heartbeat(interval_s, self._beat, failing)
+        self._heartbeat.start()
+
+    def _beat(self, number: int) -> None:
+        from codeweaver_telemetry.events.schemas import HeartbeatEvent
+
+        now = time.monotonic()
+        session = self._session
+        event = HeartbeatEvent(
+            uptime_seconds=round(now - self._started_at, 3),
+            beat=number,
+            session_seconds=round(now - session.started, 3) if session else None,
+            counters=session.stats.counters() if session else None,
+        )
+        self._enqueue(HEARTBEAT_EVENT, None, event, owned=True)
+
     def _enqueue(
         self,
         name: str,
@@ -454,6 +820,8 @@ class TelemetryClient:
         model: object,
         *,
         reserved: bool = False,
+        owned: bool = False,
+        context: Mapping[str, Any] | None = None,
     ) -> None:
         worker = self._worker
         if worker is None or self._closed:
@@ -471,8 +839,9 @@ class TelemetryClient:
                 timestamp=time.time(),
                 uuid="",  # assigned by the pipeline, off the caller's thread
                 distinct_id=self._distinct_id,
-                model=_snapshot(model) if model is not None else None,
-                context=self._context,
+                # The library's own events are built fresh and never shared: no copy.
+                model=model if owned or model is None else _snapshot(model),
+                context=self._context if context is None else context,
             ),
             reserved=reserved,
         )
@@ -551,6 +920,8 @@ class TelemetryClient:
         if self._closed:
             return
         with internal_errors("shutdown"):
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
             self._end_session()
             self._closed = True
             self._enabled = False

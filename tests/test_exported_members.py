@@ -68,8 +68,9 @@ def module_name(path: Path) -> str:
 
 
 def test_dependencies_point_one_way() -> None:
-    """Only __init__, flags and testing import the client; privacy and sinks know neither
-    client nor consent; only sinks/posthog.py imports posthog."""
+    """Only __init__, flags, testing and the events helpers import the client; privacy and
+    sinks know neither client nor consent; event models import only the privacy core; only
+    sinks/posthog.py imports posthog."""
     for path in PACKAGE.rglob("*.py"):
         name = module_name(path)
         imported = imports_of(path)
@@ -79,7 +80,11 @@ def test_dependencies_point_one_way() -> None:
                 "codeweaver_telemetry",
                 "codeweaver_telemetry.flags",
                 "codeweaver_telemetry.testing",
+                "codeweaver_telemetry.events",  # the module-level helpers, lazily
             }, name
+        if name.startswith("codeweaver_telemetry.events."):
+            allowed = ("codeweaver_telemetry.privacy", "codeweaver_telemetry.events")
+            assert all(m.startswith(allowed) for m in ours), (name, ours)
         if name.startswith(("codeweaver_telemetry.privacy", "codeweaver_telemetry.sinks")):
             for forbidden in ("client", "consent", "_worker", "settings", "state"):
                 assert f"codeweaver_telemetry.{forbidden}" not in ours, (name, forbidden)

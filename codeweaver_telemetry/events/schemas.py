@@ -1,0 +1,494 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
+"""The events the library ships: typed, strict (allowlist) models of the privacy core.
+
+Every shipped event is an attrs class with :class:`DataclassSerializationMixin`, marked
+``_telemetry_strict``: only the fields it declares leave the machine, each through the rule
+or the scrubber the model names. Each has ``EVENT_NAME``, ``schema_version`` and
+``to_posthog_event()``, so ``client.capture_from_event(event)`` and
+``client.capture_with_serialization(event.EVENT_NAME, event)`` both work and both take the
+whole privacy pipeline. Property names are stable; a change to them bumps
+``schema_version``. The table of properties is in the README ("Events").
+
+The events are built by the library from recorded activity (see
+:class:`~codeweaver_telemetry.events.stats.SessionStatistics`) and from the arguments of the
+capture helpers: a property is never a placeholder that is always zero.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import attrs
+from pydantic import Field
+
+from codeweaver_telemetry.privacy.rules import (
+    AnonymityConversion,
+    BasedModel,
+    DataclassSerializationMixin,
+    FilteredKey,
+)
+from codeweaver_telemetry.privacy.scrubber import TRUNCATION_MARK
+
+__all__ = [
+    "ERROR_EVENT",
+    "HEARTBEAT_EVENT",
+    "MAX_LABEL_CHARS",
+    "QUERY_TEXT_CHARS",
+    "SCHEMA_VERSION",
+    "SEARCH_EVENT",
+    "SESSION_EVENT",
+    "ErrorEvent",
+    "HeartbeatEvent",
+    "IntentType",
+    "MatchSummary",
+    "SearchEvent",
+    "SearchResponseSummary",
+    "SearchStrategy",
+    "SessionEvent",
+    "label",
+]
+
+SCHEMA_VERSION = 1
+"""The version of the shipped events' property names and meanings."""
+SESSION_EVENT = "codeweaver_session"
+SEARCH_EVENT = "codeweaver_search"
+ERROR_EVENT = "codeweaver_error"
+HEARTBEAT_EVENT = "codeweaver_heartbeat"
+MAX_LABEL_CHARS = 64
+"""App-given labels (intents, strategies, statuses) are cut to this many characters."""
+QUERY_TEXT_CHARS = 200
+"""``query.text`` (only with ``tools_over_privacy``) is cut to this many characters."""
+_MAX_MATCHES = 1000
+
+
+class IntentType(str, enum.Enum):
+    """Why the user searched. Apps may pass their own ``str`` enums or plain strings."""
+
+    UNDERSTAND = "understand"
+    IMPLEMENT = "implement"
+    DEBUG = "debug"
+    OPTIMIZE = "optimize"
+    TEST = "test"
+    CONFIGURE = "configure"
+    DOCUMENT = "document"
+
+
+class SearchStrategy(str, enum.Enum):
+    """How a search was run. Apps may pass their own ``str`` enums or plain strings."""
+
+    HYBRID = "hybrid"
+    DENSE = "dense"
+    SPARSE = "sparse"
+    KEYWORD = "keyword"
+    RERANK = "rerank"
+
+
+def label(value: object) -> str:
+    """An app-given label as sent: an enum's value, or the string cut to 64 characters.
+
+    Labels that are not a shipped enum's value go through the scrubber in the pipeline, like
+    every string the library did not write itself.
+    """
+    if isinstance(value, enum.Enum):
+        value = value.value
+    text = value if isinstance(value, str) else str(value)
+    return text[:MAX_LABEL_CHARS]
+
+
+# -- what the app tells us about a search ---------------------------------------------------------
+class MatchSummary(BasedModel):
+    """One result of a search: only its relevance score and match type are ever read."""
+
+    score: float = Field(description="relevance score, usually 0-1")
+    match_type: str = Field(default="unknown", description="for example 'semantic', 'keyword'")
+
+
+class SearchResponseSummary(BasedModel):
+    """What a search returned, as :func:`capture_search_event` reads it.
+
+    Any object with these attributes is accepted in its place. Nothing of it is sent as is:
+    the search event carries counts, a score summary and distributions only (never file
+    names, paths or code).
+    """
+
+    candidates: int = Field(default=0, description="results considered before cutting")
+    returned: int | None = Field(default=None, description="results returned (default: matches)")
+    token_count: int = Field(default=0, description="tokens in the response")
+    matches: list[MatchSummary] = Field(default_factory=list)
+    languages: list[str] = Field(default_factory=list, description="languages of the results")
+    status: str = Field(default="success", description="for example 'success', 'partial'")
+    warnings: list[str] = Field(default_factory=list, description="only their number is sent")
+    index_state: str | None = Field(default=None, description="for example 'ready', 'indexing'")
+    index_coverage: float | None = Field(default=None, description="share indexed, 0-1")
+
+
+# -- shared parts ---------------------------------------------------------------------------------
+class _Event(DataclassSerializationMixin):
+    """What every shipped event has: a name and ``to_posthog_event()``."""
+
+    __slots__ = ()
+    EVENT_NAME: ClassVar[str] = ""
+    _telemetry_strict: ClassVar[bool] = True
+
+    def to_posthog_event(self) -> tuple[str, dict[str, Any]]:
+        """The event name and its properties after this model's privacy rules."""
+        return self.EVENT_NAME, self.serialize_for_telemetry()
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    return int(value) if math.isfinite(value) and value > 0 else 0
+
+
+def _round(value: float) -> float:
+    return round(value, 4)
+
+
+@attrs.frozen(slots=True)
+class _Results(DataclassSerializationMixin):
+    _telemetry_strict: ClassVar[bool] = True
+    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset(
+        {"candidates", "returned", "token_count"}
+    )
+    candidates: int
+    returned: int
+    token_count: int
+
+
+@attrs.frozen(slots=True)
+class _Quality(DataclassSerializationMixin):
+    _telemetry_strict: ClassVar[bool] = True
+    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset({"avg", "min", "max", "median"})
+    avg: float | None
+    min: float | None
+    max: float | None
+    median: float | None
+
+    @classmethod
+    def of(cls, scores: list[float]) -> _Quality:
+        if not scores:
+            return cls(None, None, None, None)
+        scores.sort()
+        n = len(scores)
+        mid = n // 2
+        median = scores[mid] if n % 2 else (scores[mid - 1] + scores[mid]) / 2
+        return cls(_round(sum(scores) / n), _round(scores[0]), _round(scores[-1]), _round(median))
+
+
+@attrs.frozen(slots=True)
+class _Index(DataclassSerializationMixin):
+    _telemetry_strict: ClassVar[bool] = True
+    _telemetry_allow: ClassVar[frozenset[str]] = frozenset({"state"})
+    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset({"coverage"})
+    state: str | None
+    coverage: float | None
+
+
+@attrs.frozen(slots=True)
+class _Query(DataclassSerializationMixin):
+    """Counts always; the scrubbed text and its keyed hash only with tools_over_privacy."""
+
+    _telemetry_strict: ClassVar[bool] = True
+    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset({"char_count", "term_count"})
+    _telemetry_allow: ClassVar[frozenset[str]] = frozenset({"text"})
+    char_count: int
+    term_count: int
+    text: str | None = None
+    hash: str | None = None
+
+    def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
+        return {FilteredKey("hash"): AnonymityConversion.HASH}
+
+    def _telemetry_handler(self, serialized: dict[str, Any]) -> dict[str, Any]:
+        # Absent unless opted in (not null); the text is cut after the scrubber ran.
+        for key in ("text", "hash"):
+            if serialized.get(key) is None:
+                serialized.pop(key, None)
+        text = serialized.get("text")
+        if isinstance(text, str) and len(text) > QUERY_TEXT_CHARS:
+            serialized["text"] = _cut_text(text, QUERY_TEXT_CHARS)
+        return serialized
+
+
+def _cut_text(text: str, limit: int) -> str:
+    """Cut scrubbed text to ``limit`` characters without splitting a ``<marker>``."""
+    cut = text[: limit - 1]
+    opening = cut.rfind("<")
+    if opening > cut.rfind(">"):  # the cut falls inside a marker: drop the marker's start
+        cut = cut[:opening]
+    return cut + TRUNCATION_MARK
+
+
+# -- SearchEvent ----------------------------------------------------------------------------------
+@attrs.frozen(slots=True)
+class SearchEvent(_Event):
+    """``codeweaver_search``: one search, as counts, a score summary and distributions.
+
+    Build it with :meth:`from_response` (what :func:`capture_search_event` does). The query
+    itself is sent only as its character and term counts, unless ``tools_over_privacy`` is
+    on: then ``query.text`` (scrubbed, cut to 200 characters) and ``query.hash`` (keyed
+    HASH) are added.
+    """
+
+    EVENT_NAME: ClassVar[str] = SEARCH_EVENT
+    _telemetry_allow: ClassVar[frozenset[str]] = frozenset(
+        {"intent", "strategies", "status", "results", "quality", "index", "query"}
+    )
+    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset(
+        {"schema_version", "execution_time_ms", "warning_count"}
+    )
+
+    intent: str
+    strategies: tuple[str, ...]
+    execution_time_ms: float | None
+    results: _Results
+    quality: _Quality
+    match_types: tuple[str, ...]
+    languages: tuple[str, ...]
+    status: str
+    warning_count: int
+    index: _Index
+    query: _Query
+    schema_version: int = SCHEMA_VERSION
+
+    def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
+        return {
+            FilteredKey("match_types"): AnonymityConversion.DISTRIBUTION,
+            FilteredKey("languages"): AnonymityConversion.DISTRIBUTION,
+        }
+
+    @classmethod
+    def from_response(
+        cls,
+        response: object,
+        *,
+        query: str | None,
+        intent_type: object,
+        strategies: Iterable[object] = (),
+        execution_time_ms: float | None = None,
+        tools_over_privacy: bool = False,
+    ) -> SearchEvent:
+        """Read what may be sent from ``response`` (a :class:`SearchResponseSummary` or any
+        object with its attributes) and the search's arguments."""
+        matches = _list(getattr(response, "matches", None))[:_MAX_MATCHES]
+        scores: list[float] = []
+        match_types: list[str] = []
+        for match in matches:
+            score = _number(getattr(match, "score", getattr(match, "relevance_score", None)))
+            if score is not None:
+                scores.append(score)
+            kind = getattr(match, "match_type", None)
+            if kind is not None:
+                match_types.append(label(kind))
+        returned = getattr(response, "returned", None)
+        text = query if isinstance(query, str) else ""
+        elapsed = _number(execution_time_ms)
+        coverage = _number(getattr(response, "index_coverage", None))
+        state = getattr(response, "index_state", None)
+        return cls(
+            intent=label(intent_type) if intent_type is not None else "unknown",
+            strategies=tuple(label(s) for s in _list(strategies)),
+            execution_time_ms=round(elapsed, 3) if elapsed is not None else None,
+            results=_Results(
+                _count(getattr(response, "candidates", 0)),
+                _count(returned) if returned is not None else len(matches),
+                _count(getattr(response, "token_count", 0)),
+            ),
+            quality=_Quality.of(scores),
+            match_types=tuple(match_types),
+            languages=tuple(label(x) for x in _list(getattr(response, "languages", None))),
+            status=label(getattr(response, "status", None) or "unknown"),
+            warning_count=len(_list(getattr(response, "warnings", None))),
+            index=_Index(
+                label(state) if state is not None else None,
+                round(coverage, 4) if coverage is not None else None,
+            ),
+            query=_Query(
+                char_count=len(text),
+                term_count=len(text.split()),
+                text=text if tools_over_privacy else None,
+                hash=text if tools_over_privacy else None,
+            ),
+        )
+
+
+def _list(value: object) -> list[Any]:
+    if value is None or isinstance(value, (str, bytes)):
+        return [] if value is None or isinstance(value, bytes) else [value]
+    if isinstance(value, Mapping):
+        return list(value)
+    if not isinstance(value, Iterable):
+        return []
+    try:
+        return list(value)
+    except TypeError:
+        return []
+
+
+# -- SessionEvent ---------------------------------------------------------------------------------
+@attrs.frozen(slots=True)
+class SessionEvent(_Event):
+    """``codeweaver_session``: one session's activity, aggregated; sent once per session.
+
+    Built by the client from its :class:`SessionStatistics` when the session ends. The maps
+    (``usage``, ``languages``, ``timings``, ``errors``, the per-intent and per-strategy counts)
+    are keyed by app-given labels, which the pipeline scrubs; errors are keyed by their
+    fingerprint, never by a message.
+    """
+
+    EVENT_NAME: ClassVar[str] = SESSION_EVENT
+    _telemetry_allow: ClassVar[frozenset[str]] = frozenset(
+        {
+            "version",
+            "setup",
+            "requests",
+            "searches",
+            "tokens",
+            "languages",
+            "failover",
+            "usage",
+            "timings",
+            "errors",
+        }
+    )
+    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset({"schema_version", "duration_seconds"})
+
+    duration_seconds: float | None
+    setup: dict[str, Any]
+    requests: dict[str, Any]
+    searches: dict[str, Any]
+    tokens: dict[str, Any]
+    languages: dict[str, Any]
+    failover: dict[str, Any]
+    usage: dict[str, Any]
+    timings: dict[str, Any]
+    errors: dict[str, Any]
+    version: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def from_snapshot(
+        cls,
+        snapshot: Mapping[str, Any],
+        *,
+        duration_seconds: float | None,
+        version: str | None = None,
+        setup_success: bool | None = None,
+        setup_attempts: int | None = None,
+        config_errors: Iterable[object] = (),
+    ) -> SessionEvent:
+        """Build from :meth:`SessionStatistics.snapshot` output plus the session's facts.
+
+        ``setup_success`` / ``setup_attempts`` override what was recorded; each of
+        ``config_errors`` (an exception, an exception class, or a kind name) adds one to
+        ``setup.error_kinds`` under its type name (never its message).
+        """
+        setup = dict(snapshot.get("setup") or {})
+        if setup_success is not None:
+            setup["success"] = bool(setup_success)
+        if setup_attempts is not None:
+            setup["attempts"] = _count(setup_attempts)
+        kinds = dict(setup.get("error_kinds") or {})
+        for error in _list(config_errors):
+            kind = _kind(error)
+            kinds[kind] = kinds.get(kind, 0) + 1
+        setup["error_kinds"] = kinds
+        elapsed = _number(duration_seconds)
+        return cls(
+            duration_seconds=round(max(0.0, elapsed), 3) if elapsed is not None else None,
+            setup=setup,
+            requests=dict(snapshot.get("requests") or {}),
+            searches=dict(snapshot.get("searches") or {}),
+            tokens=dict(snapshot.get("tokens") or {}),
+            languages=dict(snapshot.get("languages") or {}),
+            failover=dict(snapshot.get("failover") or {}),
+            usage=dict(snapshot.get("usage") or {}),
+            timings=dict(snapshot.get("timings") or {}),
+            errors=dict(snapshot.get("errors") or {}),
+            version=label(version) if version is not None else None,
+        )
+
+    def _telemetry_handler(self, serialized: dict[str, Any]) -> dict[str, Any]:
+        if serialized.get("version") is None:  # leave a session metadata "version" alone
+            serialized.pop("version", None)
+        return serialized
+
+
+def _kind(error: object) -> str:
+    if isinstance(error, BaseException):
+        error = type(error)
+    if isinstance(error, type):
+        module = getattr(error, "__module__", "")
+        name = getattr(error, "__qualname__", error.__name__)
+        return name if module == "builtins" else f"{module}.{name}"[:MAX_LABEL_CHARS]
+    return label(error)
+
+
+# -- ErrorEvent -----------------------------------------------------------------------------------
+@attrs.frozen(slots=True)
+class ErrorEvent(_Event):
+    """``codeweaver_error``: an exception's type, in-app frames and fingerprint.
+
+    ``frames`` are ``module:function`` names (no paths, no line text, no line numbers).
+    ``fingerprint`` is the keyed HASH of the type and frames, so the same bug groups across
+    runs of one install and cannot be looked up elsewhere. ``message`` is present only when
+    the call opted in, and then after the scrubber, cut to 200 characters.
+    """
+
+    EVENT_NAME: ClassVar[str] = ERROR_EVENT
+    _telemetry_allow: ClassVar[frozenset[str]] = frozenset(
+        {"type", "frames", "cause_types", "message"}
+    )
+    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset(
+        {"schema_version", "fingerprint", "handled"}
+    )
+
+    type: str
+    frames: tuple[str, ...]
+    fingerprint: str
+    handled: bool
+    cause_types: tuple[str, ...] = ()
+    message: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def _telemetry_handler(self, serialized: dict[str, Any]) -> dict[str, Any]:
+        message = serialized.get("message")
+        if message is None:
+            serialized.pop("message", None)
+        elif isinstance(message, str) and len(message) > QUERY_TEXT_CHARS:
+            serialized["message"] = _cut_text(message, QUERY_TEXT_CHARS)
+        return serialized
+
+
+# -- HeartbeatEvent -------------------------------------------------------------------------------
+@attrs.frozen(slots=True)
+class HeartbeatEvent(_Event):
+    """``codeweaver_heartbeat``: a long-running process is alive; its counters so far."""
+
+    EVENT_NAME: ClassVar[str] = HEARTBEAT_EVENT
+    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset(
+        {"schema_version", "uptime_seconds", "beat", "session_seconds", "counters"}
+    )
+
+    uptime_seconds: float
+    beat: int
+    session_seconds: float | None = None
+    counters: dict[str, int] | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def _telemetry_handler(self, serialized: dict[str, Any]) -> dict[str, Any]:
+        for key in ("session_seconds", "counters"):
+            if serialized.get(key) is None:
+                serialized.pop(key, None)
+        return serialized
