@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, Protocol, TypeAlias, runtime_checkable
 __all__ = [
     "ConsentSource",
     "ConsentVote",
+    "Deferred",
     "Event",
     "ExportResult",
     "SessionMetadata",
@@ -41,6 +42,20 @@ class Event:
     model: object | None = None
     context: Mapping[str, Any] = field(default_factory=dict)
     """System properties set by the library (session id, flags); added after privacy stages."""
+
+
+class Deferred:
+    """A model whose building waits for the worker thread.
+
+    The caller's thread gathers plain, immutable data (cheap); the pipeline's first stage
+    calls :meth:`build` and serializes the model it returns, like any other.
+    """
+
+    __slots__ = ()
+
+    def build(self) -> object:
+        """Return the model to serialize."""
+        raise NotImplementedError
 
 
 @dataclass(slots=True)

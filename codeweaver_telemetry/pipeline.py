@@ -9,8 +9,11 @@
    caller gives that start with ``$`` are dropped: PostHog gives them special meaning
    (``$set`` would write a person profile, ``$ip`` a location).
 2. :func:`limits_stage`: strings are cut to :data:`MAX_STRING_CHARS`, keys to
-   :data:`MAX_KEY_CHARS`, dicts and lists to :data:`MAX_ITEMS` entries, and an event whose
-   properties are still larger than :data:`MAX_EVENT_BYTES` as JSON is dropped.
+   :data:`MAX_KEY_CHARS`, dicts and lists to :data:`MAX_ITEMS` entries. An event whose
+   properties are still larger than :data:`MAX_EVENT_BYTES` as JSON has its largest nested
+   maps and lists halved until it fits (a map of counts keeps its largest entries and sums
+   the rest under ``<other>``), so a full session event is trimmed, not lost; an event that
+   cannot be made to fit is dropped.
 3. :func:`context_stage`: the library's own properties are added last, so the caller cannot
    override them: ``$session_id``, ``$process_person_profile: false``,
    ``$geoip_disable: true``, ``$lib``, ``$lib_version``, ``$os``, ``$os_version``,
@@ -27,6 +30,7 @@ it on raw). Stages are plain callables ``(Event) -> Event | None``.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import sys
 import uuid
@@ -34,10 +38,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from codeweaver_telemetry._internal import logger
-from codeweaver_telemetry._types import Event, SessionMetadata, Stage
+from codeweaver_telemetry._types import Deferred, Event, SessionMetadata, Stage
 from codeweaver_telemetry.privacy.hashing import KeyProvider
 from codeweaver_telemetry.privacy.rules import serialize_for_telemetry
-from codeweaver_telemetry.privacy.scrubber import TRUNCATION_MARK, scrub, scrub_cut
+from codeweaver_telemetry.privacy.scrubber import TRUNCATION_MARK, scrub_cut
 
 __all__ = [
     "DEFAULT_STAGES",
@@ -76,6 +80,8 @@ def serialize_stage(event: Event) -> Event | None:
     keys = event.context.get("key_provider")
     metadata = event.context.get("metadata")
     props: dict[str, Any] = dict(_session_metadata(metadata, keys)) if metadata else {}
+    if isinstance(event.model, Deferred):
+        event.model = event.model.build()
     if event.model is not None:
         serialized = serialize_for_telemetry(
             event.model, max_string_chars=_PRE_CUT, key_provider=keys
@@ -133,11 +139,62 @@ def _limit(value: Any) -> Any:
     return value
 
 
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+
+def _largest_container(value: Any) -> tuple[Any, int] | None:
+    """The dict or list (with more than one entry) holding the most JSON bytes, and its size."""
+    best: tuple[Any, int] | None = None
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        children = current.values() if isinstance(current, dict) else current
+        if current is not value and len(current) > 1:
+            size = _json_size(current)
+            if best is None or size > best[1]:
+                best = (current, size)
+        stack.extend(c for c in children if isinstance(c, (dict, list)) and c)
+    return best
+
+
+def _halve(container: Any) -> None:
+    """Keep the larger half of a map of counts (the rest summed under ``<other>``), the
+    first half of any other dict or list."""
+    if isinstance(container, list):
+        del container[max(1, len(container) // 2) :]
+        return
+    items = list(container.items())
+    keep = max(1, len(items) // 2)
+    counts = all(isinstance(v, (int, float)) and not isinstance(v, bool) for _, v in items)
+    if counts:
+        items.sort(key=lambda kv: kv[1], reverse=True)
+    container.clear()
+    container.update(items[:keep])
+    if counts:
+        container["<other>"] = container.get("<other>", 0) + sum(v for _, v in items[keep:])
+
+
+def _shrink(props: dict[str, Any], limit: int) -> bool:
+    """Halve the largest nested maps and lists until ``props`` fits; False if it cannot."""
+    for _ in range(64):
+        if _json_size(props) <= limit:
+            return True
+        found = _largest_container(props)
+        if found is None:
+            return False
+        _halve(found[0])
+    return _json_size(props) <= limit
+
+
 def limits_stage(event: Event) -> Event | None:
-    """Cap sizes; drop an event that is still too large."""
+    """Cap sizes; trim the largest maps and lists of an event that is still too large (a
+    map of counts keeps its largest entries and sums the rest under ``<other>``), and drop
+    it only when trimming cannot make it fit."""
     event.properties = _limit(event.properties)
-    size = len(json.dumps(event.properties, separators=(",", ":"), ensure_ascii=False))
-    if size > MAX_EVENT_BYTES:
+    if _json_size(event.properties) > MAX_EVENT_BYTES and not _shrink(
+        event.properties, MAX_EVENT_BYTES
+    ):
         logger.warning(
             "codeweaver_telemetry: an event %r was dropped: its properties exceed %d bytes",
             event.name,
@@ -192,12 +249,14 @@ def _flag_properties(flags: Mapping[Any, Any]) -> dict[str, Any]:
         if not isinstance(key, str) or not key:
             continue
         if isinstance(given, str):
-            value: Any = scrub(given[:MAX_KEY_CHARS])
-        elif isinstance(given, (bool, int, float)):
+            value: Any = scrub_cut(given, MAX_KEY_CHARS)
+        elif isinstance(given, bool) or (
+            isinstance(given, (int, float)) and math.isfinite(given) and abs(given) < 2**53
+        ):
             value = given
-        else:
+        else:  # NaN and infinities are not JSON; other types are no flag values
             continue
-        out[f"$feature/{scrub(key[:MAX_KEY_CHARS])}"] = value
+        out[f"$feature/{scrub_cut(key, MAX_KEY_CHARS)}"] = value
     return out
 
 
