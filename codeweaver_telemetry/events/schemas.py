@@ -16,6 +16,7 @@ capture helpers: a property is never a placeholder that is always zero.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from collections.abc import Iterable, Mapping
@@ -24,13 +25,15 @@ from typing import Any, ClassVar
 import attrs
 from pydantic import Field
 
+from codeweaver_telemetry._types import Deferred
+from codeweaver_telemetry.events.stats import MAX_KEYS, OTHER_KEY
 from codeweaver_telemetry.privacy.rules import (
     AnonymityConversion,
     BasedModel,
     DataclassSerializationMixin,
     FilteredKey,
 )
-from codeweaver_telemetry.privacy.scrubber import TRUNCATION_MARK
+from codeweaver_telemetry.privacy.scrubber import TRUNCATION_MARK, cut_words
 
 __all__ = [
     "ERROR_EVENT",
@@ -44,10 +47,12 @@ __all__ = [
     "HeartbeatEvent",
     "IntentType",
     "MatchSummary",
+    "PendingSearch",
     "SearchEvent",
     "SearchResponseSummary",
     "SearchStrategy",
     "SessionEvent",
+    "ShippedEvent",
     "label",
 ]
 
@@ -92,10 +97,14 @@ def label(value: object) -> str:
     Labels that are not a shipped enum's value go through the scrubber in the pipeline, like
     every string the library did not write itself.
     """
-    if isinstance(value, enum.Enum):
+    if type(value) is str and len(value) <= MAX_LABEL_CHARS:  # the common case, first
+        return value
+    if not isinstance(value, str) and isinstance(value, enum.Enum):
         value = value.value
-    text = value if isinstance(value, str) else str(value)
-    return text[:MAX_LABEL_CHARS]
+    # str.__str__ makes an exact str of a str subclass (a str enum member gives its value)
+    # without calling overrides, so what is sent cannot change after capture.
+    text = str.__str__(value) if isinstance(value, str) else str(value)
+    return cut_words(text, MAX_LABEL_CHARS)
 
 
 # -- what the app tells us about a search ---------------------------------------------------------
@@ -126,7 +135,7 @@ class SearchResponseSummary(BasedModel):
 
 
 # -- shared parts ---------------------------------------------------------------------------------
-class _Event(DataclassSerializationMixin):
+class ShippedEvent(DataclassSerializationMixin):
     """What every shipped event has: a name and ``to_posthog_event()``."""
 
     __slots__ = ()
@@ -139,6 +148,8 @@ class _Event(DataclassSerializationMixin):
 
 
 def _number(value: object) -> float | None:
+    if type(value) is float:  # the common case, first
+        return value if -math.inf < value < math.inf else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     number = float(value)
@@ -158,7 +169,7 @@ def _round(value: float) -> float:
 @attrs.frozen(slots=True)
 class _Results(DataclassSerializationMixin):
     _telemetry_strict: ClassVar[bool] = True
-    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset(
+    _telemetry_allow: ClassVar[frozenset[str]] = frozenset(
         {"candidates", "returned", "token_count"}
     )
     candidates: int
@@ -169,7 +180,7 @@ class _Results(DataclassSerializationMixin):
 @attrs.frozen(slots=True)
 class _Quality(DataclassSerializationMixin):
     _telemetry_strict: ClassVar[bool] = True
-    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset({"avg", "min", "max", "median"})
+    _telemetry_allow: ClassVar[frozenset[str]] = frozenset({"avg", "min", "max", "median"})
     avg: float | None
     min: float | None
     max: float | None
@@ -189,8 +200,7 @@ class _Quality(DataclassSerializationMixin):
 @attrs.frozen(slots=True)
 class _Index(DataclassSerializationMixin):
     _telemetry_strict: ClassVar[bool] = True
-    _telemetry_allow: ClassVar[frozenset[str]] = frozenset({"state"})
-    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset({"coverage"})
+    _telemetry_allow: ClassVar[frozenset[str]] = frozenset({"state", "coverage"})
     state: str | None
     coverage: float | None
 
@@ -200,8 +210,7 @@ class _Query(DataclassSerializationMixin):
     """Counts always; the scrubbed text and its keyed hash only with tools_over_privacy."""
 
     _telemetry_strict: ClassVar[bool] = True
-    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset({"char_count", "term_count"})
-    _telemetry_allow: ClassVar[frozenset[str]] = frozenset({"text"})
+    _telemetry_allow: ClassVar[frozenset[str]] = frozenset({"char_count", "term_count", "text"})
     char_count: int
     term_count: int
     text: str | None = None
@@ -232,7 +241,7 @@ def _cut_text(text: str, limit: int) -> str:
 
 # -- SearchEvent ----------------------------------------------------------------------------------
 @attrs.frozen(slots=True)
-class SearchEvent(_Event):
+class SearchEvent(ShippedEvent):
     """``codeweaver_search``: one search, as counts, a score summary and distributions.
 
     Build it with :meth:`from_response` (what :func:`capture_search_event` does). The query
@@ -243,10 +252,18 @@ class SearchEvent(_Event):
 
     EVENT_NAME: ClassVar[str] = SEARCH_EVENT
     _telemetry_allow: ClassVar[frozenset[str]] = frozenset(
-        {"intent", "strategies", "status", "results", "quality", "index", "query"}
-    )
-    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset(
-        {"schema_version", "execution_time_ms", "warning_count"}
+        {
+            "intent",
+            "strategies",
+            "status",
+            "results",
+            "quality",
+            "index",
+            "query",
+            "schema_version",
+            "execution_time_ms",
+            "warning_count",
+        }
     )
 
     intent: str
@@ -281,51 +298,135 @@ class SearchEvent(_Event):
     ) -> SearchEvent:
         """Read what may be sent from ``response`` (a :class:`SearchResponseSummary` or any
         object with its attributes) and the search's arguments."""
-        matches = _list(getattr(response, "matches", None))[:_MAX_MATCHES]
-        scores: list[float] = []
-        match_types: list[str] = []
-        for match in matches:
-            score = _number(getattr(match, "score", getattr(match, "relevance_score", None)))
-            if score is not None:
-                scores.append(score)
-            kind = getattr(match, "match_type", None)
-            if kind is not None:
-                match_types.append(label(kind))
+        return PendingSearch.gather(
+            response,
+            query=query,
+            intent_type=intent_type,
+            strategies=strategies,
+            execution_time_ms=execution_time_ms,
+            tools_over_privacy=tools_over_privacy,
+        ).build()
+
+
+def _frozen(value: object) -> object:
+    """An app-given label in a form that cannot change later (str and enums are)."""
+    if type(value) is str or value is None or isinstance(value, (str, enum.Enum)):
+        return value
+    return str(value)
+
+
+@dataclasses.dataclass(slots=True)
+class PendingSearch(Deferred):
+    """What a search event needs, gathered on the caller's thread as plain immutable data.
+
+    :meth:`gather` only reads attributes (a few microseconds); :meth:`build` (on the
+    worker, by the pipeline) makes the :class:`SearchEvent`: labels, the score summary,
+    distributions.
+    """
+
+    candidates: object
+    returned: object
+    token_count: object
+    matched: tuple[tuple[object, object], ...]
+    languages: tuple[object, ...]
+    status: object
+    warning_count: int
+    index_state: object
+    index_coverage: object
+    intent: object
+    strategies: tuple[object, ...]
+    elapsed: object
+    query: str
+    opted_in: bool
+
+    @classmethod
+    def gather(
+        cls,
+        response: object,
+        *,
+        query: object,
+        intent_type: object,
+        strategies: object = (),
+        execution_time_ms: object = None,
+        tools_over_privacy: bool = False,
+    ) -> PendingSearch:
+        """Read ``response`` and the arguments; never keeps a reference to mutable data."""
+        all_matches = _list(getattr(response, "matches", None))
+        matched = []
+        for match in all_matches[:_MAX_MATCHES]:  # the score summary reads the first 1000
+            score = getattr(match, "score", None)
+            if score is None:  # only then: a missing attribute is slow on pydantic models
+                score = getattr(match, "relevance_score", None)
+            matched.append((score, _frozen(getattr(match, "match_type", None))))
         returned = getattr(response, "returned", None)
-        text = query if isinstance(query, str) else ""
-        elapsed = _number(execution_time_ms)
-        coverage = _number(getattr(response, "index_coverage", None))
         state = getattr(response, "index_state", None)
         return cls(
-            intent=label(intent_type) if intent_type is not None else "unknown",
-            strategies=tuple(label(s) for s in _list(strategies)),
+            candidates=getattr(response, "candidates", 0),
+            returned=returned if returned is not None else len(all_matches),
+            token_count=getattr(response, "token_count", 0),
+            matched=tuple(matched),
+            languages=tuple(_frozen(x) for x in _list(getattr(response, "languages", None))),
+            status=_frozen(getattr(response, "status", None) or "unknown"),
+            warning_count=len(_list(getattr(response, "warnings", None))),
+            index_state=_frozen(state),
+            index_coverage=getattr(response, "index_coverage", None),
+            intent=_frozen(intent_type),
+            strategies=tuple(_frozen(x) for x in _list(strategies)),
+            elapsed=execution_time_ms,
+            # str.__str__: an exact copy of a str subclass, without calling its overrides.
+            query=str.__str__(query) if isinstance(query, str) else "",
+            opted_in=bool(tools_over_privacy),
+        )
+
+    def build(self) -> SearchEvent:
+        """The finished :class:`SearchEvent`."""
+        scores: list[float] = []
+        match_types: list[str] = []
+        for raw_score, kind in self.matched:
+            score = _number(raw_score)
+            if score is not None:
+                scores.append(score)
+            if kind is not None:
+                match_types.append(label(kind))
+        elapsed = _number(self.elapsed)
+        coverage = _number(self.index_coverage)
+        text: str = self.query
+        return SearchEvent(
+            intent=label(self.intent) if self.intent is not None else "unknown",
+            strategies=tuple(label(s) for s in self.strategies),
             execution_time_ms=round(elapsed, 3) if elapsed is not None else None,
             results=_Results(
-                _count(getattr(response, "candidates", 0)),
-                _count(returned) if returned is not None else len(matches),
-                _count(getattr(response, "token_count", 0)),
+                _count(self.candidates), _count(self.returned), _count(self.token_count)
             ),
             quality=_Quality.of(scores),
             match_types=tuple(match_types),
-            languages=tuple(label(x) for x in _list(getattr(response, "languages", None))),
-            status=label(getattr(response, "status", None) or "unknown"),
-            warning_count=len(_list(getattr(response, "warnings", None))),
+            languages=tuple(label(x) for x in self.languages),
+            status=label(self.status),
+            warning_count=self.warning_count,
             index=_Index(
-                label(state) if state is not None else None,
+                label(self.index_state) if self.index_state is not None else None,
                 round(coverage, 4) if coverage is not None else None,
             ),
             query=_Query(
                 char_count=len(text),
                 term_count=len(text.split()),
-                text=text if tools_over_privacy else None,
-                hash=text if tools_over_privacy else None,
+                text=text if self.opted_in else None,
+                hash=text if self.opted_in else None,
             ),
         )
 
 
 def _list(value: object) -> list[Any]:
-    if value is None or isinstance(value, (str, bytes)):
-        return [] if value is None or isinstance(value, bytes) else [value]
+    """Items of a collection; one str, exception or class is one item; None is none.
+
+    A list is returned as is (callers only read it).
+    """
+    if type(value) is list:
+        return value
+    if value is None or isinstance(value, bytes):
+        return []
+    if isinstance(value, (str, BaseException, type)):
+        return [value]
     if isinstance(value, Mapping):
         return list(value)
     if not isinstance(value, Iterable):
@@ -338,7 +439,7 @@ def _list(value: object) -> list[Any]:
 
 # -- SessionEvent ---------------------------------------------------------------------------------
 @attrs.frozen(slots=True)
-class SessionEvent(_Event):
+class SessionEvent(ShippedEvent):
     """``codeweaver_session``: one session's activity, aggregated; sent once per session.
 
     Built by the client from its :class:`SessionStatistics` when the session ends. The maps
@@ -360,9 +461,10 @@ class SessionEvent(_Event):
             "usage",
             "timings",
             "errors",
+            "schema_version",
+            "duration_seconds",
         }
     )
-    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset({"schema_version", "duration_seconds"})
 
     duration_seconds: float | None
     setup: dict[str, Any]
@@ -400,8 +502,10 @@ class SessionEvent(_Event):
         if setup_attempts is not None:
             setup["attempts"] = _count(setup_attempts)
         kinds = dict(setup.get("error_kinds") or {})
-        for error in _list(config_errors):
+        for error in _list(config_errors)[:_MAX_MATCHES]:
             kind = _kind(error)
+            if kind not in kinds and len(kinds) >= MAX_KEYS:
+                kind = OTHER_KEY  # bounded like every map of the session event
             kinds[kind] = kinds.get(kind, 0) + 1
         setup["error_kinds"] = kinds
         elapsed = _number(duration_seconds)
@@ -431,13 +535,13 @@ def _kind(error: object) -> str:
     if isinstance(error, type):
         module = getattr(error, "__module__", "")
         name = getattr(error, "__qualname__", error.__name__)
-        return name if module == "builtins" else f"{module}.{name}"[:MAX_LABEL_CHARS]
+        return name if module == "builtins" else f"{module}.{name}"[-MAX_LABEL_CHARS:]
     return label(error)
 
 
 # -- ErrorEvent -----------------------------------------------------------------------------------
 @attrs.frozen(slots=True)
-class ErrorEvent(_Event):
+class ErrorEvent(ShippedEvent):
     """``codeweaver_error``: an exception's type, in-app frames and fingerprint.
 
     ``frames`` are ``module:function`` names (no paths, no line text, no line numbers).
@@ -448,10 +552,7 @@ class ErrorEvent(_Event):
 
     EVENT_NAME: ClassVar[str] = ERROR_EVENT
     _telemetry_allow: ClassVar[frozenset[str]] = frozenset(
-        {"type", "frames", "cause_types", "message"}
-    )
-    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset(
-        {"schema_version", "fingerprint", "handled"}
+        {"type", "frames", "cause_types", "message", "schema_version", "fingerprint", "handled"}
     )
 
     type: str
@@ -473,11 +574,11 @@ class ErrorEvent(_Event):
 
 # -- HeartbeatEvent -------------------------------------------------------------------------------
 @attrs.frozen(slots=True)
-class HeartbeatEvent(_Event):
+class HeartbeatEvent(ShippedEvent):
     """``codeweaver_heartbeat``: a long-running process is alive; its counters so far."""
 
     EVENT_NAME: ClassVar[str] = HEARTBEAT_EVENT
-    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset(
+    _telemetry_allow: ClassVar[frozenset[str]] = frozenset(
         {"schema_version", "uptime_seconds", "beat", "session_seconds", "counters"}
     )
 

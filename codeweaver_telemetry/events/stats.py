@@ -25,6 +25,8 @@ from typing import Any, ParamSpec, cast
 
 import attrs
 
+from codeweaver_telemetry.privacy.scrubber import cut_words
+
 __all__ = [
     "MAX_BUCKETS",
     "MAX_KEYS",
@@ -100,15 +102,15 @@ def _as_key(value: object) -> str | None:
     a str and its name otherwise. Anything else is not a key.
     """
     if type(value) is str:  # the common case, first
-        return value[:MAX_KEY_CHARS]
-    if isinstance(value, enum.Enum):
-        raw = value.value if isinstance(value.value, str) else value.name
-    elif isinstance(value, str):
+        return value if len(value) <= MAX_KEY_CHARS else cut_words(value, MAX_KEY_CHARS)
+    if isinstance(value, str):  # str subclasses, and str enum members (their value)
         raw = value
+    elif isinstance(value, enum.Enum):
+        raw = value.value if isinstance(value.value, str) else value.name
     else:
         return None
     # str.__str__ turns a str subclass into an exact str without calling an override.
-    return str.__str__(raw)[:MAX_KEY_CHARS]
+    return cut_words(str.__str__(raw), MAX_KEY_CHARS)
 
 
 def _type_name(cls: type[BaseException]) -> str:
@@ -125,9 +127,9 @@ def _type_name(cls: type[BaseException]) -> str:
 def _error_kind(item: object) -> str | None:
     """The kind name of a str, an exception instance or an exception class; never a message."""
     if isinstance(item, BaseException):
-        return _type_name(type(item))[:MAX_KEY_CHARS]
+        return _type_name(type(item))[-MAX_KEY_CHARS:]  # code names: keep the class
     if isinstance(item, type) and issubclass(item, BaseException):
-        return _type_name(item)[:MAX_KEY_CHARS]
+        return _type_name(item)[-MAX_KEY_CHARS:]
     return _as_key(item)
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "TRUNCATION_MARK",
     "Pattern",
     "Scrubber",
+    "cut_words",
     "is_secret_key",
     "scrub",
     "scrub_cut",
@@ -705,6 +706,20 @@ def _safe_cut(text: str, limit: int) -> int:
             break
         at = start - 1
     return cut
+
+
+def cut_words(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters for the scrubber to see later.
+
+    Cutting first and scrubbing later is safe only when the cut cannot split a secret into a
+    part the scrubber no longer recognises (``alice.smith@e``): so the cut drops the word it
+    would split, as :func:`scrub_cut` does, and marks the end with :data:`TRUNCATION_MARK`.
+    Text of at most ``limit`` characters is returned unchanged.
+    """
+    if len(text) <= limit:
+        return text
+    cut = _safe_cut(text, max(limit - 1, 0))
+    return text[:cut] + TRUNCATION_MARK
 
 
 def scrub_cut(text: str, limit: int, scrubber: Callable[[str], str] = scrub) -> str:

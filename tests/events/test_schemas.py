@@ -300,3 +300,101 @@ def test_session_event_counts_config_errors_by_type_only() -> None:
     assert props["setup"]["error_kinds"] == {"KeyError": 1, "ValueError": 1, "MissingSetting": 1}
     assert props["duration_seconds"] == 0.0
     assert EMAIL not in json.dumps(props)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    words=st.integers(min_value=0, max_value=14),
+    filler=st.from_regex(r"[a-z]{1,9}", fullmatch=True),
+    secret=st.sampled_from(["alice.smith@example.com", "ghp_" + "A" * 36, "/home/alice/x.py"]),
+)
+def test_a_cut_label_never_keeps_a_fragment_of_a_secret(
+    words: int, filler: str, secret: str
+) -> None:
+    """A long label is cut before the pipeline scrubs it; the cut drops the word it would
+    split, so no half e-mail, token or path (which the scrubber would miss) goes out."""
+    text = " ".join([filler] * words + [secret, "tail"])
+    response = SimpleNamespace(status=text, languages=[text])
+    event = SearchEvent.from_response(response, query="q", intent_type=text, strategies=[text])
+    sent = json.dumps(event.serialize_for_telemetry(key_provider=KEYS))
+    assert "alice" not in sent
+    assert "AAAA" not in sent
+
+
+def test_strings_smuggled_into_public_event_fields_are_scrubbed() -> None:
+    """An app building ErrorEvent or HeartbeatEvent itself cannot send raw personal data
+    through fields the library fills with numbers or hashes."""
+    error = ErrorEvent(
+        type="ValueError",
+        frames=(),
+        fingerprint="alice@example.com /home/alice/.ssh/id_rsa",
+        handled="bob@example.com",  # type: ignore[arg-type]
+    )
+    beat = HeartbeatEvent(
+        uptime_seconds="/home/alice",  # type: ignore[arg-type]
+        beat=1,
+        counters={"carol@example.com": 1},
+    )
+    sent = json.dumps([error.to_posthog_event(), beat.to_posthog_event()])
+    for raw in ("alice@", "bob@", "carol@", "/home/alice"):
+        assert raw not in sent
+
+
+def test_the_query_is_fixed_at_capture_time() -> None:
+    """A str subclass whose __str__ changes later cannot change what is sent."""
+    state = {"text": "original query"}
+
+    class Lazy(str):
+        def __str__(self) -> str:
+            return state["text"]
+
+    with capture_events() as sink:
+        client = get_telemetry_client()
+        client.capture_search_event(
+            SearchResponseSummary(), Lazy("typed query"), "debug", tools_over_privacy=True
+        )
+        state["text"] = "changed to alice@example.com"
+    (event,) = sink.events()
+    assert event["properties"]["query"]["text"] == "typed query"
+
+
+def test_returned_defaults_to_every_match() -> None:
+    """Without `returned`, the number of matches is sent, even beyond the 1000 the score
+    summary reads."""
+    many = SimpleNamespace(matches=[SimpleNamespace(score=0.5)] * 2500)
+    _, props = SearchEvent.from_response(many, query="q", intent_type="x").to_posthog_event()
+    assert props["results"]["returned"] == 2500
+    assert props["quality"]["avg"] == 0.5
+
+
+def test_both_capture_paths_hash_under_the_clients_key() -> None:
+    """capture_from_event and capture_with_serialization give the same query.hash: the one
+    of the capturing client's install key, not the process default."""
+    event = search(query="same query", tools_over_privacy=True)
+    with capture_events() as sink:
+        client = get_telemetry_client()
+        client.capture_from_event(event)
+        client.capture_with_serialization(event.EVENT_NAME, event)
+        client.capture_search_event(
+            SearchResponseSummary(), "same query", "debug", tools_over_privacy=True
+        )
+    hashes = {e["properties"]["query"]["hash"] for e in sink.events()}
+    assert len(hashes) == 1
+    assert hashes != {event.serialize_for_telemetry()["query"]["hash"]}
+
+
+@pytest.mark.parametrize(
+    "config_errors",
+    ["ConfigError", KeyError("x"), KeyError, ["ConfigError"]],
+    ids=["str", "exception", "class", "list"],
+)
+def test_config_errors_accept_one_item_or_many(config_errors: Any) -> None:
+    """A single kind name, exception or class counts as one error kind, as a list does."""
+    with capture_events() as sink:
+        client = get_telemetry_client()
+        client.start_session()
+        client.capture_session_event(config_errors=config_errors)
+    (event,) = sink.events()
+    kinds = event["properties"]["setup"]["error_kinds"]
+    assert list(kinds.values()) == [1]
+    assert next(iter(kinds)) in {"ConfigError", "KeyError"}

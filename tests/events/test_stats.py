@@ -249,7 +249,9 @@ def test_languages_mapping_skips_bad_counts() -> None:
 
 
 def test_keys_are_plain_strings_cut_to_max_chars() -> None:
-    """Keys become plain str (enum str values, names otherwise) cut to MAX_KEY_CHARS."""
+    """Keys become plain str (enum str values, names otherwise) cut to MAX_KEY_CHARS at a
+    word boundary: the word the cut would split is dropped whole (it could be half an
+    e-mail that the scrubber would no longer recognise)."""
 
     class Name(str):
         """A str subclass whose __str__ must not be used."""
@@ -259,10 +261,12 @@ def test_keys_are_plain_strings_cut_to_max_chars() -> None:
 
     stats = SessionStatistics()
     stats.record_usage("x" * 200)
+    stats.record_usage("word " * 12 + "alice.smith@example.com")
     stats.record_usage(Name("sub"))
     stats.record_search(intent=Intent.FIND, strategies=[Level.HIGH])  # type: ignore[list-item]
     snapshot = stats.snapshot()
-    assert snapshot["usage"] == {"x" * MAX_KEY_CHARS: 1, "sub": 1}
+    assert snapshot["usage"] == {"\u2026": 1, ("word " * 12).rstrip() + "\u2026": 1, "sub": 1}
+    assert all(len(key) <= MAX_KEY_CHARS for key in snapshot["usage"])
     assert all(type(key) is str for key in snapshot["usage"])
     assert snapshot["searches"]["by_intent"] == {"find": 1}
     assert snapshot["searches"]["by_strategy"] == {"HIGH": 1}
