@@ -3,7 +3,8 @@
 
 On the caller's thread, ``capture`` does only three things: the consent gate (one attribute
 read), a snapshot of the caller's data (later mutation of the caller's objects cannot change
-what is sent, and the caller's objects are never modified), and a non-blocking enqueue. All
+what is sent, and the caller's objects are never modified, except that ``capture_error``
+marks the exception object it captured), and a non-blocking enqueue. All
 privacy work happens on the worker thread. Every public method swallows its own errors:
 nothing raises into the host program.
 """
@@ -19,6 +20,7 @@ import enum
 import logging
 import os
 import secrets
+import sys
 import threading
 import time
 import uuid
@@ -29,7 +31,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from codeweaver_telemetry._instruments import ErrorCapture, Timer
-from codeweaver_telemetry._internal import internal_errors, logger
+from codeweaver_telemetry._internal import internal_error, internal_errors, logger
 from codeweaver_telemetry._types import Event, SessionMetadata, Sink
 from codeweaver_telemetry.consent import (
     ConsentDecision,
@@ -141,6 +143,19 @@ def _spool_tag(settings: TelemetrySettings, sink: Sink | None) -> str:
     return hashlib.sha256(destination.encode("utf-8")).hexdigest()[:16]
 
 
+_PENDING_SEARCH: Any = None
+
+
+def _pending_search_class() -> Any:
+    """``PendingSearch``, imported on first use (its module loads pydantic), then kept."""
+    global _PENDING_SEARCH
+    if _PENDING_SEARCH is None:
+        from codeweaver_telemetry.events.schemas import PendingSearch
+
+        _PENDING_SEARCH = PendingSearch
+    return _PENDING_SEARCH
+
+
 def _run_pipeline(event: Event, on_drop: Callable[[str], None]) -> Event | None:
     # Imported here, on the worker thread: the caller never pays for the privacy modules
     # (pydantic models, the scrubber's regex compilation).
@@ -216,6 +231,7 @@ class TelemetryClient:
         self._sent_at_wait = 0  # the worker's sent count at the last flush that timed out
         self._key_provider: Any = None
         self._hasher: Callable[[object], str] | None = None
+        self._errors_sent: dict[str, int] = {}  # error events per fingerprint, no session
         self._heartbeat: Heartbeat | None = None
         self._started_at = time.monotonic()
         self._settings = settings
@@ -490,9 +506,10 @@ class TelemetryClient:
         """The session event exactly as the pipeline would send it now, without sending it.
 
         Returns the finished payload (``event``, ``distinct_id``, ``timestamp``, ``uuid``,
-        ``properties``); only ``uuid`` and ``timestamp`` differ from the event sent when the
-        session ends. None when telemetry is off, outside a session, or if the pipeline
-        would drop the event.
+        ``properties``). The event sent when the session ends differs in ``uuid``,
+        ``timestamp`` and ``duration_seconds``, and in whatever is recorded meanwhile.
+        None when telemetry is off, outside a session, or if the pipeline would drop the
+        event.
         """
         if not self._enabled:
             return None
@@ -546,6 +563,11 @@ class TelemetryClient:
         if not self._enabled:
             return
         with internal_errors("capture_from_event"):
+            schemas = sys.modules.get("codeweaver_telemetry.events.schemas")
+            if schemas is not None and isinstance(obj, schemas.ShippedEvent):
+                # Serialized on the worker, hashing under this client's key.
+                self._enqueue(obj.EVENT_NAME, None, obj)
+                return
             name, properties = obj.to_posthog_event()
             self._enqueue(name, properties, None)
 
@@ -582,39 +604,44 @@ class TelemetryClient:
                 strings.
             execution_time_ms: how long the search took.
             tools_over_privacy: add ``query.text`` (scrubbed, 200 characters at most) and
-                ``query.hash`` (keyed HASH); None: the ``tools_over_privacy`` setting.
+                ``query.hash`` (keyed HASH); None: the ``tools_over_privacy`` setting. When
+                the user set ``tools_over_privacy = false`` explicitly (environment, config
+                file or code), that wins over the argument.
             feature_flags: the flags this search ran under, as ``$feature/<key>``; None:
                 the flags looked up in the session.
         """
         if not self._enabled:
             return
-        with internal_errors("capture_search_event"):
-            from codeweaver_telemetry.events.schemas import SearchEvent
-
-            opted = (
-                self.settings.tools_over_privacy
-                if tools_over_privacy is None
-                else bool(tools_over_privacy)
-            )
-            event = SearchEvent.from_response(
+        try:  # (not the internal_errors context manager: this path is hot)
+            # Only attribute reads here; the event is built on the worker.
+            pending = _pending_search_class().gather(
                 response,
                 query=query,
                 intent_type=intent_type,
                 strategies=strategies,
                 execution_time_ms=execution_time_ms,
-                tools_over_privacy=opted,
+                tools_over_privacy=self._tools_over_privacy(tools_over_privacy),
             )
             session = self._session
             if session is not None:
                 session.stats.record_search(
-                    intent=event.intent,
-                    strategies=event.strategies,
-                    latency_ms=event.execution_time_ms,
+                    intent=pending.intent,
+                    strategies=pending.strategies,
+                    latency_ms=pending.elapsed,
                 )
             context = self._context
             if isinstance(feature_flags, Mapping):
                 context = {**context, "flags": _snapshot(dict(feature_flags))}
-            self._enqueue(SEARCH_EVENT, None, event, owned=True, context=context)
+            self._enqueue(SEARCH_EVENT, None, pending, owned=True, context=context)
+        except Exception as exc:
+            internal_error("capture_search_event", exc)
+
+    def _tools_over_privacy(self, argument: bool | None) -> bool:
+        """The argument, else the setting; a "no" the user set explicitly always wins."""
+        settings = self.settings
+        if "tools_over_privacy" in settings.model_fields_set and not settings.tools_over_privacy:
+            return False
+        return settings.tools_over_privacy if argument is None else argument is True
 
     def capture_session_event(
         self,
@@ -648,7 +675,7 @@ class TelemetryClient:
                 "version": version,
                 "setup_success": setup_success,
                 "setup_attempts": setup_attempts,
-                "config_errors": tuple(config_errors or ()),
+                "config_errors": config_errors,
                 "duration_seconds": duration_seconds,
             }
             if not self._end_session(overrides, stats):
@@ -720,8 +747,13 @@ class TelemetryClient:
         Sent: the exception's type (qualified for the app's own types), its in-app frames
         as ``module:function`` (no paths, no line text), a fingerprint (keyed HASH of type
         and frames) and ``handled``. The message only with ``include_message=True``, and
-        then scrubbed and cut to 200 characters. Per session, one fingerprint is sent as an
-        event at most 5 times; later repeats are only counted.
+        then scrubbed and cut to 200 characters. Per session (and outside sessions), one
+        fingerprint is sent as an event at most 5 times; later repeats are only counted.
+
+        To count one exception object once however often it is captured (a capture block,
+        then the excepthook), this sets a private attribute on it. Captured again in the
+        same session it is not counted again, unless it was captured as handled and is now
+        unhandled (the program did not recover after all).
 
         Args:
             exc: the exception.
@@ -739,29 +771,36 @@ class TelemetryClient:
             from codeweaver_telemetry.events.errors import describe_exception
             from codeweaver_telemetry.events.schemas import ErrorEvent
 
-            known_fingerprint = getattr(exc, _CAPTURED_MARK, None)
-            if isinstance(known_fingerprint, str):  # one exception object is one error
-                return known_fingerprint
+            handled = bool(handled)
+            session = self._session
+            scope = session.id if session is not None else ""
+            mark = getattr(exc, _CAPTURED_MARK, None)
+            if (
+                isinstance(mark, tuple)
+                and len(mark) == 3
+                and mark[0] == scope
+                and (mark[2] == handled or not mark[2])
+            ):  # this exception object was already captured in this session: one error
+                return str(mark[1])
             described = describe_exception(exc, in_app=in_app)
             fingerprint = self._fingerprint(described.signature)
             with contextlib.suppress(Exception):  # a capture block, then the excepthook
-                setattr(exc, _CAPTURED_MARK, fingerprint)
+                setattr(exc, _CAPTURED_MARK, (scope, fingerprint, handled))
             with self._lock:
-                session = self._session
-                send = True
+                sent = session.errors_sent if session is not None else self._errors_sent
                 if session is not None:
                     session.stats.record_error(fingerprint)
-                    seen = session.errors_sent.get(fingerprint, 0)
-                    known = seen > 0 or len(session.errors_sent) < _ERROR_FINGERPRINTS
-                    send = known and seen < _ERROR_EVENTS_PER_FINGERPRINT
-                    if send:
-                        session.errors_sent[fingerprint] = seen + 1
+                seen = sent.get(fingerprint, 0)
+                known = seen > 0 or len(sent) < _ERROR_FINGERPRINTS
+                send = known and seen < _ERROR_EVENTS_PER_FINGERPRINT
+                if send:
+                    sent[fingerprint] = seen + 1
             if send:
                 event = ErrorEvent(
                     type=described.type_name,
                     frames=described.frames,
                     fingerprint=fingerprint,
-                    handled=bool(handled),
+                    handled=handled,
                     cause_types=described.cause_types,
                     message=described.message if include_message else None,
                 )
@@ -921,7 +960,7 @@ class TelemetryClient:
             return
         with internal_errors("shutdown"):
             if self._heartbeat is not None:
-                self._heartbeat.stop()
+                self._heartbeat.stop(timeout_s=0)  # a daemon: no wait out of the exit bound
             self._end_session()
             self._closed = True
             self._enabled = False

@@ -233,23 +233,25 @@ def test_search_event_properties_follow_the_response(
 @pytest.mark.parametrize(
     ("setting", "argument", "expect_text"),
     [
-        (False, None, False),
-        (False, True, True),
+        (None, None, False),
+        (None, True, True),
         (True, None, True),
         (True, False, False),
+        (False, True, False),
     ],
-    ids=["off", "argument-on", "setting-on", "argument-off-over-setting"],
+    ids=["off", "argument-on", "setting-on", "argument-off-over-setting", "user-no-wins"],
 )
 def test_tools_over_privacy_adds_only_scrubbed_query_text_and_hash(
     wire: Callable[..., TelemetryClient],
     receiver: PostHogReceiver,
-    setting: bool,
+    setting: bool | None,
     argument: bool | None,
     expect_text: bool,
 ) -> None:
     """With tools_over_privacy the query arrives scrubbed (markers for the email and the
-    token) with a keyed hash; without it, only counts. Nothing else is added either way."""
-    client = wire(tools_over_privacy=setting)
+    token) with a keyed hash; without it, only counts. Nothing else is added either way. The
+    argument beats the setting, except a "no" the user set explicitly."""
+    client = wire() if setting is None else wire(tools_over_privacy=setting)
     query = f"why does {EMAIL} fail with token {TOKEN} " + "x" * 300
     client.capture_search_event(
         response(1), query, "understand", ["hybrid"], 3.0, tools_over_privacy=argument
@@ -468,7 +470,7 @@ def test_heartbeat_sends_uptime_and_counters_then_stops_on_shutdown(
     assert heartbeat._thread is not None
     assert heartbeat._thread.daemon
     client.shutdown(timeout=2)
-    assert not heartbeat.running
+    assert wait_until(lambda: not heartbeat.running, timeout=2)
 
 
 def test_heartbeat_stops_after_consecutive_failures_with_one_line(
@@ -515,4 +517,4 @@ def test_heartbeat_setting_starts_a_daemon_thread(
     assert heartbeat is not None
     assert heartbeat.running
     client.shutdown(timeout=1)
-    assert not heartbeat.running
+    assert wait_until(lambda: not heartbeat.running, timeout=2)

@@ -400,3 +400,50 @@ def test_one_timer_shared_by_overlapping_asyncio_tasks(
     timing = session_event(client, sink)["timings"]["overlap"]
     assert timing["count"] == 2
     assert timing["min"] >= 55, "a swapped pairing records about 30 ms for one of them"
+
+
+def test_a_reused_exception_object_counts_once_per_session() -> None:
+    """The same exception object (a sentinel) captured in two sessions counts in both."""
+    sentinel = ValueError("sentinel")
+    with capture_events() as sink:
+        client = get_telemetry_client()
+        for _ in range(2):
+            client.start_session()
+            client.capture_error(sentinel)
+            client.capture_error(sentinel)
+            client.end_session()
+    sessions = named(sink, "codeweaver_session")
+    assert [list(s["errors"].values()) for s in sessions] == [[1], [1]]
+    assert len(named(sink, "codeweaver_error")) == 2
+
+
+def test_an_error_captured_as_handled_then_crashing_is_reported_unhandled(
+    events: tuple[TelemetryClient, InMemorySink],
+) -> None:
+    """capture_error(e) then re-raise into a capture block: the crash is reported too."""
+    client, sink = events
+
+    def run() -> None:
+        with capture_exceptions():
+            try:
+                thrower()
+            except ValueError as exc:
+                capture_error(exc)
+                raise
+
+    with pytest.raises(ValueError, match="could not read"):
+        run()
+    client.flush(5)
+    assert [e["handled"] for e in named(sink, "codeweaver_error")] == [True, False]
+
+
+def test_error_events_outside_a_session_are_limited_too() -> None:
+    """A retry loop outside any session sends at most 5 events per fingerprint."""
+    with capture_events() as sink:
+        client = get_telemetry_client()
+        for _ in range(30):
+            try:
+                thrower()
+            except ValueError as exc:
+                client.capture_error(exc)
+    assert len(named(sink, "codeweaver_error")) == 5
