@@ -518,3 +518,35 @@ def test_heartbeat_setting_starts_a_daemon_thread(
     assert heartbeat.running
     client.shutdown(timeout=1)
     assert wait_until(lambda: not heartbeat.running, timeout=2)
+
+
+@pytest.mark.parametrize("off_by", ["DO_NOT_TRACK", "CI", "disable_telemetry"])
+def test_nothing_reaches_the_wire_when_off(
+    receiver: PostHogReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+    off_by: str,
+) -> None:
+    """A whole realistic session on a client that is off sends zero events, records
+    nothing and makes no request, whatever turned it off."""
+    options: dict[str, Any] = {
+        "enabled": True,
+        "posthog_api_key": API_KEY,
+        "posthog_host": receiver.url,
+    }
+    if off_by == "disable_telemetry":
+        options["disable_telemetry"] = True
+    else:
+        monkeypatch.setenv(off_by, "1")
+    client = TelemetryClient.from_options(**options)
+    assert not client.enabled
+    client.start_session({"version": "0.5.0"})
+    for i in range(5):
+        client.capture_search_event(response(i), "q", "debug", ["dense"], 1.0)
+        client.record_request(ok=True)
+    client.capture_session_event(version="1")
+    client.end_session()
+    assert client.statistics is None
+    assert client.preview() is None
+    client.shutdown(timeout=1)
+    time.sleep(0.2)
+    assert receiver.requests() == []
