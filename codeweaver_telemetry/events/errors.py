@@ -193,7 +193,12 @@ def _message(exc: BaseException) -> str:
         text = str(exc)
     except Exception:
         return UNPRINTABLE_MESSAGE
-    return text[:MAX_MESSAGE_CHARS]
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    # The message is scrubbed later: a plain cut could leave half an e-mail it would miss.
+    from codeweaver_telemetry.privacy.scrubber import cut_words
+
+    return cut_words(text, MAX_MESSAGE_CHARS)
 
 
 def describe_exception(

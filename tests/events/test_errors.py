@@ -340,11 +340,15 @@ def test_never_raised_exception_has_no_frames() -> None:
     assert desc.message == "never raised"
 
 
-def test_message_is_cut() -> None:
-    """The raw message is cut to MAX_MESSAGE_CHARS (1000) characters."""
-    desc = describe_exception(ValueError("x" * 5000))
+def test_message_is_cut_without_splitting_a_word() -> None:
+    """The raw message is cut to MAX_MESSAGE_CHARS (1000) characters at a word boundary:
+    the word the cut would split (half an e-mail the scrubber would miss) is dropped."""
     assert MAX_MESSAGE_CHARS == 1000
-    assert desc.message == "x" * 1000
+    message = "failed: " + "x" * 980 + " mail alice.smith@example.com and more"
+    desc = describe_exception(ValueError(message))
+    assert len(desc.message) <= 1000
+    assert "alice" not in desc.message
+    assert desc.message.startswith("failed: xxx")
     assert describe_exception(ValueError("short")).message == "short"
 
 
