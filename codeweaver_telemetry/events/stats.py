@@ -25,8 +25,6 @@ from typing import Any, ParamSpec, cast
 
 import attrs
 
-from codeweaver_telemetry.privacy.scrubber import cut_words
-
 __all__ = [
     "MAX_BUCKETS",
     "MAX_KEYS",
@@ -72,6 +70,12 @@ def _quiet(method: Callable[_P, None]) -> Callable[_P, None]:
     return wrapper
 
 
+def _as_duration(value: object) -> float | None:
+    """``value`` as a finite, non-negative float (a duration), or None."""
+    result = _as_float(value)
+    return result if result is not None and result >= 0 else None
+
+
 def _as_float(value: object) -> float | None:
     """``value`` as a finite float, or None for bools, non-numbers, NaN and infinities."""
     if type(value) is float:  # the common case, first
@@ -102,7 +106,7 @@ def _as_key(value: object) -> str | None:
     a str and its name otherwise. Anything else is not a key.
     """
     if type(value) is str:  # the common case, first
-        return value if len(value) <= MAX_KEY_CHARS else cut_words(value, MAX_KEY_CHARS)
+        return value if len(value) <= MAX_KEY_CHARS else _cut(value)
     if isinstance(value, str):  # str subclasses, and str enum members (their value)
         raw = value
     elif isinstance(value, enum.Enum):
@@ -110,7 +114,16 @@ def _as_key(value: object) -> str | None:
     else:
         return None
     # str.__str__ turns a str subclass into an exact str without calling an override.
-    return cut_words(str.__str__(raw), MAX_KEY_CHARS)
+    raw = str.__str__(raw)
+    return raw if len(raw) <= MAX_KEY_CHARS else _cut(raw)
+
+
+def _cut(key: str) -> str:
+    """Cut a long key so that the scrubber, later, still recognises what it must redact."""
+    # Imported here: the scrubber compiles its patterns on import, and most keys are short.
+    from codeweaver_telemetry.privacy.scrubber import cut_words
+
+    return cut_words(key, MAX_KEY_CHARS)
 
 
 def _type_name(cls: type[BaseException]) -> str:
@@ -407,7 +420,7 @@ class SessionStatistics:
         """
         if not isinstance(ok, bool):
             return
-        latency = _as_float(latency_ms)
+        latency = _as_duration(latency_ms)
         with self._lock:
             self._recorded = True
             self._requests_total += 1
@@ -431,7 +444,7 @@ class SessionStatistics:
         """
         intent_key = _as_key(intent) or "unknown"
         by_strategy = _tally(strategies)
-        latency = _as_float(latency_ms)
+        latency = _as_duration(latency_ms)
         with self._lock:
             self._recorded = True
             self._searches_total += 1
@@ -525,7 +538,7 @@ class SessionStatistics:
     def record_timing(self, name: str, ms: float) -> None:
         """Add a duration in milliseconds to the timing sketch of ``name``."""
         key = _as_key(name)
-        value = _as_float(ms)
+        value = _as_duration(ms)
         if key is None or value is None:
             return
         with self._lock:
