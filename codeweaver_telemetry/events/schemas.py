@@ -16,16 +16,17 @@ capture helpers: a property is never a placeholder that is always zero.
 
 from __future__ import annotations
 
-import dataclasses
+import decimal
 import enum
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import attrs
 from pydantic import Field
 
-from codeweaver_telemetry._types import Deferred
+from codeweaver_telemetry.events._gather import MAX_MATCHES, PendingSearch, _list
 from codeweaver_telemetry.events.stats import MAX_KEYS, OTHER_KEY
 from codeweaver_telemetry.privacy.rules import (
     AnonymityConversion,
@@ -47,12 +48,12 @@ __all__ = [
     "HeartbeatEvent",
     "IntentType",
     "MatchSummary",
-    "PendingSearch",
     "SearchEvent",
     "SearchResponseSummary",
     "SearchStrategy",
     "SessionEvent",
     "ShippedEvent",
+    "build_search_event",
     "label",
 ]
 
@@ -66,7 +67,6 @@ MAX_LABEL_CHARS = 64
 """App-given labels (intents, strategies, statuses) are cut to this many characters."""
 QUERY_TEXT_CHARS = 200
 """``query.text`` (only with ``tools_over_privacy``) is cut to this many characters."""
-_MAX_MATCHES = 1000
 
 
 class IntentType(str, enum.Enum):
@@ -148,18 +148,24 @@ class ShippedEvent(DataclassSerializationMixin):
 
 
 def _number(value: object) -> float | None:
+    """A finite float from any real number (int, float, Decimal, Fraction, numpy scalars)."""
     if type(value) is float:  # the common case, first
         return value if -math.inf < value < math.inf else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal)):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except (ArithmeticError, ValueError, TypeError):  # 10**400 overflows
+        return None
     return number if math.isfinite(number) else None
 
 
 def _count(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A non-negative whole count from any real number; 0 when there is none."""
+    number = _number(value)
+    if number is None or number <= 0:
         return 0
-    return int(value) if math.isfinite(value) and value > 0 else 0
+    return int(min(number, 2.0**53))
 
 
 def _round(value: float) -> float:
@@ -298,143 +304,54 @@ class SearchEvent(ShippedEvent):
     ) -> SearchEvent:
         """Read what may be sent from ``response`` (a :class:`SearchResponseSummary` or any
         object with its attributes) and the search's arguments."""
-        return PendingSearch.gather(
-            response,
-            query=query,
-            intent_type=intent_type,
-            strategies=strategies,
-            execution_time_ms=execution_time_ms,
-            tools_over_privacy=tools_over_privacy,
-        ).build()
-
-
-def _frozen(value: object) -> object:
-    """An app-given label in a form that cannot change later (str and enums are)."""
-    if type(value) is str or value is None or isinstance(value, (str, enum.Enum)):
-        return value
-    return str(value)
-
-
-@dataclasses.dataclass(slots=True)
-class PendingSearch(Deferred):
-    """What a search event needs, gathered on the caller's thread as plain immutable data.
-
-    :meth:`gather` only reads attributes (a few microseconds); :meth:`build` (on the
-    worker, by the pipeline) makes the :class:`SearchEvent`: labels, the score summary,
-    distributions.
-    """
-
-    candidates: object
-    returned: object
-    token_count: object
-    matched: tuple[tuple[object, object], ...]
-    languages: tuple[object, ...]
-    status: object
-    warning_count: int
-    index_state: object
-    index_coverage: object
-    intent: object
-    strategies: tuple[object, ...]
-    elapsed: object
-    query: str
-    opted_in: bool
-
-    @classmethod
-    def gather(
-        cls,
-        response: object,
-        *,
-        query: object,
-        intent_type: object,
-        strategies: object = (),
-        execution_time_ms: object = None,
-        tools_over_privacy: bool = False,
-    ) -> PendingSearch:
-        """Read ``response`` and the arguments; never keeps a reference to mutable data."""
-        all_matches = _list(getattr(response, "matches", None))
-        matched = []
-        for match in all_matches[:_MAX_MATCHES]:  # the score summary reads the first 1000
-            score = getattr(match, "score", None)
-            if score is None:  # only then: a missing attribute is slow on pydantic models
-                score = getattr(match, "relevance_score", None)
-            matched.append((score, _frozen(getattr(match, "match_type", None))))
-        returned = getattr(response, "returned", None)
-        state = getattr(response, "index_state", None)
-        return cls(
-            candidates=getattr(response, "candidates", 0),
-            returned=returned if returned is not None else len(all_matches),
-            token_count=getattr(response, "token_count", 0),
-            matched=tuple(matched),
-            languages=tuple(_frozen(x) for x in _list(getattr(response, "languages", None))),
-            status=_frozen(getattr(response, "status", None) or "unknown"),
-            warning_count=len(_list(getattr(response, "warnings", None))),
-            index_state=_frozen(state),
-            index_coverage=getattr(response, "index_coverage", None),
-            intent=_frozen(intent_type),
-            strategies=tuple(_frozen(x) for x in _list(strategies)),
-            elapsed=execution_time_ms,
-            # str.__str__: an exact copy of a str subclass, without calling its overrides.
-            query=str.__str__(query) if isinstance(query, str) else "",
-            opted_in=bool(tools_over_privacy),
-        )
-
-    def build(self) -> SearchEvent:
-        """The finished :class:`SearchEvent`."""
-        scores: list[float] = []
-        match_types: list[str] = []
-        for raw_score, kind in self.matched:
-            score = _number(raw_score)
-            if score is not None:
-                scores.append(score)
-            if kind is not None:
-                match_types.append(label(kind))
-        elapsed = _number(self.elapsed)
-        coverage = _number(self.index_coverage)
-        text: str = self.query
-        return SearchEvent(
-            intent=label(self.intent) if self.intent is not None else "unknown",
-            strategies=tuple(label(s) for s in self.strategies),
-            execution_time_ms=round(elapsed, 3) if elapsed is not None else None,
-            results=_Results(
-                _count(self.candidates), _count(self.returned), _count(self.token_count)
-            ),
-            quality=_Quality.of(scores),
-            match_types=tuple(match_types),
-            languages=tuple(label(x) for x in self.languages),
-            status=label(self.status),
-            warning_count=self.warning_count,
-            index=_Index(
-                label(self.index_state) if self.index_state is not None else None,
-                round(coverage, 4) if coverage is not None else None,
-            ),
-            query=_Query(
-                char_count=len(text),
-                term_count=len(text.split()),
-                text=text if self.opted_in else None,
-                hash=text if self.opted_in else None,
-            ),
+        return build_search_event(
+            PendingSearch.gather(
+                response,
+                query=query,
+                intent_type=intent_type,
+                strategies=strategies,
+                execution_time_ms=execution_time_ms,
+                tools_over_privacy=tools_over_privacy,
+            )
         )
 
 
-def _list(value: object) -> list[Any]:
-    """Items of a collection; one str, exception or class is one item; None is none.
-
-    A list is returned as is (callers only read it).
-    """
-    if type(value) is list:
-        return value
-    if value is None or isinstance(value, bytes):
-        return []
-    if isinstance(value, (str, BaseException, type)):
-        return [value]
-    if isinstance(value, Mapping):
-        return list(value)
-    if not isinstance(value, Iterable):
-        return []
-    try:
-        return list(value)
-    except TypeError:
-        return []
+def build_search_event(pending: PendingSearch) -> SearchEvent:
+    """The finished :class:`SearchEvent` of a :class:`PendingSearch` (on the worker)."""
+    scores: list[float] = []
+    match_types: list[str] = []
+    for raw_score, kind in pending.matched:
+        score = _number(raw_score)
+        if score is not None:
+            scores.append(score)
+        if kind is not None:
+            match_types.append(label(kind))
+    elapsed = _number(pending.elapsed)
+    coverage = _number(pending.index_coverage)
+    text: str = pending.query
+    return SearchEvent(
+        intent=label(pending.intent) if pending.intent is not None else "unknown",
+        strategies=tuple(label(s) for s in pending.strategies),
+        execution_time_ms=round(elapsed, 3) if elapsed is not None else None,
+        results=_Results(
+            _count(pending.candidates), _count(pending.returned), _count(pending.token_count)
+        ),
+        quality=_Quality.of(scores),
+        match_types=tuple(match_types),
+        languages=tuple(label(x) for x in pending.languages),
+        status=label(pending.status),
+        warning_count=pending.warning_count,
+        index=_Index(
+            label(pending.index_state) if pending.index_state is not None else None,
+            round(coverage, 4) if coverage is not None else None,
+        ),
+        query=_Query(
+            char_count=len(text),
+            term_count=len(text.split()),
+            text=text if pending.opted_in else None,
+            hash=text if pending.opted_in else None,
+        ),
+    )
 
 
 # -- SessionEvent ---------------------------------------------------------------------------------
@@ -502,7 +419,7 @@ class SessionEvent(ShippedEvent):
         if setup_attempts is not None:
             setup["attempts"] = _count(setup_attempts)
         kinds = dict(setup.get("error_kinds") or {})
-        for error in _list(config_errors)[:_MAX_MATCHES]:
+        for error in _list(config_errors)[:MAX_MATCHES]:
             kind = _kind(error)
             if kind not in kinds and len(kinds) >= MAX_KEYS:
                 kind = OTHER_KEY  # bounded like every map of the session event

@@ -398,3 +398,37 @@ def test_config_errors_accept_one_item_or_many(config_errors: Any) -> None:
     kinds = event["properties"]["setup"]["error_kinds"]
     assert list(kinds.values()) == [1]
     assert next(iter(kinds)) in {"ConfigError", "KeyError"}
+
+
+def test_capture_session_event_outside_a_session_needs_statistics() -> None:
+    """Outside a session, capture_session_event sends the given statistics, and nothing
+    (no hollow session event) without them."""
+    stats = SessionStatistics()
+    stats.record_request(ok=True)
+    with capture_events() as sink:
+        client = get_telemetry_client()
+        client.capture_session_event(version="1")
+        client.capture_session_event(stats, version="2")
+    (event,) = sink.events()
+    assert event["properties"]["version"] == "2"
+    assert event["properties"]["requests"]["total"] == 1
+
+
+def test_any_real_number_is_read_as_a_number() -> None:
+    """Decimal, Fraction (and numpy scalars, being numbers.Real) count like int and float;
+    a number too large for a float is left out instead of failing the event."""
+    from decimal import Decimal
+    from fractions import Fraction
+
+    response = SimpleNamespace(
+        candidates=Decimal(50),
+        token_count=10**400,
+        matches=[SimpleNamespace(score=Fraction(1, 4)), SimpleNamespace(score=Decimal("0.75"))],
+    )
+    event = SearchEvent.from_response(
+        response, query="q", intent_type="x", execution_time_ms=Fraction(25, 2)
+    )
+    _, props = event.to_posthog_event()
+    assert props["results"] == {"candidates": 50, "returned": 2, "token_count": 0}
+    assert props["quality"]["avg"] == 0.5
+    assert props["execution_time_ms"] == 12.5
