@@ -144,18 +144,29 @@ def _json_size(value: Any) -> int:
 
 
 def _largest_container(value: Any) -> tuple[Any, int] | None:
-    """The dict or list (with more than one entry) holding the most JSON bytes, and its size."""
-    best: tuple[Any, int] | None = None
+    """The map or list to trim next, and its size in JSON bytes.
+
+    Innermost containers first (maps of counts, lists of values): the largest of those with
+    more than one entry. Only when there are none, the largest container of containers,
+    so that a structure such as ``searches`` keeps its keys while its maps are trimmed.
+    """
+    leaf: tuple[Any, int] | None = None
+    other: tuple[Any, int] | None = None
     stack = [value]
     while stack:
         current = stack.pop()
         children = current.values() if isinstance(current, dict) else current
-        if current is not value and len(current) > 1:
-            size = _json_size(current)
-            if best is None or size > best[1]:
-                best = (current, size)
-        stack.extend(c for c in children if isinstance(c, (dict, list)) and c)
-    return best
+        nested = [c for c in children if isinstance(c, (dict, list)) and c]
+        stack.extend(nested)
+        if current is value or len(current) < 2:
+            continue
+        size = _json_size(current)
+        if not nested:
+            if leaf is None or size > leaf[1]:
+                leaf = (current, size)
+        elif other is None or size > other[1]:
+            other = (current, size)
+    return leaf or other
 
 
 def _halve(container: Any) -> None:

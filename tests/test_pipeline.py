@@ -81,3 +81,24 @@ def test_feature_flags_are_scrubbed_and_json_safe() -> None:
     assert set(features) == {"$feature/exp", "$feature/<email>", "$feature/n", "$feature/long"}
     assert "bob" not in json.dumps(features)
     json.dumps(done.properties, allow_nan=False)
+
+
+def test_trimming_keeps_the_shape_of_nested_structures() -> None:
+    """Trimming halves the innermost maps, so a structure such as searches keeps every key
+    (total, by_intent, by_strategy, latency_ms) while its large maps shrink."""
+    label = "\u691c" * 63  # 3 bytes per character in UTF-8
+    searches = {
+        "total": 400,
+        "by_intent": {f"{label}{i:03d}": 2 for i in range(200)},
+        "by_strategy": {f"{label}s{i:03d}": 2 for i in range(200)},
+        "latency_ms": {"avg": 1.0, "min": 0.5, "max": 2.0, "p50": 1.0, "p95": 1.9},
+    }
+    props: dict[str, Any] = {"searches": searches}
+    assert size(props) > MAX_EVENT_BYTES
+    done = limits_stage(event(props))
+    assert done is not None
+    out = done.properties["searches"]
+    assert set(out) == {"total", "by_intent", "by_strategy", "latency_ms"}
+    assert out["latency_ms"]["p95"] == 1.9
+    assert sum(out["by_intent"].values()) == 400
+    assert sum(out["by_strategy"].values()) == 400

@@ -475,7 +475,13 @@ class _Walker:
                     out[key] = SECRET_MARKER
                     continue
             converted = self.value(val, trusted)
-            if converted is not _ABSENT:
+            if converted is _ABSENT:
+                continue
+            earlier = out.get(key, _ABSENT)
+            if earlier is not _ABSENT and _is_count(earlier) and _is_count(converted):
+                # Two keys scrubbed to one marker ({"a@x.io": 5, "b@y.io": 7}): add them up.
+                out[key] = earlier + converted
+            else:
                 out[key] = converted
         return out
 
@@ -523,6 +529,10 @@ class _Walker:
         if conv is _AGGREGATE:
             return conversions.to_aggregate(value)
         raise TelemetryRuleError(f"unknown conversion {conv!r}")  # pragma: no cover
+
+
+def _is_count(v: object) -> bool:
+    return type(v) is int or type(v) is float
 
 
 def _big_int(v: int) -> float | None:

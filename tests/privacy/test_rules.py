@@ -551,3 +551,11 @@ def test_any_value_becomes_strict_json(value: object) -> None:
     """Whatever goes in, what comes out is strict JSON (no NaN, str keys) and never raises."""
     out = serialize_for_telemetry({"v": value}, key_provider=PROVIDER)
     json.dumps(out, allow_nan=False)
+
+
+def test_counts_under_keys_that_scrub_to_one_marker_add_up() -> None:
+    """Two distinct keys the scrubber turns into the same marker keep their total."""
+    from codeweaver_telemetry import serialize_for_telemetry
+
+    out = serialize_for_telemetry({"usage": {"a@example.com": 5, "b@example.org": 7, "c": 1}})
+    assert out == {"usage": {"<email>": 12, "c": 1}}
