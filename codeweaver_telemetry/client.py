@@ -147,10 +147,11 @@ _PENDING_SEARCH: Any = None
 
 
 def _pending_search_class() -> Any:
-    """``PendingSearch``, imported on first use (its module loads pydantic), then kept."""
+    """``PendingSearch``, imported on first use, then kept (a light module: the event
+    itself, with pydantic and the scrubber, is built on the worker)."""
     global _PENDING_SEARCH
     if _PENDING_SEARCH is None:
-        from codeweaver_telemetry.events.schemas import PendingSearch
+        from codeweaver_telemetry.events._gather import PendingSearch
 
         _PENDING_SEARCH = PendingSearch
     return _PENDING_SEARCH
@@ -622,14 +623,15 @@ class TelemetryClient:
                 execution_time_ms=execution_time_ms,
                 tools_over_privacy=self._tools_over_privacy(tools_over_privacy),
             )
-            session = self._session
-            if session is not None:
-                session.stats.record_search(
-                    intent=pending.intent,
-                    strategies=pending.strategies,
-                    latency_ms=pending.elapsed,
-                )
-            context = self._context
+            with self._lock:  # so the search lands in the session its event names
+                session = self._session
+                if session is not None:
+                    session.stats.record_search(
+                        intent=pending.intent,
+                        strategies=pending.strategies,
+                        latency_ms=pending.elapsed,
+                    )
+                context = self._context
             if isinstance(feature_flags, Mapping):
                 context = {**context, "flags": _snapshot(dict(feature_flags))}
             self._enqueue(SEARCH_EVENT, None, pending, owned=True, context=context)
@@ -657,7 +659,8 @@ class TelemetryClient:
 
         In a session, this ends the session (its one session event is this one, so ending
         the session later sends nothing more). Outside a session it sends a session event
-        built from ``stats`` alone. It never waits for delivery.
+        built from ``stats`` alone, and nothing without ``stats``. It never waits for
+        delivery.
 
         Args:
             stats: the statistics to send (default: the session's own).
@@ -678,17 +681,20 @@ class TelemetryClient:
                 "config_errors": config_errors,
                 "duration_seconds": duration_seconds,
             }
-            if not self._end_session(overrides, stats):
+            if not self._end_session(overrides, stats) and stats is not None:
                 event = self._session_event(None, overrides, stats)
                 self._enqueue(SESSION_EVENT, None, event, reserved=True, owned=True)
 
     # -- recording into the session -----------------------------------------------------------
     def _record(self, method: str, *args: Any) -> None:
-        session = self._session
-        if session is None or not self._enabled:
+        if self._session is None or not self._enabled:
             return
-        with internal_errors(method):
-            getattr(session.stats, method)(*args)
+        # Under the client's lock: a record racing end_session lands in the session before
+        # its event is built, or in no session, never in one whose event has gone.
+        with internal_errors(method), self._lock:
+            session = self._session
+            if session is not None:
+                getattr(session.stats, method)(*args)
 
     def record_request(self, ok: bool = True, latency_ms: float | None = None) -> None:
         """Count one request (and its latency) in the session; nothing outside a session."""
@@ -784,9 +790,9 @@ class TelemetryClient:
                 return str(mark[1])
             described = describe_exception(exc, in_app=in_app)
             fingerprint = self._fingerprint(described.signature)
-            with contextlib.suppress(Exception):  # a capture block, then the excepthook
-                setattr(exc, _CAPTURED_MARK, (scope, fingerprint, handled))
-            with self._lock:
+            with self._lock:  # the count and the event's $session_id name the same session
+                session = self._session
+                context = self._context
                 sent = session.errors_sent if session is not None else self._errors_sent
                 if session is not None:
                     session.stats.record_error(fingerprint)
@@ -795,6 +801,9 @@ class TelemetryClient:
                 send = known and seen < _ERROR_EVENTS_PER_FINGERPRINT
                 if send:
                     sent[fingerprint] = seen + 1
+            scope = session.id if session is not None else ""
+            with contextlib.suppress(Exception):  # a capture block, then the excepthook
+                setattr(exc, _CAPTURED_MARK, (scope, fingerprint, handled))
             if send:
                 event = ErrorEvent(
                     type=described.type_name,
@@ -804,7 +813,7 @@ class TelemetryClient:
                     cause_types=described.cause_types,
                     message=described.message if include_message else None,
                 )
-                self._enqueue(ERROR_EVENT, None, event, owned=True)
+                self._enqueue(ERROR_EVENT, None, event, owned=True, context=context)
             return fingerprint
         return None
 

@@ -21,6 +21,7 @@ from codeweaver_telemetry import (
     MatchSummary,
     SearchResponseSummary,
     SearchStrategy,
+    SessionStatistics,
     TelemetryClient,
 )
 from tests.helpers import wait_until
@@ -295,7 +296,9 @@ def test_no_event_touches_a_person_profile(
     client._start_heartbeat(0.05)
     run_realistic_session(client, receiver)
     wait_until(lambda: receiver.events_named("codeweaver_heartbeat"), timeout=5)
-    client.capture_session_event(version="1.0")  # a standalone one, outside a session
+    stats = SessionStatistics()
+    stats.record_request(ok=True)
+    client.capture_session_event(stats, version="1.0")  # a standalone one, no session
     client.flush(5)
     names = {e["event"] for e in receiver.events()}
     assert names >= {

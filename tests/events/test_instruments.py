@@ -447,3 +447,39 @@ def test_error_events_outside_a_session_are_limited_too() -> None:
             except ValueError as exc:
                 client.capture_error(exc)
     assert len(named(sink, "codeweaver_error")) == 5
+
+
+def test_searches_racing_session_ends_are_counted_where_their_event_says() -> None:
+    """Threads capture searches while sessions start and end: each session event counts
+    exactly the search events that carry its $session_id (none lost between sessions)."""
+    from collections import Counter
+
+    from codeweaver_telemetry import SearchResponseSummary
+
+    stop = threading.Event()
+    with capture_events(max_queue_size=100_000) as sink:
+        client = get_telemetry_client()
+
+        def search() -> None:
+            while not stop.is_set():
+                client.capture_search_event(SearchResponseSummary(), "q", "debug", [], 1.0)
+
+        threads = [threading.Thread(target=search) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for _ in range(60):
+            client.start_session()
+            client._end_session()  # (end_session would also wait for a flush)
+        stop.set()
+        for t in threads:
+            t.join()
+        client.flush(10)
+    per_session = Counter(
+        e["properties"].get("$session_id")
+        for e in sink.events()
+        if e["event"] == "codeweaver_search"
+    )
+    sessions = named(sink, "codeweaver_session")
+    assert len(sessions) == 60
+    for props in sessions:
+        assert props["searches"]["total"] == per_session[props["$session_id"]]
