@@ -51,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     "get_telemetry_client": "client",
     "install_excepthook": "events",
     "is_secret_key": "privacy.scrubber",
+    "read_log": "sinks.jsonl",
     "record_usage": "events",
     "scrub": "privacy.scrubber",
     "serialize_for_telemetry": "privacy.rules",
@@ -93,6 +94,7 @@ __all__ = [
     "get_telemetry_client",
     "install_excepthook",
     "is_secret_key",
+    "read_log",
     "record_usage",
     "scrub",
     "serialize_for_telemetry",
@@ -159,5 +161,5 @@ if TYPE_CHECKING:
     )
     from codeweaver_telemetry.privacy.scrubber import Scrubber, is_secret_key, scrub
     from codeweaver_telemetry.settings import TelemetryConfigError, TelemetrySettings
-    from codeweaver_telemetry.sinks.jsonl import LocalJSONLSink
+    from codeweaver_telemetry.sinks.jsonl import LocalJSONLSink, read_log
     from codeweaver_telemetry.sinks.memory import FunctionSink, InMemorySink

@@ -28,10 +28,10 @@ from codeweaver_telemetry import (
     capture_exceptions,
     capture_search_event,
     get_telemetry_client,
+    read_log,
     track_usage,
 )
 from codeweaver_telemetry.events import timer
-from codeweaver_telemetry.sinks.jsonl import read_log
 
 
 @timer("search")  # the module-level helpers find the client when they run

@@ -18,8 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from codeweaver_telemetry import TelemetryClient, get_telemetry_client
-from codeweaver_telemetry.sinks.jsonl import read_log
+from codeweaver_telemetry import TelemetryClient, get_telemetry_client, read_log
 
 
 def run_session() -> TelemetryClient:

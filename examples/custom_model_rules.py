@@ -28,8 +28,8 @@ from codeweaver_telemetry import (
     DataclassSerializationMixin,
     FilteredKey,
     TelemetryClient,
+    read_log,
 )
-from codeweaver_telemetry.sinks.jsonl import read_log
 
 Rules = dict[FilteredKey, AnonymityConversion]
 

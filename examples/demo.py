@@ -23,9 +23,9 @@ from codeweaver_telemetry import (
     FilteredKey,
     TelemetryClient,
     TelemetrySettings,
+    read_log,
     scrub,
 )
-from codeweaver_telemetry.sinks.jsonl import read_log
 from codeweaver_telemetry.testing import capture_events
 
 

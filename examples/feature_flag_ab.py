@@ -30,8 +30,8 @@ from codeweaver_telemetry import (
     SearchResponseSummary,
     SearchStrategy,
     TelemetryClient,
+    read_log,
 )
-from codeweaver_telemetry.sinks.jsonl import read_log
 
 FLAGS = {
     "new_reranker": {"key": "new_reranker", "enabled": True, "variant": "test"},

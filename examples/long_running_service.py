@@ -31,9 +31,9 @@ from codeweaver_telemetry import (
     capture_exceptions,
     get_telemetry_client,
     install_excepthook,
+    read_log,
     track_usage,
 )
-from codeweaver_telemetry.sinks.jsonl import read_log
 
 
 class UpstreamTimeout(Exception):

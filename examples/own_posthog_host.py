@@ -29,8 +29,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from codeweaver_telemetry import TelemetryClient, get_telemetry_client
-from codeweaver_telemetry.sinks.jsonl import read_log
+from codeweaver_telemetry import TelemetryClient, get_telemetry_client, read_log
 
 RECEIVED: list[dict[str, Any]] = []  # the events the stand-in server was sent
 

@@ -25,8 +25,8 @@ from codeweaver_telemetry import (
     SearchStrategy,
     capture_search_event,
     get_telemetry_client,
+    read_log,
 )
-from codeweaver_telemetry.sinks.jsonl import read_log
 
 PRIVATE_QUERY = "why does login fail for alice@example.com in /home/alice/acme/auth.py"
 

@@ -67,7 +67,17 @@ class LocalJSONLSink:
 
 
 def read_log(directory: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Yield the logged payloads, oldest first (rotated file first); skips broken lines."""
+    """Yield the payloads in the local log, oldest first: exactly what was recorded for
+    sending (with no PostHog key) or what PostHog accepted (the audit log).
+
+    Args:
+        directory: the state directory (``client.settings.resolved_state_dir``; by default
+            ``$CODEWEAVER_HOME/telemetry``).
+
+    Returns:
+        An iterator of dicts (``event``, ``distinct_id``, ``timestamp``, ``uuid``,
+        ``properties``); the rotated file comes first, and broken lines are skipped.
+    """
     base = Path(directory) / LOG_FILE
     for path in (base.with_name(LOG_FILE + ".1"), base):
         try:
