@@ -122,19 +122,27 @@ def _session_metadata(metadata: SessionMetadata, keys: KeyProvider | None) -> di
     return metadata.serialized
 
 
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
 def _limit(value: Any) -> Any:
-    if isinstance(value, str):
+    t = type(value)
+    if t in _SCALARS:  # most values: numbers
+        return value
+    if t is str or isinstance(value, str):
         if len(value) > MAX_STRING_CHARS:
             return value[: MAX_STRING_CHARS - 1] + TRUNCATION_MARK
         return value
-    if isinstance(value, dict):
+    if t is dict or isinstance(value, dict):
+        if len(value) <= MAX_ITEMS and all(len(k) <= MAX_KEY_CHARS for k in value):
+            return {k: _limit(v) for k, v in value.items()}
         out = {}
         for index, (k, v) in enumerate(value.items()):
             if index >= MAX_ITEMS:
                 break
             out[k[:MAX_KEY_CHARS]] = _limit(v)
         return out
-    if isinstance(value, list):
+    if t is list or isinstance(value, list):
         return [_limit(v) for v in value[:MAX_ITEMS]]
     return value
 
