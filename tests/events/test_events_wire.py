@@ -356,8 +356,8 @@ def test_eight_threads_recording_at_once_count_exactly(
 def test_session_event_is_sent_once_when_the_with_block_raises(
     wire: Callable[..., TelemetryClient], receiver: PostHogReceiver
 ) -> None:
-    """Leaving the with block by an exception sends the session event (once), and the
-    exception reaches the caller unchanged."""
+    """Leaving the with block by an exception sends the session event at once (before any
+    end_session or shutdown), and the exception reaches the caller unchanged."""
     client = wire()
 
     def run_app() -> None:
@@ -368,12 +368,13 @@ def test_session_event_is_sent_once_when_the_with_block_raises(
 
     with pytest.raises(RuntimeError, match="host failure"):
         run_app()
+    assert client.session_id is None, "the block ended the session"
+    (session,) = receiver.wait_for_events(1)
+    assert session["event"] == "codeweaver_session"
+    assert session["properties"]["usage"] == {"before_failure": 1}
     client.end_session()
     client.shutdown(timeout=2)
-    events = receiver.wait_for_events(1)
-    sessions = [e for e in events if e["event"] == "codeweaver_session"]
-    assert len(sessions) == 1
-    assert sessions[0]["properties"]["usage"] == {"before_failure": 1}
+    assert len(receiver.events_named("codeweaver_session")) == 1
 
 
 def test_capture_session_event_ends_the_session_once(

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -483,3 +484,181 @@ def test_searches_racing_session_ends_are_counted_where_their_event_says() -> No
     assert len(sessions) == 60
     for props in sessions:
         assert props["searches"]["total"] == per_session[props["$session_id"]]
+
+
+def test_the_excepthook_ignores_keyboard_interrupt_and_system_exit(
+    events: tuple[TelemetryClient, InMemorySink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C and sys.exit reaching the hook are not errors; the previous hook still runs."""
+    client, sink = events
+    seen: list[str] = []
+    monkeypatch.setattr(sys, "excepthook", lambda *a: seen.append(a[0].__name__))
+    uninstall = install_excepthook()
+    try:
+        for exc in (KeyboardInterrupt(), SystemExit(3)):
+            sys.excepthook(type(exc), exc, None)
+    finally:
+        uninstall()
+    client.flush(5)
+    assert seen == ["KeyboardInterrupt", "SystemExit"]
+    assert named(sink, "codeweaver_error") == []
+
+
+def test_the_capture_error_helper_never_sends_the_message_by_default(
+    events: tuple[TelemetryClient, InMemorySink],
+) -> None:
+    """Module-level capture_error sends type and frames only unless asked for the message."""
+    client, sink = events
+    try:
+        thrower()
+    except ValueError as exc:
+        capture_error(exc)
+    client.flush(5)
+    (error,) = named(sink, "codeweaver_error")
+    assert "message" not in error
+
+
+def test_error_event_limits_are_per_session_and_per_fingerprint_count(
+    events: tuple[TelemetryClient, InMemorySink],
+) -> None:
+    """5 events per fingerprint per session (a new session sends again), and at most 100
+    distinct fingerprints as events per session, while the session counts all of them."""
+    client, sink = events
+    for _ in range(5):
+        try:
+            thrower()
+        except ValueError as exc:
+            client.capture_error(exc)
+    client.end_session()
+    client.start_session()
+    try:
+        thrower()
+    except ValueError as exc:
+        client.capture_error(exc)
+    for index in range(101):
+        kind = type(f"Kind{index}", (Exception,), {})
+        try:
+            raise kind()
+        except Exception as exc:
+            client.capture_error(exc)
+    client.end_session()
+    client.flush(5)
+    assert len(named(sink, "codeweaver_error")) == 5 + 1 + 99
+    first, second = named(sink, "codeweaver_session")
+    assert sum(first["errors"].values()) == 5
+    assert sum(second["errors"].values()) == 102
+
+
+def test_track_usage_does_not_count_at_decoration(
+    events: tuple[TelemetryClient, InMemorySink],
+) -> None:
+    """Decorating while the client is on counts nothing; each call counts one."""
+    client, sink = events
+
+    @track_usage("decorated_now")
+    def work() -> None:
+        return None
+
+    assert client.statistics is not None
+    assert client.statistics.snapshot()["usage"] == {}
+    work()
+    assert session_event(client, sink)["usage"] == {"decorated_now": 1}
+
+
+def test_a_reentered_timer_pairs_each_exit_with_its_own_entry(
+    events: tuple[TelemetryClient, InMemorySink],
+) -> None:
+    """Entered twice (nested), the inner exit closes the inner entry: about 20 and 60 ms,
+    not 40 and 40."""
+    client, sink = events
+    shared = client.timer("nested")
+    with shared:
+        time.sleep(0.02)
+        with shared:
+            time.sleep(0.02)
+        time.sleep(0.02)
+    timing = session_event(client, sink)["timings"]["nested"]
+    assert timing["count"] == 2
+    assert timing["min"] < 35
+    assert timing["max"] >= 55
+
+
+def test_session_duration_counts_from_the_session_start() -> None:
+    """duration_seconds is the session's length, not the client's age."""
+    with capture_events() as sink:
+        client = get_telemetry_client()
+        time.sleep(0.3)
+        client.start_session()
+        client.end_session()
+    (event,) = sink.events()
+    assert event["properties"]["duration_seconds"] < 0.25
+
+
+def test_negative_durations_are_ignored() -> None:
+    """A negative timing or latency is no duration: it is not recorded."""
+    with capture_events() as sink:
+        client = get_telemetry_client()
+        client.start_session()
+        client.record_timing("t", -5.0)
+        client.record_request(ok=True, latency_ms=-1.0)
+        client.end_session()
+    (event,) = sink.events()
+    assert event["properties"]["timings"] == {}
+    assert event["properties"]["requests"]["total"] == 1
+
+
+def test_labels_are_fixed_at_capture_time() -> None:
+    """An intent object whose str() changes later is read when the search is captured."""
+    state = {"text": "original"}
+
+    class Intent:
+        def __str__(self) -> str:
+            return state["text"]
+
+    with capture_events(batch_interval_seconds=60) as sink:
+        client = get_telemetry_client()
+        client.capture_search_event(object(), "q", Intent())
+        state["text"] = "changed"
+        client.flush(5)
+    (event,) = sink.events()
+    assert event["properties"]["intent"] == "original"
+
+
+def test_records_racing_the_session_end_are_in_its_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Usage recorded by threads while sessions end lands in the session event or in no
+    session, never in a session after its event was built."""
+    from codeweaver_telemetry import SessionStatistics
+
+    original = SessionStatistics.snapshot
+
+    def slow_snapshot(self: SessionStatistics) -> dict[str, Any]:
+        time.sleep(0.002)  # widen the window between building the event and closing
+        return original(self)
+
+    monkeypatch.setattr(SessionStatistics, "snapshot", slow_snapshot)
+    stop = threading.Event()
+    with capture_events(max_queue_size=10_000) as sink:
+        client = get_telemetry_client()
+
+        def record() -> None:
+            while not stop.is_set():
+                client.record_usage("u")
+
+        threads = [threading.Thread(target=record) for _ in range(3)]
+        for t in threads:
+            t.start()
+        kept = []
+        for _ in range(30):
+            client.start_session()
+            kept.append(client.statistics)
+            time.sleep(0.002)
+            client._end_session()
+        stop.set()
+        for t in threads:
+            t.join()
+        client.flush(10)
+    sent = [e["properties"]["usage"].get("u", 0) for e in sink.events()]
+    recorded = [original(stats)["usage"].get("u", 0) for stats in kept if stats is not None]
+    assert sent == recorded
