@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from codeweaver_telemetry import (
     MatchSummary,
@@ -15,11 +17,16 @@ from codeweaver_telemetry.testing import capture_events
 from tests.helpers import wait_until
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+WILDCARD = "<name>"
 
 
-def documented() -> dict[str, set[str]]:
-    """event name -> the top-level properties its rows in the README table name."""
-    table: dict[str, set[str]] = defaultdict(set)
+def documented() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """event -> documented property paths, and event -> paths documented as maps.
+
+    A cell such as "`quality.avg`, `.min`" names quality.avg and quality.min.
+    """
+    paths: dict[str, set[str]] = defaultdict(set)
+    maps: dict[str, set[str]] = defaultdict(set)
     event = ""
     for line in README.read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -27,28 +34,64 @@ def documented() -> dict[str, set[str]]:
             continue
         if cells[0].startswith("`codeweaver_"):
             event = cells[0].strip("`")
-        first = re.match(r"`([^`.]+)", cells[1])
-        if event and first and not first.group(1).startswith("$"):
-            table[event].add(first.group(1))
-    return table
+        if not event:
+            continue
+        base: list[str] = []
+        for name in re.findall(r"`([^`]+)`", cells[1]):
+            if name.startswith("$"):
+                continue
+            parts = name.split(".")
+            if name.startswith("."):
+                parts = [*base[:-1], *parts[1:]]
+            base = parts
+            path = ".".join(parts)
+            paths[event].add(path)
+            if cells[2].startswith("map"):
+                maps[event].add(path)
+    return paths, maps
 
 
-def sent() -> dict[str, set[str]]:
-    """event name -> the top-level properties of each shipped event, every option on."""
+def flatten(value: Any, prefix: str, maps: set[str], wild: set[str]) -> Iterator[str]:
+    """The property paths of a payload: maps and wildcard levels as the table names them."""
+    for key, item in value.items():
+        if key.startswith("$"):
+            continue
+        path = f"{prefix}{key}"
+        if path in maps:
+            yield path
+        elif isinstance(item, dict) and item:
+            if f"{path}.{WILDCARD}" in wild:
+                for child in item.values():
+                    yield from flatten(child, f"{path}.{WILDCARD}.", maps, wild)
+            else:
+                yield from flatten(item, f"{path}.", maps, wild)
+        else:
+            yield path
+
+
+def sent(maps: dict[str, set[str]], wild: set[str]) -> dict[str, set[str]]:
+    """event -> the property paths of each shipped event, with every option on."""
     with capture_events() as sink:
         client = get_telemetry_client()
         client._start_heartbeat(0.01)
         client.start_session()
         client.capture_search_event(
-            SearchResponseSummary(matches=[MatchSummary(score=1.0)], index_state="ready"),
+            SearchResponseSummary(
+                matches=[MatchSummary(score=1.0)], index_state="ready", index_coverage=0.5
+            ),
             "a query",
             "debug",
             ["dense"],
             1.0,
             tools_over_privacy=True,
         )
+        client.record_request(ok=True, latency_ms=1.0)
+        client.record_setup(True, 1, ["Kind"])
         try:
-            raise ValueError("x")
+            try:
+                raise KeyError("inner")
+            except KeyError as inner:
+                raise ValueError("x") from inner
         except ValueError as exc:
             client.capture_error(exc, include_message=True)
         beat = lambda: any(e["event"] == "codeweaver_heartbeat" for e in sink.events())  # noqa: E731
@@ -57,14 +100,18 @@ def sent() -> dict[str, set[str]]:
         client.flush(5)
     out: dict[str, set[str]] = defaultdict(set)
     for event in sink.events():
-        out[event["event"]] |= {k for k in event["properties"] if not k.startswith("$")}
+        name = event["event"]
+        out[name] |= set(flatten(event["properties"], "", maps[name], wild))
     return out
 
 
 def test_every_property_sent_is_documented_and_every_documented_one_is_sent() -> None:
-    """Each shipped event's properties, with every option on, are exactly its README rows."""
-    docs = documented()
-    wire = sent()
+    """Each shipped event's property paths, with every option on, are exactly its README
+    rows (nested ones too)."""
+    docs, maps = documented()
+    wild = {p.rsplit(".", 1)[0] for ps in docs.values() for p in ps if f".{WILDCARD}." in p}
+    wild = {p for p in wild if p.endswith(WILDCARD)}
+    wire = sent(maps, wild)
     assert set(docs) == {
         "codeweaver_search",
         "codeweaver_session",
