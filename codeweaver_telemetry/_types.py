@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, TypeAlias, runtime_checkable
 
 __all__ = [
+    "ERROR_EVENT",
+    "HEARTBEAT_EVENT",
+    "SEARCH_EVENT",
+    "SESSION_EVENT",
     "ConsentSource",
     "ConsentVote",
     "Deferred",
@@ -42,6 +46,16 @@ class Event:
     model: object | None = None
     context: Mapping[str, Any] = field(default_factory=dict)
     """System properties set by the library (session id, flags); added after privacy stages."""
+
+
+SESSION_EVENT = "codeweaver_session"
+"""The name of the shipped session event."""
+SEARCH_EVENT = "codeweaver_search"
+"""The name of the shipped search event."""
+ERROR_EVENT = "codeweaver_error"
+"""The name of the shipped error event."""
+HEARTBEAT_EVENT = "codeweaver_heartbeat"
+"""The name of the shipped heartbeat event."""
 
 
 class Deferred:

@@ -32,7 +32,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from codeweaver_telemetry._instruments import ErrorCapture, Timer
 from codeweaver_telemetry._internal import internal_error, internal_errors, logger
-from codeweaver_telemetry._types import Event, SessionMetadata, Sink
+from codeweaver_telemetry._types import (
+    ERROR_EVENT,
+    HEARTBEAT_EVENT,
+    SEARCH_EVENT,
+    SESSION_EVENT,
+    Event,
+    SessionMetadata,
+    Sink,
+)
 from codeweaver_telemetry.consent import (
     ConsentDecision,
     consent_sources,
@@ -53,10 +61,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PostHogEventLike", "TelemetryClient", "get_telemetry_client"]
 
-SESSION_EVENT = "codeweaver_session"
-SEARCH_EVENT = "codeweaver_search"
-ERROR_EVENT = "codeweaver_error"
-HEARTBEAT_EVENT = "codeweaver_heartbeat"
 _ERROR_EVENTS_PER_FINGERPRINT = 5  # per session; later repeats are only counted
 _ERROR_FINGERPRINTS = 100  # distinct errors sent as events per session
 _CAPTURED_MARK = "_codeweaver_telemetry_fingerprint"

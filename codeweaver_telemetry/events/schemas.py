@@ -26,6 +26,12 @@ from typing import Any, ClassVar
 import attrs
 from pydantic import Field
 
+from codeweaver_telemetry._types import (
+    ERROR_EVENT,
+    HEARTBEAT_EVENT,
+    SEARCH_EVENT,
+    SESSION_EVENT,
+)
 from codeweaver_telemetry.events._gather import MAX_MATCHES, PendingSearch, _list
 from codeweaver_telemetry.events.stats import MAX_KEYS, OTHER_KEY
 from codeweaver_telemetry.privacy.rules import (
@@ -59,10 +65,6 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 """The version of the shipped events' property names and meanings."""
-SESSION_EVENT = "codeweaver_session"
-SEARCH_EVENT = "codeweaver_search"
-ERROR_EVENT = "codeweaver_error"
-HEARTBEAT_EVENT = "codeweaver_heartbeat"
 MAX_LABEL_CHARS = 64
 """App-given labels (intents, strategies, statuses) are cut to this many characters."""
 QUERY_TEXT_CHARS = 200
