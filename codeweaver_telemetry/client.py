@@ -495,6 +495,8 @@ class TelemetryClient:
             duration = time.monotonic() - session.started
         source = stats if stats is not None else (session.stats if session else None)
         snapshot = source.snapshot() if source is not None else {}
+        if stats is not None:  # the caller's object: what it returns may stay shared with it
+            snapshot = _snapshot(snapshot)
         return SessionEvent.from_snapshot(snapshot, duration_seconds=duration, **options)
 
     @property

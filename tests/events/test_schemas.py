@@ -434,3 +434,22 @@ def test_any_real_number_is_read_as_a_number() -> None:
     assert props["results"] == {"candidates": 50, "returned": 2, "token_count": 0}
     assert props["quality"]["avg"] == 0.5
     assert props["execution_time_ms"] == 12.5
+
+
+def test_statistics_given_by_the_app_are_copied_at_capture() -> None:
+    """An app's own statistics object whose snapshot shares its maps: changing them after
+    capture_session_event does not change what is sent."""
+    shared: dict[str, Any] = {"searches": {"total": 1, "by_intent": {"find": 1}}}
+
+    class AppStats:
+        def snapshot(self) -> dict[str, Any]:
+            return shared
+
+    with capture_events(batch_interval_seconds=60) as sink:
+        client = get_telemetry_client()
+        client.capture_session_event(AppStats(), version="1")  # type: ignore[arg-type]
+        shared["searches"]["by_intent"]["find"] = 99
+        shared["searches"]["by_intent"]["alice@example.com"] = 1
+        client.flush(5)
+    (event,) = sink.events()
+    assert event["properties"]["searches"]["by_intent"] == {"find": 1}
