@@ -188,6 +188,9 @@ def install_excepthook(*, in_app: tuple[str, ...] | None = None) -> Callable[[],
     Returns:
         A function that puts the previous hooks back (if nobody replaced ours since).
     """
+    from codeweaver_telemetry._instruments import ErrorCapture
+
+    capture = ErrorCapture(_client, in_app=in_app)  # as a capture block: unhandled, re-raised
     with _HOOK_LOCK:
         if not _HOOKS:
             previous_sys = sys.excepthook
@@ -198,12 +201,11 @@ def install_excepthook(*, in_app: tuple[str, ...] | None = None) -> Callable[[],
                 exc: BaseException,
                 tb: TracebackType | None,
             ) -> None:
-                _capture_uncaught(exc, in_app)
+                capture.__exit__(exc_type, exc, tb)
                 previous_sys(exc_type, exc, tb)
 
             def thread_hook(args: threading.ExceptHookArgs) -> None:
-                if args.exc_value is not None:
-                    _capture_uncaught(args.exc_value, in_app)
+                capture.__exit__(args.exc_type, args.exc_value, args.exc_traceback)
                 previous_thread(args)
 
             _HOOKS.update(
@@ -215,17 +217,6 @@ def install_excepthook(*, in_app: tuple[str, ...] | None = None) -> Callable[[],
             sys.excepthook = sys_hook
             threading.excepthook = thread_hook
     return _uninstall_excepthook
-
-
-def _capture_uncaught(exc: BaseException, in_app: tuple[str, ...] | None) -> None:
-    if not isinstance(exc, Exception):
-        return
-    try:
-        client = _client()
-        if client.enabled:
-            client.capture_error(exc, handled=False, in_app=in_app)
-    except Exception:  # pragma: no cover - capture_error never raises; the hook must not
-        return
 
 
 def _uninstall_excepthook() -> None:
