@@ -33,7 +33,7 @@ from codeweaver_telemetry._types import (
     SESSION_EVENT,
 )
 from codeweaver_telemetry.events._gather import MAX_MATCHES, PendingSearch, _list
-from codeweaver_telemetry.events.stats import MAX_KEYS, OTHER_KEY
+from codeweaver_telemetry.events.stats import MAX_KEYS, OTHER_KEY, error_kind
 from codeweaver_telemetry.privacy.rules import (
     AnonymityConversion,
     BasedModel,
@@ -422,7 +422,9 @@ class SessionEvent(ShippedEvent):
             setup["attempts"] = _count(setup_attempts)
         kinds = dict(setup.get("error_kinds") or {})
         for error in _list(config_errors)[:MAX_MATCHES]:
-            kind = _kind(error)
+            kind = error_kind(error)
+            if kind is None:
+                continue
             if kind not in kinds and len(kinds) >= MAX_KEYS:
                 kind = OTHER_KEY  # bounded like every map of the session event
             kinds[kind] = kinds.get(kind, 0) + 1
@@ -446,16 +448,6 @@ class SessionEvent(ShippedEvent):
         if serialized.get("version") is None:  # leave a session metadata "version" alone
             serialized.pop("version", None)
         return serialized
-
-
-def _kind(error: object) -> str:
-    if isinstance(error, BaseException):
-        error = type(error)
-    if isinstance(error, type):
-        module = getattr(error, "__module__", "")
-        name = getattr(error, "__qualname__", error.__name__)
-        return name if module == "builtins" else f"{module}.{name}"[-MAX_LABEL_CHARS:]
-    return label(error)
 
 
 # -- ErrorEvent -----------------------------------------------------------------------------------

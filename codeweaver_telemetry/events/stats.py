@@ -25,6 +25,8 @@ from typing import Any, ParamSpec, cast
 
 import attrs
 
+from codeweaver_telemetry.events.errors import type_name
+
 __all__ = [
     "MAX_BUCKETS",
     "MAX_KEYS",
@@ -33,6 +35,7 @@ __all__ = [
     "RELATIVE_ACCURACY",
     "LatencySketch",
     "SessionStatistics",
+    "error_kind",
 ]
 
 RELATIVE_ACCURACY = 0.01
@@ -126,23 +129,15 @@ def _cut(key: str) -> str:
     return cut_words(key, MAX_KEY_CHARS)
 
 
-def _type_name(cls: type[BaseException]) -> str:
-    """``qualname`` for builtins, ``module.qualname`` for everything else."""
-    qualname = getattr(cls, "__qualname__", None)
-    if not isinstance(qualname, str):
-        qualname = cls.__name__
-    module = getattr(cls, "__module__", None)
-    if not isinstance(module, str) or module == "builtins":
-        return qualname
-    return f"{module}.{qualname}"
+def error_kind(item: object) -> str | None:
+    """The kind name of a str, an exception instance or an exception class; never a message.
 
-
-def _error_kind(item: object) -> str | None:
-    """The kind name of a str, an exception instance or an exception class; never a message."""
+    Type names are cut from the left (the class name stays); None for anything else.
+    """
     if isinstance(item, BaseException):
-        return _type_name(type(item))[-MAX_KEY_CHARS:]  # code names: keep the class
+        return type_name(type(item))[-MAX_KEY_CHARS:]
     if isinstance(item, type) and issubclass(item, BaseException):
-        return _type_name(item)[-MAX_KEY_CHARS:]
+        return type_name(item)[-MAX_KEY_CHARS:]
     return _as_key(item)
 
 
@@ -391,7 +386,7 @@ class SessionStatistics:
     _recorded: bool = attrs.field(init=False, default=False)
     _setup_success: bool | None = attrs.field(init=False, default=None)
     _setup_attempts: int = attrs.field(init=False, default=0)
-    _setup_error_kinds: dict[str, int] = attrs.field(init=False, factory=dict)
+    _setuperror_kinds: dict[str, int] = attrs.field(init=False, factory=dict)
     _requests_total: int = attrs.field(init=False, default=0)
     _requests_successful: int = attrs.field(init=False, default=0)
     _searches_total: int = attrs.field(init=False, default=0)
@@ -515,13 +510,13 @@ class SessionStatistics:
         if not isinstance(success, bool):
             return
         tries = _as_count(attempts)
-        kinds = _tally(error_kinds, _error_kind)
+        kinds = _tally(error_kinds, error_kind)
         with self._lock:
             self._recorded = True
             self._setup_success = success
             self._setup_attempts += tries
             for key, n in kinds.items():
-                _bump(self._setup_error_kinds, key, n)
+                _bump(self._setuperror_kinds, key, n)
 
     @_quiet
     def record_usage(self, name: str, count: int = 1) -> None:
@@ -588,7 +583,7 @@ class SessionStatistics:
                 "setup": {
                     "success": self._setup_success,
                     "attempts": self._setup_attempts,
-                    "error_kinds": dict(self._setup_error_kinds),
+                    "error_kinds": dict(self._setuperror_kinds),
                 },
                 "requests": {
                     "total": total,
