@@ -16,10 +16,7 @@ capture helpers: a property is never a placeholder that is always zero.
 
 from __future__ import annotations
 
-import decimal
 import enum
-import math
-import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -33,7 +30,7 @@ from codeweaver_telemetry._types import (
     SESSION_EVENT,
 )
 from codeweaver_telemetry.events._gather import MAX_MATCHES, PendingSearch, _list
-from codeweaver_telemetry.events.stats import MAX_KEYS, OTHER_KEY, error_kind
+from codeweaver_telemetry.events.stats import MAX_KEYS, OTHER_KEY, error_kind, finite_float
 from codeweaver_telemetry.privacy.rules import (
     AnonymityConversion,
     BasedModel,
@@ -149,22 +146,9 @@ class ShippedEvent(DataclassSerializationMixin):
         return self.EVENT_NAME, self.serialize_for_telemetry()
 
 
-def _number(value: object) -> float | None:
-    """A finite float from any real number (int, float, Decimal, Fraction, numpy scalars)."""
-    if type(value) is float:  # the common case, first
-        return value if -math.inf < value < math.inf else None
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal)):
-        return None
-    try:
-        number = float(value)
-    except (ArithmeticError, ValueError, TypeError):  # 10**400 overflows
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _count(value: object) -> int:
     """A non-negative whole count from any real number; 0 when there is none."""
-    number = _number(value)
+    number = finite_float(value)
     if number is None or number <= 0:
         return 0
     return int(min(number, 2.0**53))
@@ -323,13 +307,13 @@ def build_search_event(pending: PendingSearch) -> SearchEvent:
     scores: list[float] = []
     match_types: list[str] = []
     for raw_score, kind in pending.matched:
-        score = _number(raw_score)
+        score = finite_float(raw_score)
         if score is not None:
             scores.append(score)
         if kind is not None:
             match_types.append(label(kind))
-    elapsed = _number(pending.elapsed)
-    coverage = _number(pending.index_coverage)
+    elapsed = finite_float(pending.elapsed)
+    coverage = finite_float(pending.index_coverage)
     text: str = pending.query
     return SearchEvent(
         intent=label(pending.intent) if pending.intent is not None else "unknown",
@@ -429,7 +413,7 @@ class SessionEvent(ShippedEvent):
                 kind = OTHER_KEY  # bounded like every map of the session event
             kinds[kind] = kinds.get(kind, 0) + 1
         setup["error_kinds"] = kinds
-        elapsed = _number(duration_seconds)
+        elapsed = finite_float(duration_seconds)
         return cls(
             duration_seconds=round(max(0.0, elapsed), 3) if elapsed is not None else None,
             setup=setup,

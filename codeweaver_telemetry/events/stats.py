@@ -14,6 +14,7 @@ given (cut to length); scrubbing happens later in the pipeline.
 
 from __future__ import annotations
 
+import decimal
 import enum
 import functools
 import math
@@ -36,6 +37,7 @@ __all__ = [
     "LatencySketch",
     "SessionStatistics",
     "error_kind",
+    "finite_float",
 ]
 
 RELATIVE_ACCURACY = 0.01
@@ -75,19 +77,20 @@ def _quiet(method: Callable[_P, None]) -> Callable[_P, None]:
 
 def _as_duration(value: object) -> float | None:
     """``value`` as a finite, non-negative float (a duration), or None."""
-    result = _as_float(value)
+    result = finite_float(value)
     return result if result is not None and result >= 0 else None
 
 
-def _as_float(value: object) -> float | None:
-    """``value`` as a finite float, or None for bools, non-numbers, NaN and infinities."""
+def finite_float(value: object) -> float | None:
+    """``value`` as a finite float: any real number (int, float, Decimal, Fraction, numpy
+    scalars); None for bools, non-numbers, NaN, infinities and numbers too large."""
     if type(value) is float:  # the common case, first
         return value if math.isfinite(value) else None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal)):
         return None
     try:
         result = float(value)
-    except (OverflowError, ValueError, TypeError):
+    except (ArithmeticError, ValueError, TypeError):  # 10**400 overflows
         return None
     return result if math.isfinite(result) else None
 
@@ -241,7 +244,7 @@ class LatencySketch:
 
     def add(self, value: float) -> None:
         """Count ``value``; NaN, infinities, bools and non-numbers are ignored."""
-        x = _as_float(value)
+        x = finite_float(value)
         if x is None:
             return
         self._count += 1
@@ -486,7 +489,7 @@ class SessionStatistics:
     @_quiet
     def record_failover(self, seconds: float = 0.0) -> None:
         """Count one failover lasting ``seconds`` (negative or bad durations add 0)."""
-        duration = _as_float(seconds) or 0.0
+        duration = finite_float(seconds) or 0.0
         with self._lock:
             self._recorded = True
             self._failover_count += 1
