@@ -30,7 +30,14 @@ from codeweaver_telemetry._types import (
     SESSION_EVENT,
 )
 from codeweaver_telemetry.events._gather import MAX_MATCHES, PendingSearch, _list
-from codeweaver_telemetry.events.stats import MAX_KEYS, OTHER_KEY, error_kind, finite_float
+from codeweaver_telemetry.events.stats import (
+    MAX_KEY_CHARS,
+    MAX_KEYS,
+    OTHER_KEY,
+    as_key,
+    error_kind,
+    finite_float,
+)
 from codeweaver_telemetry.privacy.rules import (
     AnonymityConversion,
     BasedModel,
@@ -62,7 +69,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 """The version of the shipped events' property names and meanings."""
-MAX_LABEL_CHARS = 64
+MAX_LABEL_CHARS = MAX_KEY_CHARS
 """App-given labels (intents, strategies, statuses) are cut to this many characters."""
 QUERY_TEXT_CHARS = 200
 """``query.text`` (only with ``tools_over_privacy``) is cut to this many characters."""
@@ -91,19 +98,15 @@ class SearchStrategy(str, enum.Enum):
 
 
 def label(value: object) -> str:
-    """An app-given label as sent: an enum's value, or the string cut to 64 characters.
+    """An app-given label as sent, named as the session statistics name it: a string, an
+    enum's value (its name when the value is no string), or ``str()`` of anything else; cut
+    to 64 characters at a word boundary.
 
     Labels that are not a shipped enum's value go through the scrubber in the pipeline, like
     every string the library did not write itself.
     """
-    if type(value) is str and len(value) <= MAX_LABEL_CHARS:  # the common case, first
-        return value
-    if not isinstance(value, str) and isinstance(value, enum.Enum):
-        value = value.value
-    # str.__str__ makes an exact str of a str subclass (a str enum member gives its value)
-    # without calling overrides, so what is sent cannot change after capture.
-    text = str.__str__(value) if isinstance(value, str) else str(value)
-    return cut_words(text, MAX_LABEL_CHARS)
+    key = as_key(value)
+    return key if key is not None else cut_words(str(value), MAX_LABEL_CHARS)
 
 
 # -- what the app tells us about a search ---------------------------------------------------------

@@ -36,6 +36,7 @@ __all__ = [
     "RELATIVE_ACCURACY",
     "LatencySketch",
     "SessionStatistics",
+    "as_key",
     "error_kind",
     "finite_float",
 ]
@@ -105,7 +106,7 @@ def _as_count(value: object) -> int:
     return max(result, 0)
 
 
-def _as_key(value: object) -> str | None:
+def as_key(value: object) -> str | None:
     """``value`` as a plain str key cut to :data:`MAX_KEY_CHARS`, or None if it is no name.
 
     A str (or str subclass) is taken as is; an :class:`enum.Enum` gives its value when that is
@@ -141,10 +142,10 @@ def error_kind(item: object) -> str | None:
         return type_name(type(item))[-MAX_KEY_CHARS:]
     if isinstance(item, type) and issubclass(item, BaseException):
         return type_name(item)[-MAX_KEY_CHARS:]
-    return _as_key(item)
+    return as_key(item)
 
 
-def _tally(items: object, key: Callable[[object], str | None] = _as_key) -> dict[str, int]:
+def _tally(items: object, key: Callable[[object], str | None] = as_key) -> dict[str, int]:
     """Count ``items`` by ``key(item)``, skipping items without a key.
 
     A str, enum, exception or class is one item, not a collection. Anything that cannot be
@@ -440,7 +441,7 @@ class SessionStatistics:
         A single str counts as one strategy; strategies that are not names are skipped, and a
         bad ``latency_ms`` is dropped.
         """
-        intent_key = _as_key(intent) or "unknown"
+        intent_key = as_key(intent) or "unknown"
         by_strategy = _tally(strategies)
         latency = _as_duration(latency_ms)
         with self._lock:
@@ -474,7 +475,7 @@ class SessionStatistics:
         if isinstance(languages, Mapping):
             counts: dict[str, int] = {}
             for name, value in languages.items():
-                key, amount = _as_key(name), _as_count(value)
+                key, amount = as_key(name), _as_count(value)
                 if key is not None and amount:
                     counts[key] = counts.get(key, 0) + amount
         else:
@@ -524,7 +525,7 @@ class SessionStatistics:
     @_quiet
     def record_usage(self, name: str, count: int = 1) -> None:
         """Add ``count`` (a positive int) uses of ``name``."""
-        key = _as_key(name)
+        key = as_key(name)
         amount = _as_count(count)
         if key is None or not amount:
             return
@@ -535,7 +536,7 @@ class SessionStatistics:
     @_quiet
     def record_timing(self, name: str, ms: float) -> None:
         """Add a duration in milliseconds to the timing sketch of ``name``."""
-        key = _as_key(name)
+        key = as_key(name)
         value = _as_duration(ms)
         if key is None or value is None:
             return
@@ -546,7 +547,7 @@ class SessionStatistics:
     @_quiet
     def record_error(self, fingerprint: str) -> None:
         """Count one error with this fingerprint."""
-        key = _as_key(fingerprint)
+        key = as_key(fingerprint)
         if key is None:
             return
         with self._lock:
