@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import assume, given, settings
@@ -57,6 +59,82 @@ def _recurse(depth: int) -> None:
     if depth == 0:
         raise ValueError("deep")
     _recurse(depth - 1)
+
+
+class _Widget:
+    """Methods of every kind, for qualified frame names."""
+
+    def method(self) -> None:
+        raise ValueError("method")
+
+    @classmethod
+    def make(cls) -> None:
+        raise ValueError("classmethod")
+
+    @staticmethod
+    def check() -> None:
+        raise ValueError("staticmethod")
+
+    @property
+    def size(self) -> int:
+        raise ValueError("property")
+
+    @functools.cached_property
+    def area(self) -> int:
+        raise ValueError("cached property")
+
+    scale = lambda self: _raise_value_error("lambda")  # noqa: E731
+
+    def spawn(self) -> None:
+        def child() -> None:
+            raise ValueError("nested in a method")
+
+        child()
+
+    class Part:
+        def fit(self) -> None:
+            raise ValueError("nested class")
+
+
+def _wrapping(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_wrapping
+def _decorated() -> None:
+    raise ValueError("decorated")
+
+
+@functools.cache
+def _cached() -> None:
+    (lambda: _raise_value_error("lambda"))()  # noqa: PLC3002
+
+
+_module_lambda = lambda: _raise_value_error("lambda")  # noqa: E731
+
+
+def _define_global() -> None:
+    global _made_global
+
+    def _made_global() -> None:
+        raise ValueError("declared global")
+
+    _made_global()
+
+
+def _make_local_class() -> type:
+    class Local:
+        def run(self) -> None:
+            raise ValueError("local class")
+
+    return Local
+
+
+_LocalClass = _make_local_class()
 
 
 def test_raised_error_gives_module_function_frames_without_paths_or_lines() -> None:
@@ -403,3 +481,172 @@ def test_message_never_reaches_default_fields(message: str) -> None:
     assume(message not in reference.signature)
     for field in (desc.type_name, desc.signature, *desc.frames):
         assert message not in field
+
+
+def _names(desc: ErrorDescription) -> tuple[str, ...]:
+    """The frames without the module prefix (all are this module's)."""
+    assert all(frame.startswith(MODULE + ":") for frame in desc.frames), desc.frames
+    return tuple(frame[len(MODULE) + 1 :] for frame in desc.frames)
+
+
+def test_methods_are_named_by_class_qualname() -> None:
+    """Methods, class/static methods, properties and nested classes: Class.name, on every
+    Python version (3.10 has no co_qualname)."""
+    widget = _Widget()
+    here = "test_methods_are_named_by_class_qualname.<locals>.<lambda>"
+    assert _names(_catch(widget.method)) == ("_catch", "_Widget.method")
+    assert _names(_catch(_Widget.make)) == ("_catch", "_Widget.make")
+    assert _names(_catch(_Widget.check)) == ("_catch", "_Widget.check")
+    assert _names(_catch(lambda: widget.size)) == ("_catch", here, "_Widget.size")
+    assert _names(_catch(lambda: widget.area)) == ("_catch", here, "_Widget.area")
+    assert _names(_catch(widget.scale)) == ("_catch", "_Widget.<lambda>", "_raise_value_error")
+    assert _names(_catch(widget.spawn)) == (
+        "_catch",
+        "_Widget.spawn",
+        "_Widget.spawn.<locals>.child",
+    )
+    assert _names(_catch(_Widget.Part().fit)) == ("_catch", "_Widget.Part.fit")
+    assert _names(_catch(_LocalClass().run)) == ("_catch", "_make_local_class.<locals>.Local.run")
+
+
+def test_nested_functions_lambdas_and_wrappers_are_named_by_qualname() -> None:
+    """Nested functions, lambdas, decorators' wrappers, cached functions and names declared
+    global get their compile-time qualified names."""
+    q = "test_nested_functions_lambdas_and_wrappers_are_named_by_qualname"
+
+    def outer() -> None:
+        def inner() -> None:
+            (lambda: _raise_value_error("lambda"))()  # noqa: PLC3002
+
+        inner()
+
+    assert _names(_catch(outer)) == (
+        "_catch",
+        f"{q}.<locals>.outer",
+        f"{q}.<locals>.outer.<locals>.inner",
+        f"{q}.<locals>.outer.<locals>.inner.<locals>.<lambda>",
+        "_raise_value_error",
+    )
+    # A wrapper keeps its own name: functools.wraps changes __qualname__, not the code's.
+    assert _names(_catch(_decorated)) == ("_catch", "_wrapping.<locals>.wrapper", "_decorated")
+    assert _names(_catch(_cached)) == (
+        "_catch",
+        "_cached",
+        "_cached.<locals>.<lambda>",
+        "_raise_value_error",
+    )
+    assert _names(_catch(_module_lambda)) == ("_catch", "<lambda>", "_raise_value_error")
+    assert _names(_catch(_define_global)) == ("_catch", "_define_global", "_made_global")
+
+
+def test_comprehension_frames_are_named_as_on_python_3_12() -> None:
+    """List, set and dict comprehensions have no frame of their own since Python 3.12
+    (PEP 709): on older versions theirs is left out and their name dropped from nested
+    names, so the frames, hence the fingerprint, are the same on every version. Generator
+    expressions keep their frame everywhere."""
+    q = "test_comprehension_frames_are_named_as_on_python_3_12"
+
+    def in_list() -> object:
+        return [_raise_value_error() for _ in range(1)]
+
+    def in_set() -> object:
+        return {_raise_value_error() for _ in range(1)}
+
+    def in_dict() -> object:
+        return {i: _raise_value_error() for i in range(1)}
+
+    def lambda_in_list() -> object:
+        return [(lambda: _raise_value_error("lambda"))() for _ in range(1)]  # noqa: PLC3002
+
+    def in_generator() -> object:
+        return list(_raise_value_error() for _ in range(1))  # noqa: C400
+
+    def generator_in_list() -> object:
+        return [list(_raise_value_error() for _ in range(1)) for _ in range(1)]  # noqa: C400
+
+    for fn in (in_list, in_set, in_dict):
+        assert _names(_catch(fn)) == ("_catch", f"{q}.<locals>.{fn.__name__}", "_raise_value_error")
+    assert _names(_catch(lambda_in_list)) == (
+        "_catch",
+        f"{q}.<locals>.lambda_in_list",
+        f"{q}.<locals>.lambda_in_list.<locals>.<lambda>",
+        "_raise_value_error",
+    )
+    assert _names(_catch(in_generator)) == (
+        "_catch",
+        f"{q}.<locals>.in_generator",
+        f"{q}.<locals>.in_generator.<locals>.<genexpr>",
+        "_raise_value_error",
+    )
+    assert _names(_catch(generator_in_list)) == (
+        "_catch",
+        f"{q}.<locals>.generator_in_list",
+        f"{q}.<locals>.generator_in_list.<locals>.<genexpr>",
+        "_raise_value_error",
+    )
+
+
+def test_class_body_frame_is_named_by_class_qualname() -> None:
+    """An error raised while a class body runs names the frame by the class's qualname."""
+    q = "test_class_body_frame_is_named_by_class_qualname"
+
+    def build() -> None:
+        class Body:
+            class Inner:
+                _raise_value_error()
+
+    assert _names(_catch(build)) == (
+        "_catch",
+        f"{q}.<locals>.build",
+        f"{q}.<locals>.build.<locals>.Body",
+        f"{q}.<locals>.build.<locals>.Body.Inner",
+        "_raise_value_error",
+    )
+
+
+class _HostileMeta(type):
+    def __getattribute__(cls, name: str) -> Any:
+        raise RuntimeError("no attributes here")
+
+
+class _Liar:
+    """Claims to be a class and refuses every attribute."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return type
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError("no attributes here")
+
+
+def test_naming_survives_hostile_module_contents() -> None:
+    """Objects that raise on any attribute in the module do not stop naming the frames."""
+    namespace: dict[str, Any] = {
+        "__name__": "tests.hostile",
+        "__builtins__": __builtins__,
+        "weird": _HostileMeta("Weird", (), {}),
+        "liar": _Liar(),
+    }
+    source = "class Holder:\n    def go(self):\n        raise ValueError('x')\n"
+    exec(source, namespace)  # noqa: S102
+    holder = namespace["Holder"]()
+    desc = describe_exception(_raised(holder.go), in_app=("tests.hostile",))
+    assert desc.frames == ("tests.hostile:Holder.go",)
+
+
+def test_a_rewritten_qualname_does_not_rename_the_frame() -> None:
+    """The frame is named as the code was compiled, whatever __qualname__ says later."""
+    namespace: dict[str, Any] = {"__name__": "tests.renamed", "__builtins__": __builtins__}
+    source = "def renamed():\n    raise ValueError('x')\nrenamed.__qualname__ = 'Other.thing'\n"
+    exec(source, namespace)  # noqa: S102
+    desc = describe_exception(_raised(namespace["renamed"]), in_app=("tests.renamed",))
+    assert desc.frames == ("tests.renamed:renamed",)
+
+
+def _raised(fn: Callable[[], object]) -> BaseException:
+    try:
+        fn()
+    except Exception as exc:
+        return exc
+    raise AssertionError("fn did not raise")
