@@ -4,21 +4,22 @@
 An ``Enum`` member is first replaced by its ``.value``; "model" means a pydantic model, an
 attrs class or a dataclass instance; "other" is any object not listed above it.
 
-=========== ======= ======== ======== ====================== ============= ===========
-input        BOOLEAN COUNT    HASH     DISTRIBUTION           AGGREGATE     TEXT_COUNT
-=========== ======= ======== ======== ====================== ============= ===========
-None         False   0        None     {}                     0             0
-str          s != "" 1        hex16    {scrub(s): 1}          0             len(s)
-bytes        len > 0 1        hex16    {}                     0             0
-list, tuple  len > 0 len      hex16    counts of items        sum of items  0
-set, fset    len > 0 len      hex16    counts of items        sum of items  0
-dict         len > 0 len      hex16    counts of values       sum of values 0
-int          v != 0  1        hex16    {"v": 1}               v             0
-float        bool(v) 1        hex16    {"v": 1}, NaN/inf: {}  v, NaN/inf: 0 0
-bool         v       1        hex16    {"true"/"false": 1}    0             0
-model        True    1        hex16    {}                     0             0
-other        bool(o) len or 1 hex16    {}                     0             0
-=========== ======= ======== ======== ====================== ============= ===========
+============ ======= ======== ===== ===================== ============== ==========
+input        BOOLEAN COUNT    HASH  DISTRIBUTION          AGGREGATE      TEXT_COUNT
+============ ======= ======== ===== ===================== ============== ==========
+None         False   0        None  {}                    0              0
+str          s != "" 1        hex16 {scrub(s): 1}         0              len(s)
+bytes        len > 0 1        hex16 {}                    0              0
+list, tuple  len > 0 len      hex16 counts of items       sum of items   0
+set, fset    len > 0 len      hex16 counts of items       sum of items   0
+dict         len > 0 len      hex16 counts of values      sum of values  0
+int          v != 0  1        hex16 {"v": 1}, huge: {}    v, huge: float 0
+float        bool(v) 1        hex16 {"v": 1}, NaN/inf: {} v, NaN/inf: 0  0
+bool         v       1        hex16 {"true"/"false": 1}   0              0
+model        True    1        hex16 {}                    0              0
+other        bool(o) len or 1 hex16 {}                    0              0
+unreadable   bool(o) len or 1 hex16 {}                    0              0
+============ ======= ======== ===== ===================== ============== ==========
 
 Details:
 
@@ -35,7 +36,20 @@ Details:
   ``"<other>"``.
 - AGGREGATE sums the int and finite float items (bools are flags, not quantities, and are
   skipped); the result is an int when every summed item is an int.
-- BOOLEAN of an "other" object whose ``__bool__`` raises is True (the value is present).
+- BOOLEAN of an object whose ``__bool__`` (or ``__len__``) raises is True (the value is
+  present); COUNT of an object whose ``__len__`` raises is 1.
+- "unreadable" is a collection or object that raises when it is read: its ``__iter__``,
+  ``__len__``, ``values()``, ``items()``, ``__eq__``, ``__hash__``, ``__bool__`` or
+  ``__repr__`` raises (a hostile or broken object, or a dict changed by another thread while
+  it is read). It converts like "other": nothing of a half-read collection is counted or
+  summed. HASH still gives hex16: see
+  :func:`~codeweaver_telemetry.privacy.hashing.canonical_bytes`.
+- "huge": an int of more digits than Python writes in decimal (4300 by default) is skipped
+  by DISTRIBUTION, like NaN. An AGGREGATE beyond 64 bits (|sum| >= 2**63) is a float, like
+  every int of that size in the output, and 0 beyond the float range, like infinity.
+- Strings are made valid Unicode first (:func:`valid_text`): an unpaired surrogate becomes
+  U+FFFD, so every DISTRIBUTION key encodes as UTF-8. TEXT_COUNT counts the characters of
+  the valid text (a surrogate pair written as two code units is one character).
 """
 
 from __future__ import annotations
@@ -57,6 +71,7 @@ __all__ = [
     "to_distribution",
     "to_hash",
     "to_text_count",
+    "valid_text",
 ]
 
 DISTRIBUTION_MAX_KEYS = 100
@@ -67,6 +82,27 @@ OTHER_KEY = "<other>"
 
 _COLLECTIONS = (list, tuple, set, frozenset, dict)
 _BINARY = (bytes, bytearray, memoryview)
+_INT_LIMIT = 2**63
+
+
+def valid_text(text: str) -> str:
+    """``text`` as valid Unicode: each unpaired surrogate becomes U+FFFD, and a surrogate
+    pair (two code units, as left by a UTF-16 decoding gone wrong) becomes its character.
+
+    A string with no surrogates (every ASCII string, nearly every other) is returned as
+    is, not copied. Strings with surrogates cannot be encoded as UTF-8, so one of them
+    would make a whole event fail to encode.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # UTF-16 keeps pairs and lone surrogates as code units; decoding joins the pairs
+        # and replaces the rest. Both steps run in C. The encoder writes one byte-order
+        # mark and the decoder takes exactly that one, so a U+FEFF in the text is kept.
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def _unwrap(value: object) -> object:
@@ -100,11 +136,9 @@ def to_count(value: object) -> int:
     value = _unwrap(value)
     if value is None:
         return 0
-    if isinstance(value, _COLLECTIONS):
-        return len(value)
     if isinstance(value, (str, *_BINARY, int, float)) or _is_model(value):
         return 1
-    if isinstance(value, Sized):
+    if isinstance(value, (*_COLLECTIONS, Sized)):
         try:
             return len(value)
         except Exception:  # a broken __len__ still leaves one present value
@@ -130,12 +164,16 @@ def _distribution_key(item: object) -> str | None:
     item = _unwrap(item)
     if isinstance(item, bool):
         return "true" if item else "false"
+    # The base types' own methods: a subclass's overrides may raise or lie.
     if isinstance(item, str):
-        return item
+        return str.__str__(item)
     if isinstance(item, int):
-        return str(item)
+        try:
+            return int.__repr__(item)
+        except ValueError:  # more digits than Python writes in decimal
+            return None
     if isinstance(item, float):
-        return repr(item) if math.isfinite(item) else None
+        return float.__repr__(item) if math.isfinite(item) else None
     return None
 
 
@@ -155,10 +193,13 @@ def to_distribution(value: object, scrub: Callable[[str], str]) -> dict[str, int
     if value is None:
         return {}
     counts: dict[str, int] = {}
-    for item in _items(value):
-        key = item if type(item) is str else _distribution_key(item)
-        if key is not None:
-            counts[key] = counts.get(key, 0) + 1
+    try:
+        for item in _items(value):
+            key = item if type(item) is str else _distribution_key(item)
+            if key is not None:
+                counts[key] = counts.get(key, 0) + 1
+    except Exception:  # unreadable: nothing of a half-read collection is counted
+        return {}
     ranked = (
         sorted(counts.items(), key=lambda kv: -kv[1])
         if len(counts) > DISTRIBUTION_MAX_KEYS
@@ -166,7 +207,8 @@ def to_distribution(value: object, scrub: Callable[[str], str]) -> dict[str, int
     )
     result: dict[str, int] = {}
     for key, count in ranked[:DISTRIBUTION_MAX_KEYS]:
-        safe = scrub_cut(key, 2 * DISTRIBUTION_KEY_LENGTH, scrub)[:DISTRIBUTION_KEY_LENGTH]
+        text = valid_text(key)
+        safe = scrub_cut(text, 2 * DISTRIBUTION_KEY_LENGTH, scrub)[:DISTRIBUTION_KEY_LENGTH]
         result[safe] = result.get(safe, 0) + count
     rest = sum(count for _, count in ranked[DISTRIBUTION_MAX_KEYS:])
     if rest:
@@ -178,26 +220,35 @@ def _number(item: object) -> int | float | None:
     item = _unwrap(item)
     if isinstance(item, bool):
         return None
+    # The base types' own conversions: a subclass's __add__ or __index__ may raise.
     if isinstance(item, int):
-        return item
+        return item if type(item) is int else int.__index__(item)
     if isinstance(item, float) and math.isfinite(item):
-        return item
+        return item if type(item) is float else float.__float__(item)
     return None
 
 
 def to_aggregate(value: object) -> int | float:
     """Sum of the numeric items (dict: its values); non-numbers, bools, NaN/inf ignored."""
     total: int | float = 0
-    for item in _items(_unwrap(value)):
-        number = _number(item)
-        if number is not None:
-            total += number
-    if isinstance(total, float) and not math.isfinite(total):
+    try:
+        for item in _items(_unwrap(value)):
+            number = _number(item)
+            if number is not None:
+                total += number
+    except Exception:  # unreadable: nothing of a half-read collection is summed
         return 0
-    return total
+    if isinstance(total, int):
+        if -_INT_LIMIT < total < _INT_LIMIT:
+            return total
+        try:
+            total = float(total)
+        except OverflowError:
+            return 0
+    return total if math.isfinite(total) else 0
 
 
 def to_text_count(value: object) -> int:
     """Character count of a string; 0 for None and anything that is not a string."""
     value = _unwrap(value)
-    return len(value) if isinstance(value, str) else 0
+    return len(valid_text(str.__str__(value))) if isinstance(value, str) else 0

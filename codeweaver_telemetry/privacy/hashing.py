@@ -21,6 +21,8 @@ import threading
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
+from codeweaver_telemetry._files import read_regular
+
 __all__ = [
     "HASH_HEX_LENGTH",
     "FileKeyProvider",
@@ -37,6 +39,7 @@ HASH_HEX_LENGTH = 16
 """Length of every HASH output, in lowercase hex characters."""
 
 _KEY_BYTES = 32
+_MAX_KEY_FILE_BYTES = 4096
 KEY_FILE_NAME = "hash_key"
 
 
@@ -73,7 +76,10 @@ class FileKeyProvider:
     """A key kept in ``<state_dir>/hash_key``, created on first use with mode 0600.
 
     Creation is safe with several processes at once: the key is written to a private temp
-    file and linked into place; if another process won the race, its key is used.
+    file and linked into place; if another process won the race, its key is used. Nothing
+    is ever written through a symbolic link planted at the path (a hard link or rename
+    never follows one). The file is read without blocking and at most 4 KiB of it: a FIFO,
+    a device or a larger file at the path makes :meth:`key` raise an ``OSError``.
 
     Args:
         state_dir: the directory that holds the key file. It is created (0700) on first use.
@@ -90,7 +96,13 @@ class FileKeyProvider:
         return self._path
 
     def key(self) -> bytes:
-        """Return the stored key, creating it on first use."""
+        """Return the stored key, creating it on first use.
+
+        Raises:
+            OSError: the key file cannot be read or created (not a regular file, too
+                large, permissions...).
+            ValueError: the key file does not hold a key (not hex, or too short).
+        """
         if self._key is None:
             with self._lock:
                 if self._key is None:
@@ -126,11 +138,13 @@ class FileKeyProvider:
         return stored
 
     def _read(self) -> bytes | None:
+        # Bounded and non-blocking: a FIFO or a device planted at the path is refused with
+        # an OSError instead of hanging the worker, and so is a file over 4 KiB.
         try:
-            text = self._path.read_text(encoding="ascii").strip()
+            data = read_regular(self._path, _MAX_KEY_FILE_BYTES)
         except FileNotFoundError:
             return None
-        key = bytes.fromhex(text)
+        key = bytes.fromhex(data.decode("ascii").strip())
         if len(key) < 16:
             raise ValueError(f"the HASH key file {self._path} is too short; delete it to renew")
         return key
@@ -174,32 +188,61 @@ def _json_default(value: object) -> object:
     return repr(value)
 
 
+def _int_text(value: int) -> str:
+    number = int.__index__(value)  # the number itself, whatever a subclass overrides
+    try:
+        return str(number)
+    except ValueError:  # more digits than Python writes in decimal; hex has no limit
+        return hex(number)
+
+
+def _type_only(value: object) -> bytes:
+    try:
+        cls = type(value)
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        return b"o:" + name.encode("utf-8", "surrogatepass")
+    except Exception:  # a metaclass that hides its names
+        return b"o:"
+
+
 def canonical_bytes(value: object) -> bytes:
     """Encode ``value`` so that equal values give equal bytes and types do not collide.
 
     ``"1"``, ``1``, ``1.0`` and ``True`` all encode differently. Collections and models are
     encoded as sorted JSON of their raw content.
+
+    Never raises. A value JSON cannot encode (a cycle, unsortable keys, an object whose
+    ``items()`` or ``__iter__`` raises) is encoded by its ``repr``; a value whose repr
+    raises too, by its type alone (``b"o:"`` and the qualified type name).
     """
     if type(value) is str:
         return b"s:" + value.encode("utf-8", "surrogatepass")
+    try:
+        return _canonical(value)
+    except Exception:  # not JSON-encodable: its repr, or else its type
+        try:
+            return b"j:" + str.encode(repr(value), "utf-8", "surrogatepass")
+        except Exception:
+            return _type_only(value)
+
+
+def _canonical(value: object) -> bytes:
     if isinstance(value, enum.Enum):
         value = value.value
     if value is None:
         return b"n:"
+    # The base types' own methods: a subclass's overrides may raise or lie.
     if isinstance(value, str):
-        return b"s:" + value.encode("utf-8", "surrogatepass")
+        return b"s:" + str.encode(value, "utf-8", "surrogatepass")
     if isinstance(value, (bytes, bytearray, memoryview)):
         return b"b:" + bytes(value)
     if isinstance(value, bool):
         return b"t:1" if value else b"t:0"
     if isinstance(value, int):
-        return b"i:" + str(value).encode("ascii")
+        return b"i:" + _int_text(value).encode("ascii")
     if isinstance(value, float):
-        return b"f:" + repr(value).encode("ascii")
-    try:
-        text = json.dumps(value, sort_keys=True, default=_json_default, ensure_ascii=False)
-    except (ValueError, TypeError, RecursionError):  # cycles, unsortable keys
-        text = repr(value)
+        return b"f:" + float.__repr__(value).encode("ascii")
+    text = json.dumps(value, sort_keys=True, default=_json_default, ensure_ascii=False)
     return b"j:" + text.encode("utf-8", "surrogatepass")
 
 

@@ -11,7 +11,11 @@ walks the model's fields itself (it never dumps first and filters after), so:
 - a rule that names no field raises :class:`TelemetryRuleError` on first use;
 - a strict model (``_telemetry_strict = True``) sends only the fields it names;
 - the output is JSON-safe, and every string in it has passed the scrubber unless its field
-  is listed in ``_telemetry_trusted``.
+  is listed in ``_telemetry_trusted``;
+- every string in the output, trusted or not, key or value, is valid Unicode: an unpaired
+  surrogate becomes U+FFFD before anything else looks at the string, and a surrogate pair
+  becomes its character (see :func:`~codeweaver_telemetry.privacy.conversions.valid_text`),
+  so the output always encodes as UTF-8.
 
 JSON-safety (for values with no rule): str keys; datetime/date/time -> ISO 8601; timedelta ->
 seconds; UUID -> str; Enum -> its value (trusted: enum values are the developer's constants);
@@ -20,6 +24,11 @@ Decimal -> float; set/frozenset -> sorted list; NaN and infinities -> None; ints
 left out of its list); filesystem paths (``PurePath``) -> ``"<path>"``; a reference cycle ->
 ``"<cycle>"``; nesting deeper than 32 -> ``"<max_depth>"``; any other object is not sent.
 Values under secret-sounding keys (``api_key``, ``password``...) become ``"<secret>"``.
+
+Serialization never raises for a value it reads (only :class:`TelemetryRuleError` for wrong
+rules, and the key provider's error when a HASH key cannot be had): a value that raises
+while it is read (a mapping whose ``items()`` raises, a sequence whose iteration raises, a
+model field whose getter raises) is not sent, as if absent, and logged once per type.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from pydantic import BaseModel
 
 from codeweaver_telemetry._internal import log_once
 from codeweaver_telemetry.privacy import conversions
+from codeweaver_telemetry.privacy.conversions import valid_text
 from codeweaver_telemetry.privacy.hashing import (
     KeyedHasher,
     KeyProvider,
@@ -242,7 +252,7 @@ def _build_plan(
         )
     steps: list[_Step] = []
     for f in info.fields:
-        key = f.out_name if by_alias else f.name
+        key = valid_text(f.out_name if by_alias else f.name)
         rule = by_name.get(f.name)
         if rule is AnonymityConversion.FORBIDDEN:
             continue
@@ -272,7 +282,10 @@ def _h_bool(w: _Walker, v: Any, trusted: bool) -> Any:
 
 
 def _h_str(w: _Walker, v: Any, trusted: bool) -> Any:
-    return w.value(str(v), trusted)
+    text = str(v)
+    if type(text) is not str:  # a __str__ that returns a str subclass again
+        text = str.__str__(text)
+    return w.value(text, trusted)
 
 
 def _h_enum(w: _Walker, v: Any, trusted: bool) -> Any:
@@ -280,7 +293,7 @@ def _h_enum(w: _Walker, v: Any, trusted: bool) -> Any:
 
 
 def _h_iso(w: _Walker, v: Any, trusted: bool) -> Any:
-    return v.isoformat()
+    return valid_text(v.isoformat())
 
 
 def _h_seconds(w: _Walker, v: Any, trusted: bool) -> Any:
@@ -288,7 +301,7 @@ def _h_seconds(w: _Walker, v: Any, trusted: bool) -> Any:
 
 
 def _h_text(w: _Walker, v: Any, trusted: bool) -> Any:
-    return str(v)
+    return valid_text(str(v))
 
 
 def _h_decimal(w: _Walker, v: Any, trusted: bool) -> Any:
@@ -412,7 +425,7 @@ def _handler_for(t: type) -> _Handler:
 class _Walker:
     """One serialization: key provider, scrubber, alias choice and the cycle guard."""
 
-    __slots__ = ("_hasher", "_max", "_provider", "_scrub", "_stack", "by_alias")
+    __slots__ = ("_hasher", "_key_error", "_max", "_provider", "_scrub", "_stack", "by_alias")
 
     def __init__(
         self,
@@ -423,6 +436,7 @@ class _Walker:
     ) -> None:
         self._provider = provider
         self._hasher: KeyedHasher | None = None
+        self._key_error: BaseException | None = None
         self._stack: set[int] = set()
         self._scrub = scrubber
         self._max = max_chars
@@ -437,18 +451,43 @@ class _Walker:
 
     def hasher(self) -> KeyedHasher:
         if self._hasher is None:
-            self._hasher = KeyedHasher.for_key(self._provider.key())
+            try:
+                self._hasher = KeyedHasher.for_key(self._provider.key())
+            except Exception as exc:  # no key: not a problem of the value being read
+                self._key_error = exc
+                raise
         return self._hasher
 
     # -- values ----------------------------------------------------------------------
     def value(self, v: Any, trusted: bool = False) -> Any:
         t = type(v)
         if t is str:
+            if not v.isascii():
+                v = valid_text(v)
             return v if trusted else self.scrub(v)
         if v is None or t is bool:
             return v
-        handler = _HANDLERS.get(t) or _classify(t)
-        return handler(self, v, trusted)
+        try:
+            handler = _HANDLERS.get(t) or _classify(t)
+            return handler(self, v, trusted)
+        except Exception as exc:
+            self.unreadable(exc, "a value of type", type(v).__qualname__)
+            return _ABSENT
+
+    def unreadable(self, exc: Exception, what: str, name: str) -> None:
+        """Something raised while it was read: log it once (it is not sent).
+
+        Errors that are not the value's (wrong rules, no HASH key) are raised again.
+        """
+        if isinstance(exc, TelemetryRuleError) or exc is self._key_error:
+            raise exc
+        log_once(
+            30,
+            "codeweaver_telemetry: %s %s was not sent (%s while reading it)",
+            what,
+            name,
+            type(exc).__name__,
+        )
 
     def guarded(self, v: Any, trusted: bool, convert: _Handler) -> Any:
         """Run ``convert`` on a container, cutting cycles and excessive depth."""
@@ -465,7 +504,7 @@ class _Walker:
 
     def mapping(self, m: Mapping[Any, Any], trusted: bool) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for k, val in m.items():
+        for k, val in m.items():  # raising here makes the whole mapping absent (value())
             key = _dict_key(k)
             if key is None:
                 continue
@@ -492,7 +531,11 @@ class _Walker:
         out: dict[str, Any] = {}
         scrub = self.scrub
         for name, key, rule, trusted, secret in plan.steps:
-            value = getattr(obj, name, _ABSENT)
+            try:
+                value = getattr(obj, name, _ABSENT)
+            except Exception as exc:  # a property or computed field that raises
+                self.unreadable(exc, "the field", f"{type(obj).__qualname__}.{name}")
+                continue
             t = type(value)
             if rule is not None:
                 if value is not _ABSENT:
@@ -500,6 +543,8 @@ class _Walker:
             elif secret and value is not None and t is not bool and value is not _ABSENT:
                 out[key] = SECRET_MARKER
             elif t is str:  # the common case, inlined
+                if not value.isascii():
+                    value = valid_text(value)
                 out[key] = value if trusted else scrub(value)
             elif t is int or t is bool or value is None:
                 out[key] = (
@@ -519,7 +564,9 @@ class _Walker:
         if conv is _HASH:
             return conversions.to_hash(value, self.hasher())
         if conv is _TEXT_COUNT:
-            return len(value) if type(value) is str else conversions.to_text_count(value)
+            if type(value) is str and value.isascii():
+                return len(value)
+            return conversions.to_text_count(value)
         if conv is _COUNT:
             return conversions.to_count(value)
         if conv is _BOOLEAN:
@@ -543,14 +590,26 @@ def _big_int(v: int) -> float | None:
 
 
 def _dict_key(k: object) -> str | None:
+    """The output key for a dict key: valid text, or None for a key that is not sent."""
+    if type(k) is str:
+        return k if k.isascii() else valid_text(k)
     if isinstance(k, enum.Enum):
         k = k.value
+    # The base types' own methods: a subclass's overrides may raise or lie.
     if isinstance(k, str):
-        return str(k)
+        return valid_text(str.__str__(k))
     if isinstance(k, bool):
         return "true" if k else "false"
-    if isinstance(k, (int, float, uuid.UUID)):
-        return str(k)
+    if isinstance(k, int):
+        try:
+            return int.__repr__(k)
+        except ValueError:  # more digits than Python writes in decimal
+            return None
+    if isinstance(k, float):
+        return float.__repr__(k)
+    if isinstance(k, uuid.UUID):
+        text = str(k)
+        return valid_text(text) if isinstance(text, str) else None
     return None
 
 

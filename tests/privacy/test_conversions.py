@@ -206,3 +206,140 @@ def test_conversions_are_total(value: object, conv: AnonymityConversion) -> None
     assert isinstance(result, expected[conv])
     if isinstance(result, float):
         assert math.isfinite(result)
+
+
+# Totality: objects that raise when read -----------------------------------------------------
+def _raise(*args: object) -> Any:
+    raise RuntimeError("hostile")
+
+
+class ReprRaises:
+    __repr__ = _raise
+
+
+class ItemsRaise(dict):  # type: ignore[type-arg]
+    items = _raise
+    values = _raise
+
+
+class HalfRead(dict):  # type: ignore[type-arg]
+    """Raises halfway through its values, as a dict changed by another thread."""
+
+    def values(self) -> Any:
+        yield from list(dict.values(self))[:1]
+        raise RuntimeError("dictionary changed size during iteration")
+
+
+class IterRaises(list):  # type: ignore[type-arg]
+    __iter__ = _raise
+
+
+class LenRaises(list):  # type: ignore[type-arg]
+    __len__ = _raise
+
+
+class EverythingRaises:
+    __repr__ = __bool__ = __len__ = __iter__ = __eq__ = _raise
+    __hash__ = _raise
+
+
+class HostileInt(int):
+    __repr__ = __str__ = __index__ = __add__ = __radd__ = _raise
+
+
+@pytest.mark.parametrize(
+    "value",
+    [ReprRaises(), [ReprRaises()], [1, ReprRaises()], ItemsRaise(a=1), EverythingRaises()],
+    ids=["repr", "repr_in_list", "repr_in_list2", "items", "everything"],
+)
+def test_hash_is_total(value: object) -> None:
+    """HASH gives 16 hex chars even for an object whose __repr__ raises (alone or in a list)
+    and for a dict whose items() raises."""
+    out = run(C.HASH, value)["v"]
+    assert isinstance(out, str)
+    assert len(out) == 16
+    assert all(c in "0123456789abcdef" for c in out)
+
+
+def test_hash_keeps_equal_unreadable_values_equal() -> None:
+    """Equal dicts whose items() raises hash equally, and unequal ones differently."""
+    assert run(C.HASH, ItemsRaise(a=1)) == run(C.HASH, ItemsRaise(a=1))
+    assert run(C.HASH, ItemsRaise(a=1)) != run(C.HASH, ItemsRaise(a=2))
+    assert run(C.HASH, HostileInt(5)) == run(C.HASH, 5)
+
+
+UNREADABLE: dict[str, object] = {
+    "items_raise": ItemsRaise(a=1, b=2),
+    "half_read": HalfRead(a=1, b=2),
+    "iter_raises": IterRaises([1, 2]),
+    "len_raises": LenRaises([1, 2]),
+    "everything_raises": EverythingRaises(),
+}
+# (input, BOOLEAN, COUNT, DISTRIBUTION, AGGREGATE, TEXT_COUNT): the "unreadable" row.
+UNREADABLE_TABLE: list[tuple[str, bool, int, dict[str, int], float, int]] = [
+    ("items_raise", True, 2, {}, 0, 0),
+    ("half_read", True, 2, {}, 0, 0),  # nothing of a half-read collection counts
+    ("iter_raises", True, 2, {}, 0, 0),
+    ("len_raises", True, 1, {"1": 1, "2": 1}, 3, 0),  # iterating a list needs no __len__
+    ("everything_raises", True, 1, {}, 0, 0),
+]
+
+
+@pytest.mark.parametrize(("name", "boolean", "count", "dist", "agg", "text"), UNREADABLE_TABLE)
+def test_unreadable_values_convert_like_other(
+    name: str, boolean: bool, count: int, dist: dict[str, int], agg: float, text: int
+) -> None:
+    """A value whose __iter__, __len__, values(), items(), __bool__... raises gets the
+    "other" result of each conversion (the table's "unreadable" row), never an error."""
+    value = UNREADABLE[name]
+    assert run(C.BOOLEAN, value) == {"v": boolean}
+    assert run(C.COUNT, value) == {"v": count}
+    assert run(C.DISTRIBUTION, value) == {"v": dist}
+    assert run(C.AGGREGATE, value) == {"v": agg}
+    assert run(C.TEXT_COUNT, value) == {"v": text}
+    assert run(C.FORBIDDEN, value) == {}
+
+
+def test_subclass_overrides_do_not_break_conversions() -> None:
+    """An int subclass whose __repr__, __index__ and __add__ raise counts as its value."""
+    assert run(C.AGGREGATE, [HostileInt(2), 3])["v"] == 5
+    assert run(C.DISTRIBUTION, [HostileInt(2)])["v"] == {"2": 1}
+
+
+def test_huge_ints() -> None:
+    """An AGGREGATE beyond 64 bits is a float (beyond the float range, 0); DISTRIBUTION
+    skips an int too long to write in decimal, like NaN."""
+    assert run(C.AGGREGATE, [2**62, 2**62])["v"] == float(2**63)
+    assert isinstance(run(C.AGGREGATE, [2**63])["v"], float)
+    assert run(C.AGGREGATE, [10**5000, 1])["v"] == 0
+    assert run(C.AGGREGATE, [2**62, 1])["v"] == 2**62 + 1
+    assert run(C.DISTRIBUTION, [10**5000, 1])["v"] == {"1": 1}
+    assert run(C.COUNT, 10**5000)["v"] == 1
+
+
+# Valid text -------------------------------------------------------------------------------
+def test_valid_text_joins_pairs_and_replaces_unpaired_surrogates() -> None:
+    """A surrogate pair inside a str becomes its character; an unpaired surrogate becomes
+    U+FFFD; the result always encodes as UTF-8."""
+    assert conversions.valid_text("\ud83d\ude00") == "\U0001f600"
+    assert conversions.valid_text("a\ud800b") == "a\ufffdb"
+    assert conversions.valid_text("\udfff") == "\ufffd"
+    assert conversions.valid_text("\ude00\ud83d") == "\ufffd\ufffd", "a pair in the wrong order"
+    assert conversions.valid_text("\ud800\ud800\udc00") == "\ufffd\U00010000"
+    assert conversions.valid_text("\ufeff\ud800") == "\ufeff\ufffd", "a BOM is kept"
+    for text in ("\ud800", "x\U0001f600\udbff", "\udc00" * 3):
+        conversions.valid_text(text).encode("utf-8")
+
+
+@pytest.mark.parametrize("text", ["plain ascii", "", "caf\u00e9 \u691c\u7d22 \U0001f600"])
+def test_valid_text_does_not_copy_clean_strings(text: str) -> None:
+    """A string with no surrogates is returned as it is: the same object, not a copy."""
+    assert conversions.valid_text(text) is text
+
+
+def test_distribution_keys_and_text_count_use_valid_text() -> None:
+    """DISTRIBUTION keys are valid text; TEXT_COUNT counts the characters of valid text."""
+    out = run(C.DISTRIBUTION, ["a\ud800", "a\udfff", "\ud83d\ude00"])["v"]
+    assert out == {"a\ufffd": 2, "\U0001f600": 1}
+    assert run(C.TEXT_COUNT, "\ud83d\ude00")["v"] == 1
+    assert run(C.TEXT_COUNT, "a\ud800")["v"] == 2

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import stat
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,129 @@ def test_keyed_hash_is_standard_hmac_sha256(key: bytes, value: object) -> None:
     expected = hmac.new(key, canonical_bytes(value), hashlib.sha256).hexdigest()[:16]
     assert keyed_hash(value, key) == expected
     assert keyed_hash(value, key) == expected, "the remembered result is the same"
+
+
+# The key file: bounded, non-blocking, never written through a link -----------------------
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file system features")
+
+
+def _in_thread(call: Callable[[], object], timeout: float = 5.0) -> object:
+    """Run ``call`` in a daemon thread and return what it returned or raised; fail (instead
+    of hanging the suite) if it blocks."""
+    box: list[object] = []
+
+    def run() -> None:
+        try:
+            box.append(call())
+        except BaseException as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "the call blocked"
+    return box[0]
+
+
+@posix_only
+def test_a_fifo_at_the_key_path_raises_at_once(tmp_path: Path) -> None:
+    """A FIFO planted at hash_key makes key() raise an OSError at once, never hang (opening
+    a FIFO for reading would wait for a writer forever)."""
+    fifo = tmp_path / "hash_key"
+    os.mkfifo(fifo)
+    provider = FileKeyProvider(tmp_path)
+    try:
+        outcome = _in_thread(provider.key)
+    finally:
+        # If a regression left the reader blocked in open(), a writer lets it go.
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert isinstance(outcome, OSError)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO is left as it was"
+
+
+def test_an_oversized_key_file_is_refused(tmp_path: Path) -> None:
+    """A key file far larger than any real one is refused with an OSError, not read whole."""
+    (tmp_path / "hash_key").write_text("ab" * 8192, encoding="ascii")
+    with pytest.raises(OSError, match="larger than"):
+        FileKeyProvider(tmp_path).key()
+
+
+@posix_only
+def test_a_dangling_symlink_at_the_key_path_is_never_written_through(tmp_path: Path) -> None:
+    """hash_key planted as a link to a file that does not exist: the key is not written
+    through it (the file it names is never created), and key() raises an OSError."""
+    victim = tmp_path / "elsewhere" / "victim"
+    victim.parent.mkdir()
+    state = tmp_path / "state"
+    state.mkdir()
+    os.symlink(victim, state / "hash_key")
+    with pytest.raises(OSError, match="could not read back"):
+        FileKeyProvider(state).key()
+    assert not victim.exists()
+    assert os.path.islink(state / "hash_key")
+    assert [p.name for p in state.iterdir()] == ["hash_key"], "no temp file is left behind"
+
+
+@posix_only
+def test_a_symlink_to_a_file_is_never_written_through(tmp_path: Path) -> None:
+    """hash_key planted as a link to someone else's file: that file is left untouched."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n", encoding="utf-8")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.symlink(victim, state / "hash_key")
+    with pytest.raises(ValueError, match="hexadecimal"):  # read through the link: no key
+        FileKeyProvider(state).key()
+    assert victim.read_text(encoding="utf-8") == "precious\n"
+
+
+# canonical_bytes never raises --------------------------------------------------------------
+class ReprRaises:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class ItemsRaise(dict):  # type: ignore[type-arg]
+    def items(self):  # type: ignore[no-untyped-def]
+        raise RuntimeError("no items")
+
+
+def test_canonical_bytes_falls_back_to_repr_then_to_the_type() -> None:
+    """What JSON cannot encode is encoded by its repr (equal dicts whose items() raises still
+    encode equally), and what has no repr either by its qualified type name."""
+    assert canonical_bytes(ItemsRaise(a=1)) == canonical_bytes(ItemsRaise(a=1))
+    assert canonical_bytes(ItemsRaise(a=1)) != canonical_bytes(ItemsRaise(a=2))
+    assert canonical_bytes(ReprRaises()) == b"o:" + f"{__name__}.ReprRaises".encode()
+    assert canonical_bytes([ReprRaises()]) == b"o:builtins.list"
+
+
+def test_canonical_bytes_of_huge_ints() -> None:
+    """An int too long for decimal text (over 4300 digits) is encoded in hex, not an error;
+    ordinary ints keep their decimal encoding."""
+    assert canonical_bytes(10**5000) == b"i:" + hex(10**5000).encode()
+    assert canonical_bytes(10**5000) != canonical_bytes(10**5000 + 1)
+    assert canonical_bytes(-(2**80)) == b"i:" + str(-(2**80)).encode()
+    assert canonical_bytes([10**5000]).startswith(b"o:")
+
+
+def test_canonical_bytes_ignores_hostile_subclass_methods() -> None:
+    """Subclasses of int, float and str encode as their value, whatever they override."""
+
+    class Int(int):
+        def __repr__(self) -> str:
+            raise RuntimeError
+
+        __str__ = __repr__
+
+    class Float(float):
+        def __repr__(self) -> str:
+            raise RuntimeError
+
+    class Str(str):
+        def encode(self, *args: object) -> bytes:
+            raise RuntimeError
+
+    assert canonical_bytes(Int(5)) == canonical_bytes(5)
+    assert canonical_bytes(Float(2.5)) == canonical_bytes(2.5)
+    assert canonical_bytes(Str("a")) == canonical_bytes("a")

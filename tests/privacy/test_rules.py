@@ -8,6 +8,7 @@ import datetime as dt
 import decimal
 import enum
 import json
+import logging
 import math
 import uuid
 from pathlib import Path
@@ -559,3 +560,150 @@ def test_counts_under_keys_that_scrub_to_one_marker_add_up() -> None:
 
     out = serialize_for_telemetry({"usage": {"a@example.com": 5, "b@example.org": 7, "c": 1}})
     assert out == {"usage": {"<email>": 12, "c": 1}}
+
+
+# Values that raise when read are not sent ---------------------------------------------
+class ItemsRaise(dict):  # type: ignore[type-arg]
+    def items(self) -> Any:
+        raise RuntimeError("no items")
+
+
+class IterRaises(list):  # type: ignore[type-arg]
+    def __iter__(self) -> Any:
+        raise RuntimeError("no iteration")
+
+
+def _not_sent_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "was not sent" in r.getMessage()]
+
+
+def test_a_mapping_whose_items_raise_is_not_sent_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A mapping whose items() raises is left out as if absent, the rest of the value is
+    sent, and the problem is logged once (not once per value)."""
+    caplog.set_level(logging.WARNING, logger="codeweaver_telemetry")
+    value = {"bad": ItemsRaise(a=1), "ok": 1, "list": [ItemsRaise(b=2), "x"]}
+    assert serialize_for_telemetry(value) == {"ok": 1, "list": ["x"]}
+    assert serialize_for_telemetry(ItemsRaise(a=1)) is None
+    assert _not_sent_warnings(caplog) == [
+        "codeweaver_telemetry: a value of type ItemsRaise was not sent "
+        "(RuntimeError while reading it)"
+    ]
+    assert "no items" not in caplog.text, "the exception's message (user data) is not logged"
+
+
+def test_a_sequence_whose_iteration_raises_is_not_sent() -> None:
+    """A list whose iteration raises is left out of its dict or list, and of a model."""
+
+    @dataclasses.dataclass
+    class Holder(DataclassSerializationMixin):
+        items: Any = None
+        n: int = 1
+
+    assert serialize_for_telemetry({"l": IterRaises([1]), "n": 2}) == {"n": 2}
+    assert serialize_for_telemetry([IterRaises([1]), 3]) == [3]
+    assert ser(Holder(items=IterRaises([1]))) == {"n": 1}
+
+
+def test_a_field_whose_getter_raises_is_left_out() -> None:
+    """A computed field that raises costs that field, not the model."""
+    from pydantic import computed_field
+
+    class WithComputed(BasedModel):
+        a: int = 1
+
+        @computed_field  # type: ignore[prop-decorator]
+        @property
+        def broken(self) -> int:
+            raise RuntimeError("bug")
+
+    assert ser(WithComputed()) == {"a": 1}
+
+
+def test_rule_and_key_errors_are_not_swallowed() -> None:
+    """Errors that are not the value's still raise: wrong rules, and a key provider that
+    cannot give the HASH key (even from deep inside a dict)."""
+
+    class NoKey:
+        def key(self) -> bytes:
+            raise OSError("no key")
+
+    repo = DRepo(name="n", path="/p", files=[])
+    with pytest.raises(OSError, match="no key"):
+        serialize_for_telemetry({"nested": [repo]}, key_provider=NoKey())
+    with pytest.raises(TelemetryRuleError):
+        serialize_for_telemetry({"nested": [DTypo()]})
+
+
+# Valid text: no unpaired surrogate ever reaches the output -----------------------------
+class Label(enum.Enum):
+    ODD = "odd\udc00"
+
+
+@dataclasses.dataclass
+class Surrogates(DataclassSerializationMixin):
+    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset({"trusted"})
+    text: str = "a\ud800b"
+    trusted: str = "t\udfff"
+    pair: str = "\ud83d\ude00"
+    label: Label = Label.ODD
+    mapping: dict[Any, Any] = dataclasses.field(
+        default_factory=lambda: {"k\ud800": "v\udbff", Label.ODD: 1, "\ud83d\ude00": 2}
+    )
+    langs: list[str] = dataclasses.field(default_factory=lambda: ["py\ud800", "py\udc01"])
+    title: str = "\ud800\ud800"
+
+    def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
+        return {K("langs"): C.DISTRIBUTION, K("title"): C.TEXT_COUNT}
+
+
+def test_unpaired_surrogates_become_replacement_characters_everywhere() -> None:
+    """Strings and keys, trusted or not, enum values and DISTRIBUTION keys: each unpaired
+    surrogate becomes U+FFFD and each surrogate pair its character, so the output encodes
+    as UTF-8."""
+    out = ser(Surrogates())
+    assert out == {
+        "text": "a\ufffdb",
+        "trusted": "t\ufffd",
+        "pair": "\U0001f600",
+        "label": "odd\ufffd",
+        "mapping": {"k\ufffd": "v\ufffd", "odd\ufffd": 1, "\U0001f600": 2},
+        "langs": {"py\ufffd": 2},
+        "title": 2,
+    }
+    json.dumps(out, ensure_ascii=False).encode("utf-8")
+
+
+def test_clean_strings_are_not_copied() -> None:
+    """Serializing copies no string that is already valid text (ASCII or not)."""
+    values = ["plain", "caf\u00e9 \u691c\u7d22 \U0001f600"]
+    out = serialize_for_telemetry({"v": values}, scrubber=lambda s: s)
+    assert all(a is b for a, b in zip(out["v"], values, strict=True))
+
+
+# Arbitrary code points, with unpaired surrogates and surrogate pairs often among them.
+any_text = st.lists(
+    st.characters(exclude_categories=())
+    | st.integers(0xD800, 0xDFFF).map(chr)
+    | st.sampled_from(["a", "\ud83d\ude00"]),
+    max_size=12,
+).map("".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    value=st.recursive(
+        any_text | st.sampled_from(list(Label)),
+        lambda children: st.lists(children) | st.dictionaries(any_text, children),
+        max_leaves=10,
+    ),
+    trusted=st.booleans(),
+)
+def test_any_text_serializes_to_valid_utf8(value: object, trusted: bool) -> None:
+    """Whatever code points the strings and keys hold, trusted or not, the output encodes
+    as UTF-8."""
+    out = serialize_for_telemetry(
+        {"v": value}, key_provider=PROVIDER, scrubber=(lambda s: s) if trusted else None
+    )
+    json.dumps(out, ensure_ascii=False).encode("utf-8")
