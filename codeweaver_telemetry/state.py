@@ -8,23 +8,29 @@ the key are created only once consent is given (:meth:`StateStore.ensure_identit
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import json
 import os
 import secrets
-import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["STATE_FILE", "StateError", "StateStore", "TelemetryState"]
+from codeweaver_telemetry._files import LOCK_FILE as _LOCK_FILE
+from codeweaver_telemetry._files import (
+    ensure_private_dir,
+    exclusive_lock,
+    read_regular,
+    write_atomic,
+)
+
+__all__ = ["STATE_FILE", "ConsentWatch", "StateError", "StateStore", "TelemetryState"]
 
 STATE_FILE = "state.json"
-_LOCK_FILE = ".lock"
 _VERSION = 1
+_MAX_STATE_BYTES = 64 * 1024  # a real state file is a few hundred bytes
 
 
 class StateError(Exception):
@@ -56,6 +62,11 @@ class TelemetryState:
                 raise StateError(f"the state file has a bad value for {key!r}")
         if values.get("consent") not in (None, "enabled", "disabled"):
             raise StateError("the state file has a bad consent value")
+        install_id = values.get("install_id")
+        if install_id is not None and not _is_uuid(install_id):
+            # It is sent as distinct_id: anything but a UUID (a path, an e-mail written in
+            # by hand or by another program) must never leave the machine.
+            raise StateError("the state file has a bad install id (not a UUID)")
         key = values.get("hash_key")
         if key is not None:
             try:
@@ -66,32 +77,18 @@ class TelemetryState:
         return cls(**values)
 
 
+def _is_uuid(value: str) -> bool:
+    """True for a UUID in its canonical 36-character form (any case)."""
+    if len(value) != 36:
+        return False
+    try:
+        return str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            import msvcrt
-
-            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined]
-            try:
-                yield
-            finally:
-                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
-        else:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 class StateStore:
@@ -116,11 +113,15 @@ class StateStore:
             StateError: the file exists but is unreadable or corrupt.
         """
         try:
-            text = self.path.read_text(encoding="utf-8")
+            # Never blocks (a FIFO at state.json is refused) and reads a bounded size.
+            text = read_regular(self.path, _MAX_STATE_BYTES).decode("utf-8")
         except FileNotFoundError:
             return TelemetryState()
         except (OSError, UnicodeDecodeError) as exc:
-            raise StateError(f"the state file could not be read ({type(exc).__name__})") from None
+            what = exc.strerror if isinstance(exc, OSError) and exc.strerror else None
+            raise StateError(
+                f"the state file could not be read ({what or type(exc).__name__})"
+            ) from None
         try:
             return TelemetryState.from_json(json.loads(text))
         except (ValueError, TypeError) as exc:
@@ -130,8 +131,8 @@ class StateStore:
 
     def update(self, change: Callable[[TelemetryState], TelemetryState]) -> TelemetryState:
         """Apply ``change`` under the lock and write the result atomically."""
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with _exclusive(self.directory / _LOCK_FILE):
+        ensure_private_dir(self.directory, parents=True, follow=True)
+        with exclusive_lock(self.directory / _LOCK_FILE):
             current = self.read()
             new = change(current)
             if new != current:
@@ -139,18 +140,8 @@ class StateStore:
             return new
 
     def _write(self, state: TelemetryState) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=self.directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(state.to_json(), fh, indent=2)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        data = json.dumps(state.to_json(), indent=2).encode("utf-8")
+        write_atomic(self.directory, STATE_FILE, data)
 
     def set_consent(self, choice: Literal["enabled", "disabled"], by: str) -> TelemetryState:
         """Record the user's choice and its date. Disabling also forgets the id and key."""
@@ -185,3 +176,44 @@ class StateStore:
         assert state.install_id is not None
         assert state.hash_key is not None
         return state.install_id, bytes.fromhex(state.hash_key)
+
+
+class ConsentWatch:
+    """Whether ``install_id`` may still send, by the state file as it is now.
+
+    Called before every export and spool write: the stored choice may change while a
+    process runs (``codeweaver-telemetry disable`` in another shell, ``delete``, a new id).
+    The file is read again only when it changed (a ``stat`` otherwise). Once the answer is
+    "no" it stays "no" for this process: an id that was forgotten is never sent again.
+
+    Args:
+        store: the state directory's store.
+        install_id: the id this process sends as.
+    """
+
+    def __init__(self, store: StateStore, install_id: str) -> None:
+        self._store = store
+        self._install_id = install_id
+        self._seen: tuple[int, int, int] | None = None
+        self._allowed = True
+
+    def __call__(self) -> bool:
+        """True while the stored consent allows this install id to send."""
+        if not self._allowed:
+            return False
+        try:
+            info = os.stat(self._store.path)
+        except OSError:  # deleted (`codeweaver-telemetry delete`) or unreachable
+            self._allowed = False
+            return False
+        seen = (info.st_mtime_ns, info.st_size, info.st_ino)
+        if seen == self._seen:
+            return True
+        try:
+            state = self._store.read()
+        except StateError:  # corrupt: fail closed, as at start
+            self._allowed = False
+            return False
+        self._allowed = state.consent != "disabled" and state.install_id == self._install_id
+        self._seen = seen
+        return self._allowed

@@ -8,6 +8,7 @@ import os
 import runpy
 import stat
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,7 @@ def test_failed_write_keeps_old_state_and_no_temp_file(
 _CHILD = """
 import importlib.util
 import sys
+import threading
 spec = importlib.util.spec_from_file_location("_cw_state", STATE_PY)
 module = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = module
@@ -227,3 +229,141 @@ def test_state_dir_is_private(store: StateStore) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE(store.directory.stat().st_mode) == 0o700
+
+
+# -- hardening: the id, odd files, the consent watch ------------------------------------------
+@pytest.mark.parametrize(
+    "install_id",
+    [
+        "/home/alice/projects/secret",
+        "alice@example.com",
+        "not-a-uuid",
+        "{12345678-1234-5678-1234-567812345678}",
+        "urn:uuid:12345678-1234-5678-1234-567812345678",
+        "12345678123456781234567812345678",
+        "",
+    ],
+)
+def test_an_install_id_that_is_not_a_uuid_is_a_corrupt_state_file(
+    store: StateStore, install_id: str
+) -> None:
+    """The id is sent as distinct_id: a path or an e-mail written into the file is refused."""
+    store.directory.mkdir(parents=True)
+    store.path.write_text(json.dumps({"install_id": install_id}), encoding="utf-8")
+    with pytest.raises(StateError, match="install id"):
+        store.read()
+
+
+def test_a_tampered_install_id_turns_telemetry_off_and_is_never_sent(
+    build: Callable[..., TelemetryClient],
+    monkeypatch: pytest.MonkeyPatch,
+    telemetry_logs: pytest.LogCaptureFixture,
+) -> None:
+    """A state file whose id was replaced by an e-mail: off, with one warning; nothing sent."""
+    monkeypatch.setenv("CODEWEAVER__TELEMETRY__ENABLED", "1")
+    settings, _ = load_settings()
+    store = StateStore(settings.resolved_state_dir)
+    store.ensure_identity()
+    data = _raw(store)
+    data["install_id"] = "alice@example.com"
+    store.path.write_text(json.dumps(data), encoding="utf-8")
+    sink = InMemorySink()
+    client = build(settings, sink=sink)
+    client.capture("anything")
+    client.flush(1)
+    assert not client.enabled
+    assert client.decision.source == "state_error"
+    assert sink.events() == []
+    warnings = [r for r in telemetry_logs.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "install id" in warnings[0].getMessage()
+
+
+def _in_thread(call: Callable[[], object], timeout: float = 5.0) -> object:
+    """Run ``call`` in a daemon thread; fail (instead of hanging the suite) if it blocks."""
+    box: list[object] = []
+
+    def run() -> None:
+        try:
+            box.append(call())
+        except BaseException as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "the call blocked"
+    return box[0]
+
+
+@posix_only
+def test_a_fifo_at_state_json_never_hangs_the_client(
+    monkeypatch: pytest.MonkeyPatch, telemetry_logs: pytest.LogCaptureFixture, clean_env: Path
+) -> None:
+    """A FIFO planted at state.json: get_telemetry_client() returns at once, off, one warning."""
+    from codeweaver_telemetry import get_telemetry_client
+
+    monkeypatch.setenv("CODEWEAVER__TELEMETRY__ENABLED", "1")
+    state_dir = clean_env / "telemetry"
+    state_dir.mkdir(parents=True)
+    os.mkfifo(state_dir / STATE_FILE)
+    client = _in_thread(get_telemetry_client)
+    assert isinstance(client, TelemetryClient)
+    assert not client.enabled
+    assert client.decision.source == "state_error"
+    assert "not a regular file" in client.decision.reason
+
+
+def test_an_oversized_state_file_is_refused_not_read_whole(store: StateStore) -> None:
+    """A state file far larger than any real one (here 1 MiB of padding) is corrupt."""
+    store.directory.mkdir(parents=True)
+    store.path.write_text('{"pad": "' + "x" * (1 << 20) + '"}', encoding="utf-8")
+    with pytest.raises(StateError, match="could not be read"):
+        store.read()
+
+
+@posix_only
+def test_a_symlinked_lock_file_is_never_followed(store: StateStore, tmp_path: Path) -> None:
+    """A .lock planted as a link to a file elsewhere: no file is created there."""
+    store.directory.mkdir(parents=True)
+    outside = tmp_path / "outside-lock"
+    os.symlink(outside, store.directory / ".lock")
+    with pytest.raises(OSError, match="link"):
+        store.set_consent("enabled", by="cli")
+    assert not outside.exists()
+
+
+@posix_only
+def test_a_symlink_at_state_json_is_replaced_never_written_through(
+    store: StateStore, tmp_path: Path
+) -> None:
+    """Writing the state replaces a link at state.json; the file it named is untouched."""
+    store.directory.mkdir(parents=True)
+    target = tmp_path / "elsewhere.json"
+    target.write_text("{}", encoding="utf-8")
+    os.symlink(target, store.path)
+    store.set_consent("disabled", by="cli")
+    assert target.read_text(encoding="utf-8") == "{}"
+    assert not store.path.is_symlink()
+    assert store.read().consent == "disabled"
+
+
+def test_the_consent_watch_follows_the_stored_choice(store: StateStore) -> None:
+    """The watch allows the current id; disable, delete or a new id end it for good."""
+    from codeweaver_telemetry.state import ConsentWatch
+
+    install_id, _ = store.ensure_identity()
+    watch = ConsentWatch(store, install_id)
+    assert watch()
+    assert watch(), "unchanged file: same answer"
+    store.set_consent("disabled", by="cli")
+    assert not watch()
+    store.set_consent("enabled", by="cli")
+    store.ensure_identity()  # a new id after the disable
+    assert not watch(), "the forgotten id never sends again"
+
+    other_id, _ = store.ensure_identity()
+    second = ConsentWatch(store, other_id)
+    assert second()
+    store.path.unlink()  # codeweaver-telemetry delete
+    assert not second()

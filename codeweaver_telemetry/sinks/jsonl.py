@@ -3,7 +3,8 @@
 
 With no PostHog key it is the only sink (the embedded default); with a key it records what
 PostHog accepted. The file is ``<state_dir>/events.jsonl`` (mode 0600); past ``max_bytes``
-it is rotated once to ``events.jsonl.1``, so at most twice ``max_bytes`` is kept.
+it is rotated once to ``events.jsonl.1``, so at most twice ``max_bytes`` is kept. A batch
+is written whole or not at all, and never through a symbolic link.
 """
 
 from __future__ import annotations
@@ -15,6 +16,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from codeweaver_telemetry._files import (
+    LOCK_FILE,
+    append_whole,
+    describe_os_error,
+    ensure_private_dir,
+    exclusive_lock,
+    open_append,
+    read_regular,
+)
+from codeweaver_telemetry._internal import logger
 from codeweaver_telemetry._types import Event, ExportResult
 from codeweaver_telemetry.sinks.memory import to_payload
 
@@ -25,6 +36,10 @@ LOG_FILE = "events.jsonl"
 
 class LocalJSONLSink:
     """Append finished events to a JSON Lines file.
+
+    Each batch is appended whole or not at all, under the state directory's lock (several
+    processes may share the log): a full disk never leaves half a line. The file is never
+    written through a symbolic link.
 
     Args:
         directory: the state directory; created (0700) on first write.
@@ -39,31 +54,45 @@ class LocalJSONLSink:
         self._lock = threading.Lock()
 
     def export(self, batch: Sequence[Event]) -> ExportResult:
-        """Append the batch; RETRY if the file cannot be written."""
-        lines = "".join(
+        """Append the batch; RETRY (with one warning saying why) if it cannot be written."""
+        data = "".join(
             json.dumps(to_payload(e), ensure_ascii=False, separators=(",", ":")) + "\n"
             for e in batch
-        )
+        ).encode("utf-8")
+        directory = self.path.parent
         try:
             with self._lock:
-                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                self._rotate_if_needed()
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                with os.fdopen(fd, "a", encoding="utf-8") as fh:
-                    fh.write(lines)
-        except OSError:
+                ensure_private_dir(directory, parents=True, follow=True)
+                with exclusive_lock(directory / LOCK_FILE):
+                    self._rotate_if_needed()
+                    fd = open_append(self.path)
+                    try:
+                        append_whole(fd, data)
+                    finally:
+                        os.close(fd)
+        except OSError as exc:
+            logger.warning(
+                "codeweaver_telemetry: events could not be written to the local log %s: %s; "
+                "they are kept for a later try",
+                self.path,
+                describe_os_error(exc),
+            )
             return ExportResult.RETRY
         return ExportResult.SUCCESS
 
     def _rotate_if_needed(self) -> None:
         try:
-            if self.path.stat().st_size > self._max_bytes:
+            if os.lstat(self.path).st_size > self._max_bytes:
+                # Renames the entry itself: a link at either name is never followed.
                 os.replace(self.path, self.path.with_name(LOG_FILE + ".1"))
         except FileNotFoundError:
             pass
 
     def shutdown(self, timeout_s: float) -> None:
         """Nothing is held open between writes."""
+
+
+_MAX_LOG_READ = 64 * 1024 * 1024  # far above what rotation keeps (2 x 5 MiB by default)
 
 
 def read_log(directory: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
@@ -76,16 +105,20 @@ def read_log(directory: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
 
     Returns:
         An iterator of dicts (``event``, ``distinct_id``, ``timestamp``, ``uuid``,
-        ``properties``); the rotated file comes first, and broken lines are skipped.
+        ``properties``); the rotated file comes first. Broken lines (a partial last line
+        left by an older version on a full disk, say) are skipped. A path that is not a
+        regular file (a FIFO) reads as empty rather than blocking.
     """
     base = Path(directory) / LOG_FILE
     for path in (base.with_name(LOG_FILE + ".1"), base):
         try:
-            with path.open(encoding="utf-8") as fh:
-                for line in fh:
-                    try:
-                        yield json.loads(line)
-                    except ValueError:
-                        continue
-        except FileNotFoundError:
+            data = read_regular(path, _MAX_LOG_READ)
+        except OSError:  # missing, not a regular file, unreadable
             continue
+        for line in data.splitlines():
+            try:
+                payload = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(payload, dict):
+                yield payload
