@@ -14,6 +14,7 @@ __all__ = [
     "ENV_PREFIX",
     "DuplicateFilter",
     "env_flag",
+    "fork_safe_imports",
     "internal_error",
     "internal_errors",
     "log_once",
@@ -24,18 +25,28 @@ ENV_PREFIX = "CODEWEAVER__TELEMETRY__"
 """The prefix of every telemetry environment variable (note the double underscores)."""
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
+"""Values (lower case, stripped) that mean true. An empty value means unset: neither."""
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+"""Values (lower case, stripped) that mean false. An empty value means unset: neither."""
+
+# The further one-letter words pydantic accepts for a bool, so that env_flag reads a
+# CODEWEAVER__TELEMETRY__ variable exactly as the settings do.
+_FLAG_TRUE = TRUE_WORDS | {"t", "y"}
+_FLAG_FALSE = FALSE_WORDS | {"f", "n"}
 
 
 def env_flag(name: str) -> bool | None:
-    """A boolean environment variable: True, False, or None when unset or not a boolean."""
+    """A boolean environment variable: True, False, or None when unset or not a boolean.
+
+    An empty (or whitespace-only) value means unset, as it does for every setting: None.
+    """
     value = os.environ.get(name)
     if value is None:
         return None
     value = value.strip().lower()
-    if value in TRUE_WORDS:
+    if value in _FLAG_TRUE:
         return True
-    if value in FALSE_WORDS:
+    if value in _FLAG_FALSE:
         return False
     return None
 
@@ -58,6 +69,8 @@ class DuplicateFilter(logging.Filter):
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "codeweaver_rate_limited", False):
+            return True  # the caller limits these itself (the queue-full pair, once a minute)
         try:
             key = (record.levelno, record.getMessage())
         except Exception:  # a bad format string is still one kind of problem
@@ -76,6 +89,10 @@ class DuplicateFilter(logging.Filter):
         """Forget what was seen (tests)."""
         with self._lock:
             self._seen.clear()
+
+    def _after_fork(self) -> None:
+        # The parent's lock may have been held by a thread that does not exist here.
+        self._lock = threading.Lock()
 
 
 _DUPLICATES = DuplicateFilter()
@@ -112,4 +129,50 @@ def internal_error(where: str, exc: BaseException) -> None:
         where,
         type(exc).__name__,
         exc_info=logger.isEnabledFor(logging.DEBUG),
+    )
+
+
+# -- imports on background threads, and os.fork() ---------------------------------------------
+_FORK_WAIT_S = 2.0  # the most os.fork() waits for a background import to finish
+_import_lock = threading.RLock()  # re-entrant: a sink's prepare() nests in the worker's
+_fork_held = False
+
+
+@contextlib.contextmanager
+def fork_safe_imports() -> Iterator[None]:
+    """Hold the lock that ``os.fork()`` waits for (at most 2 s) while importing.
+
+    A background thread's lazy import (the privacy pipeline, posthog) must not be cut in
+    half by a fork: the child would inherit a half-initialised module whose import lock
+    belongs to a thread that does not exist there, and hang or fail on it. Threads import
+    under this lock; a fork waits for it, so a child always inherits whole modules.
+    """
+    with _import_lock:
+        yield
+
+
+def _before_fork() -> None:
+    global _fork_held
+    _fork_held = _import_lock.acquire(timeout=_FORK_WAIT_S)
+
+
+def _after_fork_in_parent() -> None:
+    global _fork_held
+    if _fork_held:
+        _fork_held = False
+        _import_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _import_lock, _fork_held
+    _import_lock = threading.RLock()
+    _fork_held = False
+    _DUPLICATES._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
     )

@@ -55,7 +55,7 @@ CI_VARIABLES = (
     "SEMAPHORE",
     "HEROKU_TEST_RUN_ID",
 )
-"""Environment variables whose presence (with a value other than false/0) means CI."""
+"""Environment variables whose presence (with a value other than empty, false or 0) means CI."""
 
 NOTICE = (
     "This tool collects anonymous usage statistics to improve it. Nothing is sent during "
@@ -78,10 +78,20 @@ def in_ci(environ: Mapping[str, str] | None = None) -> str | None:
     """The name of the CI variable that is set, or None outside CI."""
     env = os.environ if environ is None else environ
     for var in CI_VARIABLES:
-        value = env.get(var)
-        if value is not None and value.strip().lower() not in FALSE_WORDS:
+        if _is_set(env.get(var)):
             return var
     return None
+
+
+def _is_set(value: str | None) -> bool:
+    """Whether a "presence" variable (CI, DO_NOT_TRACK) is set: present, not empty, not false.
+
+    An empty value means unset, as for every setting; so does an explicit false/0/no/off.
+    """
+    if value is None:
+        return False
+    word = value.strip().lower()
+    return bool(word) and word not in FALSE_WORDS
 
 
 def environment_decision() -> ConsentDecision | None:
@@ -105,8 +115,7 @@ def environment_decision() -> ConsentDecision | None:
 
 def _do_not_track() -> ConsentVote | None:
     # Fails closed: any value but an explicit false/0/no/off (or empty) means "do not track".
-    value = os.environ.get("DO_NOT_TRACK")
-    if value is not None and value.strip().lower() not in FALSE_WORDS:
+    if _is_set(os.environ.get("DO_NOT_TRACK")):
         return ConsentVote(False, "DO_NOT_TRACK is set")
     return None
 

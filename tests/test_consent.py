@@ -20,7 +20,15 @@ import pytest
 
 import codeweaver_telemetry
 from codeweaver_telemetry import InMemorySink, TelemetryClient
-from codeweaver_telemetry.consent import NOTICE, ConsentDecision, consent_sources, decide
+from codeweaver_telemetry._internal import env_flag
+from codeweaver_telemetry.consent import (
+    NOTICE,
+    ConsentDecision,
+    consent_sources,
+    decide,
+    environment_decision,
+    in_ci,
+)
 from codeweaver_telemetry.settings import TelemetrySettings, load_settings
 from codeweaver_telemetry.state import STATE_FILE, StateStore
 
@@ -362,6 +370,73 @@ def test_do_not_track_beats_opt_out_policy(
     decision = _decide(store, on_notice=notices.append)
     assert (decision.allowed, decision.source) == (False, "DO_NOT_TRACK")
     assert notices == []
+
+
+# -- an empty value means unset ------------------------------------------------------------------
+
+EMPTY_MEANS_UNSET = [
+    "DO_NOT_TRACK",
+    "CI",
+    "GITHUB_ACTIONS",
+    PREFIX + "DISABLE_TELEMETRY",
+    PREFIX + "ENABLED",
+    PREFIX + "CONSENT_POLICY",
+    PREFIX + "STATE_DIR",
+    PREFIX + "STRICT",
+]
+
+
+@pytest.mark.parametrize("blank", [pytest.param("", id="empty"), pytest.param(" \t", id="blank")])
+@pytest.mark.parametrize("var", EMPTY_MEANS_UNSET)
+def test_empty_variable_means_unset(
+    store: StateStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    var: str,
+    blank: str,
+) -> None:
+    """An empty (or blank) DO_NOT_TRACK, CI or CODEWEAVER__TELEMETRY__* variable is as if it were
+    not set: a stored opt-in stays in force, and nothing warns."""
+    caplog.set_level(logging.DEBUG, logger="codeweaver_telemetry")
+    store.set_consent("enabled", by="cli")
+    monkeypatch.setenv(var, blank)
+    assert env_flag(var) is None
+    assert in_ci() is None
+    assert environment_decision() is None
+    decision = _decide(store)
+    assert (decision.allowed, decision.source) == (True, "stored_choice")
+    assert _warnings(caplog) == []
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_empty_enabled_variable_is_not_named_as_the_source(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch, blank: str, enabled: bool
+) -> None:
+    """With ENABLED empty and `enabled` given in code, the code decides and is named, not the
+    empty variable."""
+    monkeypatch.setenv(PREFIX + "ENABLED", blank)
+    assert environment_decision() is None
+    decision = decide(consent_sources(_settings(enabled=enabled), store))
+    assert (decision.allowed, decision.source) == (enabled, "enabled")
+    assert PREFIX + "ENABLED" not in decision.reason
+    assert "config file or code" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("value", "allowed"), [("y", True), ("T", True), ("n", False), ("F", False)]
+)
+def test_enabled_variable_is_read_as_the_settings_read_it(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch, value: str, allowed: bool
+) -> None:
+    """ENABLED=y/n (words the settings accept as booleans) is named as the deciding source,
+    the same as ENABLED=1/0."""
+    monkeypatch.setenv(PREFIX + "ENABLED", value)
+    assert _settings().enabled is allowed
+    assert env_flag(PREFIX + "ENABLED") is allowed
+    decision = _decide(store)
+    assert (decision.allowed, decision.source) == (allowed, "enabled")
+    assert PREFIX + "ENABLED" in decision.reason
 
 
 # -- errors -------------------------------------------------------------------------------------

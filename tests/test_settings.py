@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import subprocess
+import sys
+import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
+import codeweaver_telemetry
 from codeweaver_telemetry import Event, FunctionSink, InMemorySink, TelemetryClient
 from codeweaver_telemetry.settings import (
     DEFAULT_HOST,
@@ -26,6 +33,7 @@ from tests.receiver import CAPTURE, DEFINITIONS, FLAGS, PostHogReceiver
 
 PREFIX = "CODEWEAVER__TELEMETRY__"
 SECRET = "phc_SUPERSECRET123"
+REPO_ROOT = Path(codeweaver_telemetry.__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -360,6 +368,133 @@ def test_strict_without_errors_is_fine(env: Callable[..., None]) -> None:
     assert settings.batch_size == 4
 
 
+# -- an empty value means unset ------------------------------------------------------------------
+
+FIELDS = list(TelemetrySettings.model_fields)
+BLANKS = [pytest.param("", id="empty"), pytest.param("  \t", id="whitespace")]
+
+
+@pytest.mark.parametrize("blank", BLANKS)
+@pytest.mark.parametrize("field", FIELDS)
+def test_empty_env_value_means_unset(
+    env: Callable[..., None], telemetry_logs: pytest.LogCaptureFixture, field: str, blank: str
+) -> None:
+    """CODEWEAVER__TELEMETRY__<SETTING>= (empty or blank) is as if it were not set, for every
+    setting: the defaults, no config error, no warning."""
+    defaults = _ok()
+    env(**{field.upper(): blank})
+    settings, error = load_settings()
+    assert error is None, error
+    assert settings == defaults
+    assert _warnings(telemetry_logs) == []
+
+
+@pytest.mark.parametrize("blank", BLANKS)
+@pytest.mark.parametrize("var", [PREFIX + "POSTHOG_API_KEY", "CODEWEAVER_POSTHOG_API_KEY"])
+def test_empty_api_key_variable_means_no_key(
+    build: Callable[..., TelemetryClient],
+    env: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+    receiver: PostHogReceiver,
+    var: str,
+    blank: str,
+) -> None:
+    """An empty API key (either variable) is no key: events stay in the local log, and nothing
+    is sent to the host."""
+    monkeypatch.setenv(var, blank)
+    env(ENABLED="1", POSTHOG_HOST=receiver.url)
+    assert _ok().posthog_api_key is None
+    client = build()
+    assert client.enabled
+    client.capture("hello")
+    assert client.flush(2.0)
+    assert receiver.requests() == []
+    assert (client.settings.resolved_state_dir / LOG_FILE).exists()
+
+
+@pytest.mark.parametrize("blank", BLANKS)
+def test_empty_api_key_does_not_hide_the_other_name(
+    monkeypatch: pytest.MonkeyPatch, blank: str
+) -> None:
+    """An empty CODEWEAVER__TELEMETRY__POSTHOG_API_KEY lets CODEWEAVER_POSTHOG_API_KEY be read."""
+    monkeypatch.setenv(PREFIX + "POSTHOG_API_KEY", blank)
+    monkeypatch.setenv("CODEWEAVER_POSTHOG_API_KEY", "phc_other_name")
+    key = _ok().posthog_api_key
+    assert key is not None
+    assert key.get_secret_value() == "phc_other_name"
+
+
+@pytest.mark.parametrize("blank", BLANKS)
+def test_empty_env_value_falls_back_to_config_file(
+    env: Callable[..., None], tmp_path: Path, blank: str
+) -> None:
+    """An empty variable does not hide the config file: the next source applies."""
+    _write_toml(_user_config(tmp_path), "[telemetry]\nbatch_size = 5\nenabled = true\n")
+    env(BATCH_SIZE=blank, ENABLED=blank)
+    settings = _ok()
+    assert settings.batch_size == 5
+    assert settings.enabled is True
+
+
+@pytest.mark.parametrize("blank", BLANKS)
+def test_empty_unknown_env_variable_is_not_an_error(
+    env: Callable[..., None], telemetry_logs: pytest.LogCaptureFixture, blank: str
+) -> None:
+    """An empty variable with a misspelt name is unset too: no config error, no warning."""
+    env(DISABLE_TELEMTRY=blank)
+    assert load_settings() == (_ok(), None)
+    assert _warnings(telemetry_logs) == []
+
+
+@pytest.mark.parametrize("where", ["user", "cwd"])
+def test_empty_values_in_config_file_mean_unset(
+    tmp_path: Path, telemetry_logs: pytest.LogCaptureFixture, where: str
+) -> None:
+    """`posthog_api_key = ""` (or any empty string) in [telemetry] is as if the key were absent,
+    in the user's file and in ./codeweaver.toml alike (which then warns about nothing)."""
+    defaults = _ok()
+    body = "[telemetry]\n" + "".join(
+        f'{name} = "{blank}"\n'
+        for name, blank in [
+            ("posthog_api_key", ""),
+            ("posthog_personal_api_key", ""),
+            ("posthog_host", ""),
+            ("state_dir", ""),
+            ("config_file", ""),
+            ("consent_policy", "  "),
+            ("enabled", ""),
+            ("batch_size", ""),
+            ("heartbeat_interval_seconds", " "),
+            ("tools_above_privacy", ""),
+        ]
+    )
+    _write_toml(_user_config(tmp_path) if where == "user" else Path.cwd() / "codeweaver.toml", body)
+    settings, error = load_settings()
+    assert error is None, error
+    assert settings == defaults
+    assert _warnings(telemetry_logs) == []
+
+
+@pytest.mark.parametrize("blank", ["", "   ", SecretStr("")])
+@pytest.mark.parametrize("field", FIELDS)
+def test_empty_value_in_code_means_unset(field: str, blank: object) -> None:
+    """`posthog_api_key=""` (any setting, empty or blank) in code is as if it were not passed,
+    both for load_settings and for TelemetrySettings(...)."""
+    defaults = _ok()
+    assert load_settings(**{field: blank}) == (defaults, None)
+    assert TelemetrySettings(**{field: blank}) == defaults
+
+
+def test_empty_value_in_code_falls_back_to_env(env: Callable[..., None], clean_env: Path) -> None:
+    """An empty value in code does not hide the environment: the next source applies."""
+    env(POSTHOG_API_KEY="phc_from_env", BATCH_SIZE="7")
+    settings = _ok(posthog_api_key="", batch_size=" ", state_dir="")
+    assert settings.posthog_api_key is not None
+    assert settings.posthog_api_key.get_secret_value() == "phc_from_env"
+    assert settings.batch_size == 7
+    assert settings.resolved_state_dir == clean_env / "telemetry"
+
+
 # -- precedence ---------------------------------------------------------------------------------
 
 
@@ -470,6 +605,100 @@ def test_config_file_full_table(tmp_path: Path, telemetry_logs: pytest.LogCaptur
     assert settings.batch_interval_seconds == 5.5
     assert settings.state_dir == Path("/tmp/cw-state")
     assert _warnings(telemetry_logs) == []
+
+
+# -- the config file is read safely --------------------------------------------------------------
+
+
+def _config_path(where: str, tmp_path: Path, env: Callable[..., None]) -> Path:
+    """Where to put the config file: ./codeweaver.toml, the user's, or one named by CONFIG_FILE."""
+    path = {
+        "cwd": Path.cwd() / "codeweaver.toml",
+        "user": _user_config(tmp_path),
+        "named": tmp_path / "named" / "tele.toml",
+    }[where]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if where == "named":
+        env(CONFIG_FILE=str(path))
+    return path
+
+
+def _load_with_timeout(path: Path, timeout: float = 10.0) -> tuple[TelemetrySettings, str | None]:
+    """load_settings() in a thread: a hang fails the test instead of hanging the run."""
+    result: list[tuple[TelemetrySettings, str | None]] = []
+    thread = threading.Thread(target=lambda: result.append(load_settings()), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():  # stuck opening the FIFO: give it a writer so the thread can end
+        with contextlib.suppress(OSError):
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail(f"load_settings() hung on {path}")
+    return result[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.parametrize("where", ["cwd", "user", "named"])
+def test_fifo_config_file_is_an_error_not_a_hang(
+    where: str, tmp_path: Path, env: Callable[..., None], telemetry_logs: pytest.LogCaptureFixture
+) -> None:
+    """A FIFO at codeweaver.toml (or CONFIG_FILE) never hangs: one warning naming the file and
+    the fix, and telemetry off."""
+    env(ENABLED="1")
+    path = _config_path(where, tmp_path, env)
+    os.mkfifo(path)
+    settings, error = _load_with_timeout(path)
+    assert settings.disable_telemetry is True
+    assert error is not None
+    assert "config_file" in error
+    assert str(path) in error
+    assert "not a regular file" in error
+    warnings = _warnings(telemetry_logs)
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert str(path) in warnings[0].getMessage()
+    assert "remove" in warnings[0].getMessage() or "fix" in warnings[0].getMessage()
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_device_config_file_is_an_error(
+    tmp_path: Path, env: Callable[..., None], telemetry_logs: pytest.LogCaptureFixture
+) -> None:
+    """./codeweaver.toml linking to a device (/dev/zero) is a config error, not an endless read."""
+    (Path.cwd() / "codeweaver.toml").symlink_to("/dev/zero")
+    settings, error = _load_with_timeout(Path.cwd() / "codeweaver.toml")
+    assert settings.disable_telemetry is True
+    assert error is not None
+    assert "codeweaver.toml" in error
+    assert "not a regular file" in error
+    assert len(_warnings(telemetry_logs)) == 1
+
+
+@pytest.mark.parametrize("where", ["cwd", "user", "named"])
+def test_oversize_config_file_is_an_error(
+    where: str, tmp_path: Path, env: Callable[..., None], telemetry_logs: pytest.LogCaptureFixture
+) -> None:
+    """A config file of 2 MiB is not read: one warning naming the file and the limit, and
+    telemetry off."""
+    env(ENABLED="1")
+    path = _config_path(where, tmp_path, env)
+    padding = ("#" + "x" * 1022 + "\n") * 2048  # 2 MiB of comments
+    path.write_text("[telemetry]\nbatch_size = 5\n" + padding, encoding="utf-8")
+    assert path.stat().st_size > 2 * (1 << 20) - 1
+    settings, error = _load_with_timeout(path)
+    assert settings.disable_telemetry is True
+    assert error is not None
+    assert str(path) in error
+    assert "1 MiB" in error
+    warnings = _warnings(telemetry_logs)
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert str(path) in warnings[0].getMessage()
+
+
+def test_config_file_of_exactly_one_mib_is_read(tmp_path: Path) -> None:
+    """The 1 MiB limit is inclusive: a file of exactly 1 MiB is still read."""
+    head = "[telemetry]\nbatch_size = 5\n"
+    path = _write_toml(_user_config(tmp_path), head + "#" * ((1 << 20) - len(head) - 1) + "\n")
+    assert path.stat().st_size == 1 << 20
+    assert _ok().batch_size == 5
 
 
 # -- config file in the working directory (untrusted) -------------------------------------------
@@ -695,6 +924,20 @@ def _out_of_range(env: Callable[..., None], tmp_path: Path) -> None:
     env(BATCH_SIZE="0")
 
 
+def _bad_host_backslash(env: Callable[..., None], tmp_path: Path) -> None:
+    env(POSTHOG_HOST="http://example.com\\@127.0.0.1")
+
+
+def _oversize_config_file(env: Callable[..., None], tmp_path: Path) -> None:
+    path = tmp_path / "big.toml"
+    path.write_bytes(b"[telemetry]\n" + b"#" * (2 << 20) + b"\n")
+    env(CONFIG_FILE=str(path))
+
+
+def _bad_value_in_config_file(env: Callable[..., None], tmp_path: Path) -> None:
+    _write_toml(_user_config(tmp_path), '[telemetry]\nbatch_size = "many"\n')
+
+
 BAD_SETTINGS: dict[str, tuple[Callable[[Callable[..., None], Path], None], tuple[str, ...]]] = {
     # name: (how to break it, fragments the message must contain)
     "batch_size_abc": (_bad_batch_size, ("batch_size", PREFIX + "BATCH_SIZE", "set it to")),
@@ -707,6 +950,12 @@ BAD_SETTINGS: dict[str, tuple[Callable[[Callable[..., None], Path], None], tuple
     "unknown_file_key": (_unknown_file_key, ("batch_sise", "batch_size", "fix")),
     "telemetry_not_table": (_telemetry_not_table, ("[telemetry]", "codeweaver.toml", "fix")),
     "typo_env": (_typo_env, (PREFIX + "DISABLE_TELEMTRY", "disable_telemetry", "fix")),
+    "host_backslash": (_bad_host_backslash, ("posthog_host", PREFIX + "POSTHOG_HOST", "backslash")),
+    "oversize_config_file": (_oversize_config_file, ("config_file", "big.toml", "1 MiB")),
+    "bad_value_in_config_file": (
+        _bad_value_in_config_file,
+        ("batch_size", "in [telemetry] of", "codeweaver.toml", "remove it"),
+    ),
 }
 
 
@@ -778,6 +1027,80 @@ def test_bad_setting_strict_in_env_raises(
     with pytest.raises(TelemetryConfigError) as info:
         load_settings()
     assert bad_setting[0] in str(info.value)
+
+
+# -- TelemetrySettings(...) built directly -------------------------------------------------------
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_direct_construction_raises_config_error(strict: bool) -> None:
+    """TelemetrySettings(...) with a bad value raises TelemetryConfigError (a ValueError), strict
+    or not, chaining pydantic's ValidationError, with the message load_settings gives."""
+    with pytest.raises(TelemetryConfigError) as info:
+        TelemetrySettings(strict=strict, batch_size="lots")
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value.__cause__, ValidationError)
+    message = str(info.value)
+    assert "batch_size (given in code)" in message
+    assert "a whole number 1-1000" in message
+    assert load_settings(batch_size="lots")[1] == message
+
+
+def _given_in_code(env: Callable[..., None], tmp_path: Path) -> tuple[dict[str, Any], list[str]]:
+    return {"batch_size": "lots"}, ["batch_size (given in code)", "pass a whole number 1-1000"]
+
+
+def _given_in_env(env: Callable[..., None], tmp_path: Path) -> tuple[dict[str, Any], list[str]]:
+    env(BATCH_SIZE="lots")
+    return {}, [f"batch_size ({PREFIX}BATCH_SIZE)", "set it to a whole number 1-1000"]
+
+
+def _given_in_file(env: Callable[..., None], tmp_path: Path) -> tuple[dict[str, Any], list[str]]:
+    path = _write_toml(_user_config(tmp_path), '[telemetry]\nbatch_size = "lots"\n')
+    return {}, [f"batch_size (in [telemetry] of {path})", "set it to a whole number 1-1000"]
+
+
+def _given_in_named_file(
+    env: Callable[..., None], tmp_path: Path
+) -> tuple[dict[str, Any], list[str]]:
+    path = _write_toml(tmp_path / "named.toml", "[telemetry]\nbatch_size = 0\n")
+    return {"config_file": path}, [f"batch_size (in [telemetry] of {path})", "1-1000"]
+
+
+@pytest.mark.parametrize(
+    "where", [_given_in_code, _given_in_env, _given_in_file, _given_in_named_file]
+)
+def test_direct_construction_names_where_the_value_was_given(
+    env: Callable[..., None],
+    tmp_path: Path,
+    where: Callable[[Callable[..., None], Path], tuple[dict[str, Any], list[str]]],
+) -> None:
+    """The error names where the bad value came from (code, the variable, or the config file)
+    and the fix; TelemetrySettings(...) and load_settings(...) say the same."""
+    kwargs, fragments = where(env, tmp_path)
+    with pytest.raises(TelemetryConfigError) as info:
+        TelemetrySettings(**kwargs)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    assert load_settings(**kwargs)[1] == message
+
+
+def test_direct_construction_unknown_setting_in_code() -> None:
+    """An unknown keyword in code is named, with a suggestion, as a TelemetryConfigError."""
+    with pytest.raises(TelemetryConfigError, match=r"batch_sise \(given in code\).*batch_size"):
+        TelemetrySettings(batch_sise=3)
+
+
+def test_direct_construction_error_never_shows_values() -> None:
+    """Neither the error nor its chained ValidationError (nor the traceback) echoes a value: a
+    URL may carry a password."""
+    with pytest.raises(TelemetryConfigError) as info:
+        TelemetrySettings(posthog_host=f"http://user:{SECRET}@127.0.0.1")
+    assert "posthog_host (given in code)" in str(info.value)
+    assert SECRET not in str(info.value)
+    assert SECRET not in str(info.value.__cause__)
+    assert SECRET not in "".join(traceback.format_exception(info.value))
 
 
 # -- state_dir survives a bad setting -----------------------------------------------------------
@@ -884,6 +1207,110 @@ def test_rejected_hosts(env: Callable[..., None], host: str) -> None:
     assert settings.disable_telemetry is True
     assert error is not None
     assert "posthog_host" in error
+
+
+# The "http only for loopback" rule, as the HTTP stack (urllib3, under requests) reads the URL.
+HOST_TABLE = [
+    # accepted
+    ("http://127.0.0.1:8000/", True),
+    ("http://[::1]:9/", True),
+    ("https://eu.i.posthog.com", True),
+    ("https://us.i.posthog.com/", True),
+    ("http://localhost:8010/ingest", True),
+    ("http://127.8.9.10:1", True),
+    ("http://127.0.0.1:65535", True),
+    ("https://posthog.example.org:8443/ingest/", True),
+    ("https://10.0.0.5", True),
+    ("https://xn--exmple-cua.com", True),
+    ("  https://eu.i.posthog.com  ", True),
+    # refused: another host hides behind a loopback-looking URL
+    ("http://example.com\\@127.0.0.1", False),
+    ("http:\\\\127.0.0.1", False),
+    ("http://127.0.0.1@example.com", False),
+    ("http://user:pw@127.0.0.1", False),
+    ("https://user:pw@eu.i.posthog.com", False),
+    ("http://127.0.0.1#@example.com", False),
+    ("http://127.0.0.1?x@example.com", False),
+    ("https://eu.i.posthog.com/?x=1", False),
+    ("https://eu.i.posthog.com#frag", False),
+    # refused: not plain, or read differently by different parsers
+    ("https://exa mple.com", False),
+    ("https://example.com/\tx", False),
+    ("http://127.0.0.1\x7f", False),
+    ("https://ho%73t.example.com", False),
+    ("https://exämple.com", False),
+    ("http://[::1%25lo]:8000", False),
+    ("http://[::1", False),
+    # refused: not loopback (or not plainly so) over http
+    ("http://localhost.example.com", False),
+    ("http://0x7f.1", False),
+    ("http://2130706433", False),
+    ("http://127.1", False),
+    ("http://[::ffff:127.0.0.1]", False),
+    ("http://localhost.", False),
+    # refused: wrong scheme, no host, bad port
+    ("ftp://127.0.0.1", False),
+    ("file:///etc/passwd", False),
+    ("//127.0.0.1", False),
+    ("https:///eu.i.posthog.com", False),
+    ("http://127.0.0.1:0", False),
+    ("http://127.0.0.1:65536", False),
+    ("https://eu.i.posthog.com:-1", False),
+]
+
+
+@pytest.mark.parametrize("how", ["code", "env"])
+@pytest.mark.parametrize(("host", "accepted"), HOST_TABLE)
+def test_host_table(
+    build: Callable[..., TelemetryClient],
+    env: Callable[..., None],
+    telemetry_logs: pytest.LogCaptureFixture,
+    host: str,
+    accepted: bool,
+    how: str,
+) -> None:
+    """Accepted: https:// to any host, http:// to localhost, 127.0.0.0/8 and [::1] only, in a
+    plain form every parser reads the same. Anything else: one warning naming posthog_host, and
+    telemetry off."""
+    kwargs: dict[str, Any] = {"enabled": True}
+    if how == "code":
+        kwargs["posthog_host"] = host
+    else:
+        env(POSTHOG_HOST=host)
+    settings, error = load_settings(**kwargs)
+    if accepted:
+        assert error is None, error
+        assert settings.posthog_host == host.strip().rstrip("/")
+        assert _warnings(telemetry_logs) == []
+        return
+    assert error is not None
+    assert "posthog_host" in error
+    assert settings.disable_telemetry is True
+    assert settings.posthog_host == DEFAULT_HOST
+    warnings = _warnings(telemetry_logs)
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "posthog_host" in warnings[0].getMessage()
+    client = build(settings, config_error=error, sink=InMemorySink())
+    assert client.enabled is False
+    assert client.decision.source == "config_error"
+
+
+def test_host_check_does_not_load_urllib3_on_import() -> None:
+    """The host check imports urllib3 only when it runs: importing the settings stays cheap."""
+    code = "import sys, codeweaver_telemetry.settings; print('urllib3' in sys.modules)"
+    environ = dict(os.environ)
+    environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == "False"
 
 
 def test_rejected_host_in_code() -> None:
