@@ -4,10 +4,19 @@
 Refresh policy: all flags for the install id are fetched with one request when each session
 starts (or on the first lookup), then served from the cache. A lookup after
 ``refresh_s`` seconds triggers one background refetch while the cached values keep being
-served. Only the first lookup of an empty cache waits, and for at most ``budget_s``; it
-returns the caller's default if the answer is not there by then, and so do later lookups
-until it arrives. A failed fetch keeps the previous values (or none) and is retried on the
-next lookup after a back-off of ``refresh_s / 10`` (at least 5 s).
+served; :meth:`FlagCache.refresh` refetches at once. Only the first lookup of an empty cache
+waits, and for at most ``budget_s``; it returns the caller's default if the answer is not
+there by then, and so do later lookups until it arrives.
+
+A fetch that fails for a transient reason (:class:`FlagFetchError` with ``transient``: an
+HTTP 5xx, 408 or 429, a connection error or a timeout; or a built-in ``ConnectionError`` or
+``TimeoutError``) is tried again on the same background thread: every 50 ms, doubling, while
+the retry can start within the first lookup's budget (a first lookup that comes while the
+fetch waits to retry has it retry at once), then after 1, 2, 4, 8 and 16 s (about 30 s in
+all), so the answer still arrives once the host recovers. A fetch that fails for good (any
+other error, or the last retry) keeps the previous values (or none) and is tried again on
+the next lookup after a back-off of ``refresh_s / 10`` (at least 5 s). No caller ever waits
+for a retry beyond its budget.
 """
 
 from __future__ import annotations
@@ -18,10 +27,49 @@ from collections.abc import Callable
 
 from codeweaver_telemetry._internal import internal_errors, logger
 
-__all__ = ["FlagCache", "FlagValue"]
+__all__ = ["FlagCache", "FlagFetchError", "FlagSourceClosed", "FlagValue"]
 
 FlagValue = bool | str
 """A flag's value: its variant key for a multivariate flag, else True/False."""
+
+#: The first quick retry waits this long; each next one twice as long as the last.
+_QUICK_FIRST_DELAY_S = 0.05
+
+#: Waits before the background retries, once the quick ones are over (about 30 s in all).
+_BACKGROUND_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+class FlagFetchError(Exception):
+    """A flag fetch failed; ``transient`` tells whether trying again soon may succeed.
+
+    Raised by a flag source (such as ``PostHogFlags``) so that :class:`FlagCache` can
+    retry without knowing the source's protocol: transient for an HTTP 5xx, 408 or 429, a
+    connection error or a timeout; not transient for a refusal (400, 401, 403, ...) or a
+    malformed answer. Its message holds no user data (a status code, an error type name).
+    """
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class FlagSourceClosed(FlagFetchError):
+    """The flag source was shut down: the cache stops fetching, without a warning."""
+
+    def __init__(self) -> None:
+        super().__init__("the flag source is shut down", transient=False)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, FlagFetchError):
+        return exc.transient
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, FlagFetchError):
+        return str(exc)
+    return type(exc).__name__
 
 
 class FlagCache:
@@ -29,7 +77,9 @@ class FlagCache:
 
     Args:
         fetch: returns ``{flag_key: value}``; may block (it runs on a background thread)
-            and may raise (the failure is logged once and the cache keeps what it had).
+            and may raise (the failure is logged once and the cache keeps what it had); a
+            :class:`FlagFetchError` with ``transient`` set is retried (see the module), and
+            :class:`FlagSourceClosed` ends the fetch quietly.
         budget_s: the longest the first lookup waits.
         refresh_s: age after which a lookup triggers a background refetch.
     """
@@ -41,12 +91,19 @@ class FlagCache:
         self._budget_s = budget_s
         self._refresh_s = refresh_s
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._ready = threading.Event()
         self._values: dict[str, FlagValue] | None = None
         self._fetched_at = 0.0
         self._failed_at = 0.0
         self._fetching = False
         self._waited = False
+        # Quick retries may start until then: the end of the first lookup's budget.
+        self._quick_until = 0.0
+        # refresh() was called after the running attempt began: fetch again after it.
+        self._again = False
+        # The first lookup started waiting: a retry sleeping in its back-off goes now.
+        self._hurry = False
 
     def prefetch(self, *, force: bool = False) -> None:
         """Start a background fetch if none is running and the cache is empty or stale.
@@ -54,47 +111,158 @@ class FlagCache:
         ``force`` (a new session) fetches even a fresh cache; cached values keep being
         served until the new answer arrives.
         """
+        self._prefetch(force=force)
+
+    def _prefetch(self, *, force: bool) -> bool:
+        """:meth:`prefetch`; True when it started a fetch."""
         now = time.monotonic()
         with self._lock:
             if self._fetching:
-                return
+                return False
             fresh = (
                 not force and self._values is not None and now - self._fetched_at < self._refresh_s
             )
             retry_wait = max(5.0, self._refresh_s / 10)
             if fresh or (self._failed_at and now - self._failed_at < retry_wait):
-                return
-            self._fetching = True
-        threading.Thread(target=self._run, name="codeweaver-telemetry-flags", daemon=True).start()
+                return False
+            self._claim_locked(now)
+        return self._start()
+
+    def refresh(self) -> None:
+        """Refetch every flag now, in the background; never blocks, never raises.
+
+        Freshness and the failed-fetch back-off are ignored. If a fetch is running, no
+        second one starts: it is made to fetch again once its current request is done (or
+        at once, if it is waiting to retry), so the values that arrive reflect the host's
+        state after this call. Cached values keep being served meanwhile.
+        """
+        with internal_errors("refresh feature flags"):
+            with self._lock:
+                if self._fetching:
+                    self._again = True
+                    self._wake.notify_all()
+                    return
+                self._claim_locked(time.monotonic())
+            self._start()
+
+    def _after_fork(self) -> None:
+        """Make the cache usable in a forked child: new lock, condition and event (the
+        parent's may have been held at the fork), no fetch running (the parent's thread
+        does not exist here); the cached values are kept."""
+        was_ready = self._ready.is_set()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._ready = threading.Event()
+        if was_ready:
+            self._ready.set()
+        self._fetching = False
+        self._again = False
+        self._hurry = False
+
+    def _claim_locked(self, now: float) -> None:
+        self._fetching = True
+        self._again = False
+        self._hurry = False
+        self._quick_until = max(self._quick_until, now + self._budget_s)
+
+    def _start(self) -> bool:
+        try:
+            threading.Thread(
+                target=self._run, name="codeweaver-telemetry-flags", daemon=True
+            ).start()
+        except Exception as exc:  # no thread to be had (interpreter exiting, limits)
+            with self._lock:
+                self._fetching = False
+                self._failed_at = time.monotonic()
+            logger.warning(
+                "codeweaver_telemetry: feature flags could not be fetched (%s); defaults are used",
+                type(exc).__name__,
+            )
+            return False
+        return True
 
     def _run(self) -> None:
-        values: dict[str, FlagValue] | None = None
         with internal_errors("feature flag fetch"):
             try:
-                values = self._fetch()
+                self._fetch_until_done()
+            except BaseException:
+                with self._lock:  # never leave the cache believing a fetch is running
+                    if self._fetching:
+                        self._fetching = False
+                        self._failed_at = time.monotonic()
+                self._ready.set()
+                raise
+
+    def _fetch_until_done(self) -> None:
+        """Fetch, retrying transient failures (see the module), until the values are in,
+        the failure is final or the retries are used up; then clear ``_fetching``."""
+        quick_delay = _QUICK_FIRST_DELAY_S
+        background = 0
+        while True:
+            with self._lock:
+                self._again = False  # this attempt starts after every refresh() so far
+            try:
+                values = dict(self._fetch())
             except Exception as exc:
-                logger.warning(
-                    "codeweaver_telemetry: feature flags could not be fetched (%s); "
-                    "defaults are used",
-                    type(exc).__name__,
-                )
-        with self._lock:
-            self._fetching = False
-            if values is not None:
-                self._values = dict(values)
-                self._fetched_at = time.monotonic()
-                self._failed_at = 0.0
+                failure = exc
             else:
-                self._failed_at = time.monotonic()
-        self._ready.set()
+                with self._lock:
+                    self._values = values
+                    self._fetched_at = time.monotonic()
+                    self._failed_at = 0.0
+                    self._ready.set()
+                    if not self._again:
+                        self._fetching = False
+                        return
+                continue  # refresh() was called while this request was out: ask again
+            transient = _is_transient(failure)
+            with self._lock:
+                if self._again:
+                    continue  # refresh() was called meanwhile: ask again at once
+                now = time.monotonic()
+                delay: float | None = None  # None: no retry
+                if transient and now + quick_delay < self._quick_until:
+                    delay = quick_delay
+                    quick_delay *= 2
+                elif transient and background < len(_BACKGROUND_DELAYS_S):
+                    delay = _BACKGROUND_DELAYS_S[background]
+                    background += 1
+                if delay is None:  # failed for good: keep what we had, back off
+                    self._fetching = False
+                    self._failed_at = now
+                    self._ready.set()
+                    if isinstance(failure, FlagSourceClosed):
+                        return
+                    break
+            logger.debug(
+                "codeweaver_telemetry: feature flags could not be fetched (%s); "
+                "trying again in %.2f s",
+                _describe(failure),
+                delay,
+            )
+            with self._lock:
+                self._wake.wait_for(lambda: self._again or self._hurry, delay)
+                if self._hurry:  # the first lookup is waiting: quick retries again
+                    self._hurry = False
+                    quick_delay = _QUICK_FIRST_DELAY_S
+        logger.warning(
+            "codeweaver_telemetry: feature flags could not be fetched (%s); defaults are used",
+            _describe(failure),
+        )
 
     def all(self) -> dict[str, FlagValue]:
         """Every flag, waiting at most the budget on the very first lookup."""
-        self.prefetch()
+        started = self._prefetch(force=False)
         with self._lock:
             values = self._values
             should_wait = values is None and not self._waited
             self._waited = True
+            if should_wait and self._fetching and not started:
+                # The fetch started earlier may be waiting to retry: retry now, and keep
+                # retrying quickly while this lookup waits.
+                self._quick_until = max(self._quick_until, time.monotonic() + self._budget_s)
+                self._hurry = True
+                self._wake.notify_all()
         if should_wait:
             self._ready.wait(self._budget_s)
             with self._lock:

@@ -14,15 +14,18 @@ polls (``only_evaluate_locally``), which makes no request per lookup.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import os
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from codeweaver_telemetry._internal import logger
+from codeweaver_telemetry._internal import fork_safe_imports, logger
 from codeweaver_telemetry._types import Event, ExportResult
-from codeweaver_telemetry.flags import FlagValue
+from codeweaver_telemetry.flags import FlagFetchError, FlagSourceClosed, FlagValue
 
 __all__ = ["PostHogFlags", "PostHogSink"]
 
@@ -36,6 +39,32 @@ def _quiet_posthog_logger() -> None:
     log = logging.getLogger("posthog")
     if not log.handlers:
         log.addHandler(logging.NullHandler())
+
+
+_FORK_HOOK = False
+
+
+def _posthog_request() -> Any:
+    """``posthog.request``, imported once, with its connections renewed in a forked child."""
+    global _FORK_HOOK
+    from posthog import request
+
+    _quiet_posthog_logger()
+    if not _FORK_HOOK and hasattr(os, "register_at_fork"):
+        _FORK_HOOK = True
+        os.register_at_fork(after_in_child=_renew_connections)
+    return request
+
+
+def _renew_connections() -> None:
+    # A child must not talk over the parent's keep-alive sockets (both would read and
+    # write the same connection); posthog renews its sessions only when a Posthog client
+    # exists, which the sink never builds.
+    request = sys.modules.get("posthog.request")
+    reset = getattr(request, "reset_sessions", None)
+    if callable(reset):
+        with contextlib.suppress(Exception):
+            reset()
 
 
 def _message(event: Event) -> dict[str, Any]:
@@ -66,6 +95,13 @@ class PostHogSink:
         self._host = host
         self._timeout_s = timeout_s
 
+    def prepare(self) -> None:
+        """Import the posthog transport (~200 ms); the worker calls this when its thread
+        starts, under the lock ``os.fork()`` waits for."""
+        if self._request is None:
+            with fork_safe_imports():
+                self._request = _posthog_request()
+
     def export(self, batch: Sequence[Event]) -> ExportResult:
         """POST the batch (gzip) to ``/batch/``.
 
@@ -73,11 +109,7 @@ class PostHogSink:
         404 and 422 (it would fail again); RETRY for anything else (5xx, 408, 429, network).
         """
         if self._request is None:
-            # The ~200 ms import happens on the worker thread, on the first export.
-            from posthog import request
-
-            _quiet_posthog_logger()
-            self._request = request
+            self.prepare()
         self.retry_after_s = 0.0
         try:
             self._request.batch_post(
@@ -112,6 +144,38 @@ class PostHogSink:
         """Nothing is queued inside this sink; the worker owns every pending event."""
 
 
+def _transient_status(status: int) -> bool:
+    """Whether an HTTP status from ``/flags/`` may clear up soon: 5xx, 408 and 429."""
+    return status >= 500 or status in (408, 429)
+
+
+def _fetch_error(exc: Exception, request: Any) -> FlagFetchError | None:
+    """Classify what ``request.flags`` raised; None when it is not a request failure.
+
+    HTTP errors (``APIError``, with ``QuotaLimitError`` among them as a 200) are transient
+    for 5xx, 408 and 429; connection errors, timeouts and answers cut short are transient,
+    except TLS failures (a certificate does not fix itself in seconds). The message holds
+    only a status code or a type name.
+    """
+    import requests
+
+    if isinstance(exc, request.APIError):
+        status = exc.status if isinstance(exc.status, int) else 0
+        return FlagFetchError(f"HTTP {status}", transient=_transient_status(status))
+    if isinstance(exc, requests.exceptions.SSLError):
+        return FlagFetchError(type(exc).__name__, transient=False)
+    if isinstance(
+        exc,
+        (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+        ),
+    ):
+        return FlagFetchError(type(exc).__name__, transient=True)
+    return None
+
+
 def _flag_value(entry: Any) -> FlagValue | None:
     if not isinstance(entry, dict):
         return None
@@ -124,6 +188,11 @@ def _flag_value(entry: Any) -> FlagValue | None:
 
 class PostHogFlags:
     """Fetch every flag for one distinct id, remotely or by local evaluation.
+
+    A failed remote fetch raises :class:`~codeweaver_telemetry.flags.FlagFetchError`,
+    transient for HTTP 5xx, 408 and 429, connection errors and timeouts (the flag cache
+    retries those), not for other statuses or a malformed answer. posthog's own retries
+    are off (``max_retries=0``): the cache does the retrying.
 
     Args:
         api_key: the project API key.
@@ -149,31 +218,42 @@ class PostHogFlags:
         self._personal_api_key = personal_api_key
         self._client: Any = None
         self._lock = threading.Lock()
+        self._closed = False
 
     def __call__(self) -> dict[str, FlagValue]:
-        """One fetch of all flags (blocking; runs on the flag cache's thread)."""
+        """One fetch of all flags (blocking; runs on the flag cache's thread).
+
+        After :meth:`shutdown` it raises :class:`FlagSourceClosed` and sends nothing.
+        """
+        if self._closed:
+            raise FlagSourceClosed
         if self._personal_api_key:
             return self._local()
         return self._remote()
 
     def _remote(self) -> dict[str, FlagValue]:
-        from posthog import request
-
-        _quiet_posthog_logger()
-        response = request.flags(
-            self._api_key,
-            self._host,
-            gzip=False,
-            timeout=self._timeout_s,
-            max_retries=0,
-            distinct_id=self._distinct_id,
-            groups={},
-            person_properties={},
-            group_properties={},
-            geoip_disable=True,
-        )
+        with fork_safe_imports():
+            request = _posthog_request()
+        try:
+            response = request.flags(
+                self._api_key,
+                self._host,
+                gzip=False,
+                timeout=self._timeout_s,
+                max_retries=0,
+                distinct_id=self._distinct_id,
+                groups={},
+                person_properties={},
+                group_properties={},
+                geoip_disable=True,
+            )
+        except Exception as exc:
+            error = _fetch_error(exc, request)
+            if error is None:  # a malformed answer (JSON errors are ValueErrors) or a bug
+                raise FlagFetchError(type(exc).__name__, transient=False) from exc
+            raise error from exc
         if not isinstance(response, dict):
-            raise ValueError("unexpected /flags/ answer")
+            raise FlagFetchError("unexpected /flags/ answer", transient=False)
         flags = response.get("flags")
         values: dict[str, FlagValue] = {}
         if isinstance(flags, dict):
@@ -191,10 +271,13 @@ class PostHogFlags:
 
     def _local(self) -> dict[str, FlagValue]:
         with self._lock:
+            if self._closed:
+                raise FlagSourceClosed
             if self._client is None:
-                from posthog import Posthog
+                with fork_safe_imports():
+                    from posthog import Posthog
 
-                _quiet_posthog_logger()
+                    _posthog_request()
                 self._client = Posthog(
                     self._api_key,
                     host=self._host,
@@ -214,12 +297,22 @@ class PostHogFlags:
             disable_geoip=True,
         )
         if values is None:
-            raise ValueError("no flag definitions loaded")
+            raise FlagFetchError("no flag definitions loaded", transient=False)
         return {k: v for k, v in values.items() if isinstance(v, (bool, str))}
 
+    def _after_fork(self) -> None:
+        """In a forked child: a new lock (the parent's may have been held at the fork).
+
+        The local-evaluation client, if any, is kept: posthog re-creates its own threads
+        and connection pools in the child.
+        """
+        self._lock = threading.Lock()
+
     def shutdown(self) -> None:
-        """Stop the local-evaluation poller, if one was started (without waiting on it)."""
+        """Stop the local-evaluation poller, if one was started (without waiting on it);
+        fetch nothing more (a retry the flag cache has scheduled ends quietly)."""
         with self._lock:
+            self._closed = True
             client, self._client = self._client, None
         if client is not None:
             poller = getattr(client, "poller", None)
