@@ -1,15 +1,22 @@
 # SPDX-License-Identifier: MIT OR Apache-2.0
-"""The disk spool: finished events that could not be delivered before exit, kept for later.
+"""The disk spool: finished events that could not be delivered yet, kept for later.
 
 Only events that have left the privacy pipeline are ever written (the same payloads the
-local log shows). Each saving process writes one file ``spool-<tag>-<pid>-<random>.jsonl``
-(mode 0600) with a temp file and a rename. The tag names the destination (a hash of the
-PostHog host and project key, or ``local``), so spooled events only ever go where they
-were meant to. A later run claims files by renaming them before reading, so two processes
-never send the same spooled event twice; it takes at most ``limit`` events and leaves the
-rest for later. The spool is bounded: past ``max_bytes`` in all, nothing more is written
-and the events are counted as dropped. The spool never creates the state directory: after
-``codeweaver-telemetry delete``, a process still running writes nothing.
+local log shows), each with the install id it was made for. Each save writes one file
+``spool-<tag>-<pid>-<random>.jsonl`` (mode 0600) with a temp file and a rename. The tag
+names the destination (a hash of the PostHog host and project key, or ``local``), so
+spooled events only ever go where they were meant to.
+
+A run drains the spool one file at a time: :meth:`Spool.claim` renames the oldest file of
+its tag (so two processes never send the same spooled event twice) and reads it; the
+claim is then either finished (:meth:`Claim.done`, the file is deleted) or handed back
+with what is still unsent (:meth:`Claim.give_back`). A claim left by a process that died
+is taken back into the spool by the next :meth:`Spool.claim`.
+
+The spool is bounded: past ``max_bytes`` in all, nothing more is written and the events
+are counted as dropped. The spool never creates the state directory (after
+``codeweaver-telemetry delete``, a process still running writes nothing), never writes
+through a symbolic link and refuses a symlinked spool directory.
 """
 
 from __future__ import annotations
@@ -18,20 +25,44 @@ import contextlib
 import json
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from codeweaver_telemetry._files import ensure_private_dir, read_regular, write_atomic
 from codeweaver_telemetry._types import Event
 
-__all__ = ["SPOOL_DIR", "Spool"]
+__all__ = ["SPOOL_DIR", "Claim", "Spool"]
 
 SPOOL_DIR = "spool"
 _PREFIX = "spool-"
 _CLAIMED = ".claimed-"
+_MAX_FILE_BYTES = 64 * 1024 * 1024  # a claimed file larger than this is not read
+
+
+class Claim:
+    """One spool file taken by this process: its events, and what becomes of the file."""
+
+    def __init__(self, spool: Spool, path: Path, events: list[Event]) -> None:
+        self.spool = spool
+        self.path = path
+        self.events = events
+
+    def done(self) -> None:
+        """Every event of the file was delivered (or dropped on purpose): delete it."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+    def give_back(self, unsent: Sequence[Event]) -> int:
+        """Return ``unsent`` to the spool for a later try; returns how many were kept."""
+        try:
+            kept = self.spool.save(unsent) if unsent else 0
+        finally:
+            self.done()
+        return kept
 
 
 class Spool:
-    """Save and load finished events in ``directory``.
+    """Save and claim finished events in ``directory``.
 
     Args:
         directory: the spool directory (created 0700 on first save, inside an existing
@@ -54,87 +85,108 @@ class Spool:
     def _size(self) -> int:
         total = 0
         with contextlib.suppress(FileNotFoundError):
-            for path in self.directory.iterdir():
-                with contextlib.suppress(FileNotFoundError):
-                    total += path.stat().st_size
+            for entry in os.scandir(self.directory):
+                with contextlib.suppress(OSError):
+                    total += entry.stat(follow_symlinks=False).st_size
         return total
 
     def save(self, events: Sequence[Event]) -> int:
-        """Write ``events``; returns how many were kept (0 when the spool is full)."""
+        """Write ``events``; returns how many were kept (0 when the spool is full).
+
+        Raises:
+            OSError: the file could not be written (a full disk, a symlinked directory);
+                nothing was kept.
+        """
         if not events:
             return 0
-        lines = "".join(
-            json.dumps(
-                {
-                    "event": e.name,
-                    "distinct_id": e.distinct_id,
-                    "timestamp": e.timestamp,
-                    "uuid": e.uuid,
-                    "properties": e.properties,
-                },
-                ensure_ascii=False,
-                separators=(",", ":"),
-            )
-            + "\n"
-            for e in events
-        )
-        data = lines.encode("utf-8")
+        data = "".join(_encode(e) + "\n" for e in events).encode("utf-8")
         if not self.directory.parent.is_dir():  # the state directory was deleted: keep nothing
             return 0
-        self.directory.mkdir(mode=0o700, exist_ok=True)
+        ensure_private_dir(self.directory)
         if self._size() + len(data) > self.max_bytes:
             return 0
         name = f"{self._prefix}{os.getpid()}-{secrets.token_hex(4)}.jsonl"
-        tmp = self.directory / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, self.directory / name)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(self.directory, name, data)
         return len(events)
 
-    def load(self, limit: int | None = None) -> list[Event]:
-        """Claim and read spooled files of this tag, oldest first, up to ``limit`` events.
+    def has_files(self) -> bool:
+        """Whether any file of this tag waits (claimed by a dead process included)."""
+        try:
+            with os.scandir(self.directory) as entries:
+                return any(self._mine(entry.name) for entry in entries)
+        except OSError:
+            return False
 
-        A file is taken whole; if it holds more than is wanted, the rest is written back
-        as a new file for a later run.
+    def _mine(self, name: str) -> bool:
+        if name.startswith(self._prefix):
+            return True
+        return name.startswith(_CLAIMED) and self._prefix in name
+
+    def claim(self, keep: Callable[[Event], bool] | None = None) -> Claim | None:
+        """Take the oldest file of this tag, or None when there is none.
+
+        Events for which ``keep`` returns False (made for an install id that is no longer
+        the current one) are left out of the claim; they are deleted with the file.
+        """
+        if self.directory.is_symlink():  # never read events from outside the state directory
+            return None
+        self._recover_abandoned()
+        while True:
+            try:
+                with os.scandir(self.directory) as entries:
+                    found = [
+                        (_mtime(e), e.name) for e in entries if e.name.startswith(self._prefix)
+                    ]
+            except OSError:
+                return None
+            if not found:
+                return None
+            for _, name in sorted(found):
+                claimed = self.directory / f"{_CLAIMED}{os.getpid()}-{name}"
+                try:
+                    os.replace(self.directory / name, claimed)  # another process may win
+                except FileNotFoundError:
+                    continue
+                events = _read(claimed)
+                if keep is not None:
+                    events = [e for e in events if keep(e)]
+                return Claim(self, claimed, events)
+
+    def _recover_abandoned(self) -> None:
+        """Put back files claimed by processes that no longer run."""
+        try:
+            with os.scandir(self.directory) as entries:
+                names = [e.name for e in entries if e.name.startswith(_CLAIMED)]
+        except OSError:
+            return
+        for name in names:
+            pid_text, _, original = name[len(_CLAIMED) :].partition("-")
+            if not original.startswith(self._prefix) or not pid_text.isdigit():
+                continue
+            if int(pid_text) == os.getpid() or _alive(int(pid_text)):
+                continue
+            with contextlib.suppress(OSError):
+                os.replace(self.directory / name, self.directory / original)
+
+    def load(self, limit: int | None = None) -> list[Event]:
+        """Claim and read whole files of this tag, oldest first, up to ``limit`` events.
+
+        If the last file holds more than is wanted, the rest goes back to the spool.
         """
         events: list[Event] = []
-        try:
-            paths = [p for p in self.directory.iterdir() if p.name.startswith(self._prefix)]
-        except FileNotFoundError:
-            return events
-        names = [p.name for p in sorted(paths, key=_mtime)]
-        for name in names:
-            if limit is not None and len(events) >= limit:
+        while limit is None or len(events) < limit:
+            claim = self.claim()
+            if claim is None:
                 break
-            claimed = self.directory / f"{_CLAIMED}{os.getpid()}-{name}"
-            try:
-                os.replace(self.directory / name, claimed)  # another process may win: fine
-            except FileNotFoundError:
-                continue
-            try:
-                with claimed.open(encoding="utf-8") as fh:
-                    for line in fh:
-                        event = _parse(line)
-                        if event is not None:
-                            events.append(event)
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(claimed)
-        if limit is not None and len(events) > limit:
-            self.save(events[limit:])
-            events = events[:limit]
+            room = len(claim.events) if limit is None else limit - len(events)
+            events.extend(claim.events[:room])
+            claim.give_back(claim.events[room:])
         return events
 
     def clear(self) -> list[Path]:
         """Delete every spool file (the CLI's ``disable`` and ``delete``); returns them."""
         removed = []
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for path in self.directory.iterdir():
                 if path.name.startswith((_PREFIX, _CLAIMED, f".{_PREFIX}")):
                     with contextlib.suppress(FileNotFoundError):
@@ -145,14 +197,51 @@ class Spool:
         return removed
 
 
-def _mtime(path: Path) -> float:
+def _alive(pid: int) -> bool:
     try:
-        return path.stat().st_mtime
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def _mtime(entry: os.DirEntry[str]) -> float:
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime
     except OSError:
         return 0.0
 
 
-def _parse(line: str) -> Event | None:
+def _encode(event: Event) -> str:
+    return json.dumps(
+        {
+            "event": event.name,
+            "distinct_id": event.distinct_id,
+            "timestamp": event.timestamp,
+            "uuid": event.uuid,
+            "properties": event.properties,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def _read(path: Path) -> list[Event]:
+    try:
+        data = read_regular(path, _MAX_FILE_BYTES)
+    except OSError:
+        return []
+    events = []
+    for line in data.splitlines():
+        event = _parse(line)
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def _parse(line: bytes) -> Event | None:
     try:
         data = json.loads(line)
         props = data["properties"]

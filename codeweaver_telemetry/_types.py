@@ -13,6 +13,7 @@ from typing import Any, NamedTuple, Protocol, TypeAlias, runtime_checkable
 
 __all__ = [
     "ERROR_EVENT",
+    "FLAG_CALLED_EVENT",
     "HEARTBEAT_EVENT",
     "SEARCH_EVENT",
     "SESSION_EVENT",
@@ -46,6 +47,8 @@ class Event:
     model: object | None = None
     context: Mapping[str, Any] = field(default_factory=dict)
     """System properties set by the library (session id, flags); added after privacy stages."""
+    attempts: int = 0
+    """Failed deliveries so far (the worker spools an event after ``max_retries``)."""
 
 
 SESSION_EVENT = "codeweaver_session"
@@ -56,6 +59,8 @@ ERROR_EVENT = "codeweaver_error"
 """The name of the shipped error event."""
 HEARTBEAT_EVENT = "codeweaver_heartbeat"
 """The name of the shipped heartbeat event."""
+FLAG_CALLED_EVENT = "$feature_flag_called"
+"""PostHog's exposure event, sent by the library when the app reads a flag."""
 
 
 class Deferred:

@@ -6,8 +6,10 @@ import io
 import json
 import os
 import stat
+import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 from codeweaver_telemetry import Event, TelemetryClient
 from codeweaver_telemetry._spool import SPOOL_DIR, Spool
 from codeweaver_telemetry.cli import main as cli_main
+from tests.helpers import wait_until
 from tests.receiver import CAPTURE, PostHogReceiver
 
 SECRET_PATH = "/home/alice/private-project/notes.txt"
@@ -68,7 +71,10 @@ def test_undelivered_events_are_spooled_scrubbed_and_sent_by_the_next_run(
         4,
     ]
     assert [e["event"] for e in events].count("online") == 1
-    assert spool_text(second.settings.resolved_state_dir) == "", "the spool was emptied"
+    # A spool file is deleted once the host has accepted its last event.
+    assert wait_until(lambda: spool_text(second.settings.resolved_state_dir) == ""), (
+        "the spool was emptied"
+    )
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
@@ -180,3 +186,218 @@ def test_both_halves_of_a_split_batch_are_spooled_at_exit(
     receiver.hang(route=CAPTURE)
     client.shutdown()
     assert client.stats()["spooled"] == 4
+
+
+# -- hardening: consent, draining, links ------------------------------------------------------
+def _state_dir(client: TelemetryClient) -> Path:
+    return client.settings.resolved_state_dir
+
+
+def test_a_disable_in_another_shell_stops_events_in_flight(
+    make_client: Callable[..., TelemetryClient], receiver: PostHogReceiver
+) -> None:
+    """A run captures against a hanging host; `codeweaver-telemetry disable` runs in another
+    shell; the run ends. Nothing it captured is spooled, and after a later `enable` the
+    next run sends none of it (and never the forgotten id)."""
+    receiver.hang(route=CAPTURE)
+    first = wire(make_client, receiver, exit_timeout_seconds=0.6)
+    old_id = first.distinct_id
+    for i in range(20):
+        first.capture("before_disable", {"i": i})
+    first.flush(0.2)  # the batch is now in the hanging host's hands
+    assert cli_main(["disable"], out=io.StringIO()) == 0
+    first.capture("after_disable", {})
+    first.shutdown()
+    assert spool_text(_state_dir(first)) == "", "nothing captured before the disable is spooled"
+    assert first.stats()["dropped"].get("consent_off", 0) >= 20
+    assert not first.enabled
+
+    receiver.heal()
+    receiver.clear()
+    assert cli_main(["enable"], out=io.StringIO()) == 0
+    second = wire(make_client, receiver)
+    assert second.distinct_id != old_id
+    second.capture("new_run", {})
+    assert second.flush(5)
+    events = receiver.wait_for_events(1)
+    time.sleep(0.3)  # anything spooled would be drained by now
+    assert {e["event"] for e in receiver.events()} == {"new_run"}
+    assert all(e["distinct_id"] == second.distinct_id for e in receiver.events())
+    assert old_id not in json.dumps(events)
+
+
+def test_events_queued_before_a_disable_are_never_sent(
+    make_client: Callable[..., TelemetryClient], receiver: PostHogReceiver
+) -> None:
+    """Events still waiting in the queue when the user disables are dropped, not sent; the
+    client turns itself off."""
+    client = wire(make_client, receiver, batch_interval_seconds=60.0)
+    for i in range(5):
+        client.capture("queued", {"i": i})
+    assert cli_main(["disable"], out=io.StringIO()) == 0
+    client.flush(2)
+    client.capture("later", {})
+    client.shutdown()
+    assert receiver.events() == []
+    assert not client.enabled
+    assert client.decision.source == "stored_choice"
+
+
+def test_a_delete_in_another_shell_stops_sending(
+    make_client: Callable[..., TelemetryClient], receiver: PostHogReceiver
+) -> None:
+    """`codeweaver-telemetry delete` while a run is going: the id is gone, so is the sending."""
+    client = wire(make_client, receiver, batch_interval_seconds=60.0)
+    client.capture("queued", {})
+    assert cli_main(["delete"], out=io.StringIO()) == 0
+    client.flush(2)
+    client.shutdown()
+    assert receiver.events() == []
+    assert not _state_dir(client).exists(), "nothing was written back after the delete"
+
+
+def test_spooled_events_of_a_forgotten_install_id_are_dropped(
+    make_client: Callable[..., TelemetryClient], receiver: PostHogReceiver, clean_env: Path
+) -> None:
+    """A spool file made for another install id (one that `disable` forgot) is never sent."""
+    client = wire(make_client, receiver)
+    state_dir = _state_dir(client)
+    client.shutdown()
+    spool = Spool(state_dir / SPOOL_DIR, tag=_tag_of(state_dir))
+    stale = [Event("stale", {}, time.time(), "u1", "00000000-0000-4000-8000-000000000000")]
+    assert spool.save(stale) == 1
+    receiver.clear()
+    second = wire(make_client, receiver)
+    second.capture("fresh", {})
+    assert second.flush(5)
+    assert wait_until(lambda: not spool.has_files())
+    assert [e["event"] for e in receiver.events()] == ["fresh"]
+
+
+def _tag_of(state_dir: Path) -> str:
+    names = (
+        [p.name for p in (state_dir / SPOOL_DIR).glob("spool-*")]
+        if (state_dir / SPOOL_DIR).exists()
+        else []
+    )
+    if names:
+        return names[0].split("-")[1]
+    from codeweaver_telemetry.client import _spool_tag
+    from codeweaver_telemetry.settings import TelemetrySettings
+
+    return _spool_tag(TelemetrySettings(posthog_api_key="phc_spool", posthog_host=_HOST[0]), None)
+
+
+_HOST: list[str] = [""]
+
+
+@pytest.fixture(autouse=True)
+def _remember_host(receiver: PostHogReceiver) -> None:
+    _HOST[0] = receiver.url
+
+
+def test_a_run_drains_the_whole_spool_in_the_background(
+    make_client: Callable[..., TelemetryClient], receiver: PostHogReceiver
+) -> None:
+    """4,000 spooled events (from runs that could not send) all go out in one later run,
+    from its start, though that run captures nothing."""
+    first = wire(make_client, receiver)
+    first.shutdown()
+    install_id = first.distinct_id
+    assert install_id is not None
+    spool = Spool(_state_dir(first) / SPOOL_DIR, tag=_tag_of(_state_dir(first)))
+    for chunk in range(8):
+        batch = [
+            Event("spooled", {"i": chunk * 500 + i}, time.time(), str(uuid.uuid4()), install_id)
+            for i in range(500)
+        ]
+        assert spool.save(batch) == 500
+    receiver.clear()
+    second = wire(make_client, receiver)
+    events = receiver.wait_for_events(4000, timeout=60)
+    assert sorted(e["properties"]["i"] for e in events) == list(range(4000))
+    assert wait_until(lambda: not spool.has_files(), timeout=10)
+    assert second.stats()["sent"] == 4000
+
+
+def test_exit_while_draining_keeps_the_rest_spooled(
+    make_client: Callable[..., TelemetryClient], receiver: PostHogReceiver
+) -> None:
+    """A run that exits while the host hangs mid-drain waits no longer than its bound, and
+    every spooled event is still there for the next run."""
+    first = wire(make_client, receiver)
+    first.shutdown()
+    install_id = first.distinct_id
+    assert install_id is not None
+    spool = Spool(_state_dir(first) / SPOOL_DIR, tag=_tag_of(_state_dir(first)))
+    batch = [
+        Event("spooled", {"i": i}, time.time(), str(uuid.uuid4()), install_id) for i in range(300)
+    ]
+    assert spool.save(batch) == 300
+    receiver.hang(route=CAPTURE)
+    second = wire(make_client, receiver, exit_timeout_seconds=0.5)
+    receiver.wait_for_requests(1, route=CAPTURE)
+    started = time.monotonic()
+    second.shutdown()
+    assert time.monotonic() - started < 0.5 + 0.5
+    kept = Spool(_state_dir(first) / SPOOL_DIR, tag=_tag_of(_state_dir(first))).load()
+    assert sorted(e.properties["i"] for e in kept) == list(range(300))
+
+
+def test_a_claim_left_by_a_dead_process_is_taken_back(tmp_path: Path) -> None:
+    """A spool file claimed by a process that died mid-drain is drained by the next run."""
+    spool = Spool(tmp_path / "spool")
+    spool.save([Event("e", {"i": 1}, 0.0, "u1", "d")])
+    (name,) = [p.name for p in (tmp_path / "spool").iterdir()]
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(dead.stdout)
+    os.replace(tmp_path / "spool" / name, tmp_path / "spool" / f".claimed-{pid}-{name}")
+    assert [e.name for e in Spool(tmp_path / "spool").load()] == ["e"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symbolic links")
+def test_a_symlinked_spool_directory_is_refused(tmp_path: Path) -> None:
+    """A spool directory planted as a link elsewhere: nothing is written or read through it."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    state = tmp_path / "state"
+    state.mkdir()
+    os.symlink(outside, state / SPOOL_DIR)
+    spool = Spool(state / SPOOL_DIR)
+    with pytest.raises(OSError, match="symbolic link"):
+        spool.save([Event("e", {}, 0.0, "u", "d")])
+    assert list(outside.iterdir()) == []
+    (outside / "spool-local-1-aa.jsonl").write_text(
+        json.dumps(
+            {"event": "x", "distinct_id": "d", "timestamp": 1, "uuid": "u", "properties": {}}
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    assert spool.load() == []
+    assert spool.claim() is None
+
+
+def test_a_spool_that_cannot_be_written_says_what_was_lost_and_why(
+    make_client: Callable[..., TelemetryClient],
+    receiver: PostHogReceiver,
+    telemetry_logs: pytest.LogCaptureFixture,
+) -> None:
+    """When the spool cannot be written at exit, the warning gives the count and the reason."""
+    receiver.hang(route=CAPTURE)
+    client = wire(make_client, receiver, exit_timeout_seconds=0.4)
+    state_dir = _state_dir(client)
+    (state_dir / SPOOL_DIR).write_text("a file where the spool directory should be")
+    for i in range(3):
+        client.capture("lost", {"i": i})
+    client.shutdown()
+    lost = [r.getMessage() for r in telemetry_logs.records if "were lost" in r.getMessage()]
+    assert lost, [r.getMessage() for r in telemetry_logs.records]
+    assert "3 undelivered events" in lost[0]
+    assert "not a directory" in lost[0].lower() or "ENOTDIR" in lost[0] or "EEXIST" in lost[0]
+    assert client.stats()["dropped"].get("spool_error") == 3

@@ -10,6 +10,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,6 +54,7 @@ def make_worker() -> Iterator[Callable[..., Worker]]:
         interval_s: float = 60.0,
         max_queue: int = 1000,
         process: Callable[[Event, Callable[[str], None]], Event | None] = passthrough,
+        **options: Any,
     ) -> Worker:
         worker = Worker(
             sink=sink,
@@ -60,6 +62,7 @@ def make_worker() -> Iterator[Callable[..., Worker]]:
             batch_size=batch_size,
             interval_s=interval_s,
             max_queue=max_queue,
+            **options,
         )
         made.append(worker)
         return worker
@@ -510,3 +513,95 @@ def test_flush_from_inside_the_sink_returns_at_once(make_worker: Callable[..., W
     assert worker.flush(10)
     assert took
     assert took[0] < 0.5
+
+
+# -- hardening: retries end in the spool, drops are reported, consent is re-checked ---------
+def test_after_max_retries_events_go_to_the_spool_not_memory(
+    make_worker: Callable[..., Worker], tmp_path: Path
+) -> None:
+    """A host that keeps failing: after max_retries failed tries the events leave memory for
+    the disk spool, and are delivered from there once the host recovers."""
+    from codeweaver_telemetry._spool import Spool
+
+    (tmp_path / "spool").mkdir()
+    recorder = Recorder([ExportResult.RETRY] * 2)
+    spool = Spool(tmp_path / "spool")
+    worker = make_worker(FunctionSink(recorder), batch_size=3, spool=spool, max_retries=1)
+    for i in range(3):
+        worker.submit(ev(f"e{i}"))
+    assert wait_until(lambda: worker.spooled == 3, timeout=5)
+    assert recorder.calls == 2, "one try and one retry, then the spool"
+    assert worker.pending == 0, "nothing is kept in memory"
+    assert wait_until(lambda: sorted(recorder.delivered) == ["e0", "e1", "e2"], timeout=10)
+    assert wait_until(lambda: not spool.has_files(), timeout=5)
+
+
+def test_without_a_spool_retries_stay_in_memory(make_worker: Callable[..., Worker]) -> None:
+    """With no spool to fall back on, a failing batch is kept in memory, never dropped."""
+    recorder = Recorder([ExportResult.RETRY])
+    worker = make_worker(FunctionSink(recorder), batch_size=1, max_retries=0)
+    worker.submit(ev("kept"))
+    assert wait_until(lambda: recorder.delivered == ["kept"], timeout=15)
+    assert worker.dropped == {}
+
+
+def test_a_full_queue_is_reported_once_when_dropping_starts_and_once_when_it_stops(
+    make_worker: Callable[..., Worker],
+    gate: threading.Event,
+    telemetry_logs: pytest.LogCaptureFixture,
+) -> None:
+    """50,000 captures into a queue of 100 on a hanging sink: one WARNING when refusing
+    starts, one summary with the count when it stops (not one line per drop)."""
+    worker = make_worker(FunctionSink(Recorder(gate=gate)), batch_size=10, max_queue=100)
+    for i in range(50_000):
+        worker.submit(ev(f"e{i}"))
+    warnings = [r for r in telemetry_logs.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "queue is full" in warnings[0].getMessage()
+    dropped = worker.dropped["queue_full"]
+    assert dropped >= 49_000
+    gate.set()
+    assert worker.flush(5)
+    worker.submit(ev("after"))
+    warnings = [r for r in telemetry_logs.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert f"{dropped} events were dropped" in warnings[1].getMessage()
+    for i in range(5000):  # another episode within the minute: no new lines
+        worker.submit(ev(f"again{i}"))
+    worker.shutdown(2)
+    lines = [r.getMessage() for r in telemetry_logs.records if r.levelname == "WARNING"]
+    assert len(lines) == 3, lines
+    assert "events were dropped" in lines[2], "the rest is summed up at shutdown"
+
+
+def test_a_gate_that_closes_drops_everything_held_and_refuses_more(
+    make_worker: Callable[..., Worker], tmp_path: Path
+) -> None:
+    """Once the stored choice says no, nothing held is sent or spooled, and later events
+    are refused; the owner is told once."""
+    from codeweaver_telemetry._spool import Spool
+
+    (tmp_path / "spool").mkdir()
+    allowed = threading.Event()
+    allowed.set()
+    told: list[bool] = []
+    recorder = Recorder()
+    worker = make_worker(
+        FunctionSink(recorder),
+        spool=Spool(tmp_path / "spool"),
+        gate=allowed.is_set,
+        on_revoked=lambda: told.append(True),
+    )
+    worker.submit(ev("sent"))
+    assert worker.flush(5)
+    for i in range(5):
+        worker.submit(ev(f"held{i}"))
+    allowed.clear()
+    assert not worker.flush(5)
+    assert not worker.submit(ev("refused"))
+    worker.shutdown(1)
+    assert recorder.delivered == ["sent"]
+    assert worker.dropped["consent_off"] == 6
+    assert worker.spooled == 0
+    assert list((tmp_path / "spool").iterdir()) == []
+    assert told == [True]
