@@ -16,26 +16,31 @@ This is the only module that prints. It never starts a client or sends anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from codeweaver_telemetry._files import LOCK_FILE as _LOCK_FILE
 from codeweaver_telemetry._spool import SPOOL_DIR, Spool
 from codeweaver_telemetry.consent import ConsentDecision, consent_sources, decide
 from codeweaver_telemetry.privacy.hashing import KEY_FILE_NAME
 from codeweaver_telemetry.settings import TelemetrySettings, load_settings
 from codeweaver_telemetry.sinks.jsonl import LOG_FILE, read_log
 from codeweaver_telemetry.state import (
-    _LOCK_FILE,
     STATE_FILE,
     StateError,
     StateStore,
     TelemetryState,
 )
 
-__all__ = ["main"]
+__all__ = ["EXIT_BROKEN_PIPE", "main"]
+
+EXIT_BROKEN_PIPE = 141
+"""The exit status when stdout was closed early (128 + SIGPIPE, as a shell reports)."""
 
 # The files the library writes in the state directory: the state file and its lock, the HASH
 # key file (FileKeyProvider), the local log and its rotated copy, and their temp files.
@@ -201,20 +206,41 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     sub.add_parser("delete", help="remove everything kept locally")
     args = parser.parse_args(argv)
     try:
-        if args.command == "status":
-            return cmd_status(stream)
-        if args.command == "enable":
-            return cmd_enable(stream)
-        if args.command == "disable":
-            return cmd_disable(stream)
-        if args.command == "preview":
-            return cmd_preview(stream, args.n)
-        if args.command == "export":
-            return cmd_export(stream, args.output)
-        return cmd_delete(stream)
+        code = _run(args, stream)
+        stream.flush()  # a closed pipe shows here, not as a traceback at exit
+    except BrokenPipeError:
+        # The reader went away (`codeweaver-telemetry status | head`): stop quietly, as
+        # other command-line tools do, with the status a shell gives for SIGPIPE.
+        _silence_stdout(stream)
+        return EXIT_BROKEN_PIPE
     except (OSError, StateError) as exc:
         print(f"codeweaver-telemetry: {exc}", file=sys.stderr)
         return 1
+    return code
+
+
+def _run(args: argparse.Namespace, stream: TextIO) -> int:
+    if args.command == "status":
+        return cmd_status(stream)
+    if args.command == "enable":
+        return cmd_enable(stream)
+    if args.command == "disable":
+        return cmd_disable(stream)
+    if args.command == "preview":
+        return cmd_preview(stream, args.n)
+    if args.command == "export":
+        return cmd_export(stream, args.output)
+    return cmd_delete(stream)
+
+
+def _silence_stdout(stream: TextIO) -> None:
+    """Point the closed stdout at /dev/null, so the interpreter's final flush is quiet."""
+    if stream is not sys.stdout:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,6 +27,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import PurePath
+from random import getrandbits as _getrandbits
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,6 +35,7 @@ from codeweaver_telemetry._instruments import ErrorCapture, Timer
 from codeweaver_telemetry._internal import internal_error, internal_errors, logger
 from codeweaver_telemetry._types import (
     ERROR_EVENT,
+    FLAG_CALLED_EVENT,
     HEARTBEAT_EVENT,
     SEARCH_EVENT,
     SESSION_EVENT,
@@ -47,7 +49,7 @@ from codeweaver_telemetry.consent import (
     decide,
     environment_decision,
 )
-from codeweaver_telemetry.state import StateError, StateStore
+from codeweaver_telemetry.state import ConsentWatch, StateError, StateStore
 
 # Everything below is imported only once telemetry is on: a client that is off costs no
 # pydantic, no settings parsing, no regex compilation and no posthog.
@@ -63,6 +65,7 @@ __all__ = ["PostHogEventLike", "TelemetryClient", "get_telemetry_client"]
 
 _ERROR_EVENTS_PER_FINGERPRINT = 5  # per session; later repeats are only counted
 _ERROR_FINGERPRINTS = 100  # distinct errors sent as events per session
+_FLAGS_CALLED_MAX = 1000  # distinct (flag, value) exposures sent per session
 _CAPTURED_MARK = "_codeweaver_telemetry_fingerprint"
 
 _IMMUTABLE_TYPES = frozenset({str, int, float, bool, type(None), bytes})
@@ -119,10 +122,77 @@ def _snapshot(value: Any, depth: int = 0) -> Any:
         return UncopyableValue()  # no JSON-safe form either: it is not sent
 
 
+def _metadata_snapshot(metadata: object) -> dict[str, Any]:
+    """A snapshot of session metadata; what cannot be used is left out (one warning).
+
+    The session starts whatever the metadata is: a list, a number, a string or a mapping
+    that fails while it is read costs the metadata, never the session.
+    """
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        logger.warning(
+            "codeweaver_telemetry: session metadata must be a mapping, not %s; it was ignored",
+            type(metadata).__name__,
+        )
+        return {}
+    snapshot: dict[Any, Any] = {}
+    failed: Exception | None = None
+    try:
+        for key, value in metadata.items():
+            try:
+                snapshot[key] = _snapshot(value)
+            except Exception as exc:  # this value only
+                failed = exc
+    except Exception as exc:  # iterating the mapping itself failed: keep what was read
+        failed = exc
+    if failed is not None:
+        logger.warning(
+            "codeweaver_telemetry: session metadata could not be read whole (%s); what "
+            "could not be read was ignored",
+            type(failed).__name__,
+        )
+    return snapshot
+
+
 class UncopyableValue:
     """Stands in for a caller's object that could not be snapshotted; never sent."""
 
     __slots__ = ()
+
+
+_UUID4_MASK = ~((0xF << 76) | (0x3 << 62))
+_UUID4_BITS = (0x4 << 76) | (0x2 << 62)  # version 4, RFC 4122 variant
+
+
+def _uuid4() -> str:
+    """A random UUID (version 4) as text, for an event's ``uuid``.
+
+    About a quarter of ``str(uuid.uuid4())``'s cost on the caller's thread. The bits come
+    from ``random``'s generator, seeded from the OS and re-seeded in a forked child: an
+    event uuid needs to be unique, not secret.
+    """
+    h = "%032x" % (_getrandbits(128) & _UUID4_MASK | _UUID4_BITS)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _epoch(timestamp: object) -> float:
+    """Seconds since the epoch for an aware datetime; the time now (and one warning) else."""
+    if isinstance(timestamp, dt.datetime) and timestamp.utcoffset() is not None:
+        try:
+            return timestamp.timestamp()
+        except (OverflowError, OSError, ValueError):
+            pass
+    what = (
+        "a naive datetime (give one with a time zone, such as datetime.now(timezone.utc))"
+        if isinstance(timestamp, dt.datetime)
+        else f"a {type(timestamp).__name__}, not a timezone-aware datetime"
+    )
+    logger.warning(
+        "codeweaver_telemetry: an event's timestamp was refused: %s; the capture time is used",
+        what,
+    )
+    return time.time()
 
 
 def _uuid7() -> str:
@@ -161,6 +231,15 @@ def _pending_search_class() -> Any:
     return _PENDING_SEARCH
 
 
+def _prepare_worker() -> None:
+    """What the worker thread imports, done at once when it starts (under the lock that
+    ``os.fork()`` waits for): a child forked at any moment inherits whole modules."""
+    from codeweaver_telemetry import pipeline
+    from codeweaver_telemetry.events import schemas  # noqa: F401  (Deferred events build here)
+
+    pipeline.run(Event(name="warm_up", properties={"k": "v"}, timestamp=0.0, uuid="-"))
+
+
 def _run_pipeline(event: Event, on_drop: Callable[[str], None]) -> Event | None:
     # Imported here, on the worker thread: the caller never pays for the privacy modules
     # (pydantic models, the scrubber's regex compilation).
@@ -170,7 +249,7 @@ def _run_pipeline(event: Event, on_drop: Callable[[str], None]) -> Event | None:
 
 
 class _Session:
-    __slots__ = ("errors_sent", "id", "started", "stats")
+    __slots__ = ("errors_sent", "flags_called", "id", "started", "stats")
 
     def __init__(self) -> None:
         from codeweaver_telemetry.events.stats import SessionStatistics
@@ -179,6 +258,7 @@ class _Session:
         self.started = time.monotonic()
         self.stats = SessionStatistics()
         self.errors_sent: dict[str, int] = {}
+        self.flags_called: set[tuple[str, FlagValue]] = set()
 
 
 class _Off:
@@ -237,6 +317,8 @@ class TelemetryClient:
         self._key_provider: Any = None
         self._hasher: Callable[[object], str] | None = None
         self._errors_sent: dict[str, int] = {}  # error events per fingerprint, no session
+        self._flags_called: set[tuple[str, FlagValue]] = set()  # exposures sent, no session
+        self._flag_events = True  # send $feature_flag_called when the app reads a flag
         self._heartbeat: Heartbeat | None = None
         self._started_at = time.monotonic()
         self._settings = settings
@@ -336,6 +418,7 @@ class TelemetryClient:
 
         self._distinct_id = install_id
         self._exit_timeout = settings.exit_timeout_seconds
+        self._flag_events = settings.send_feature_flag_events
         # This client's events hash under this install's key, whatever other clients do.
         self._key_provider = InMemoryKeyProvider(key)
         if forced is None:  # direct serialize_for_telemetry() calls use the install key too
@@ -357,6 +440,12 @@ class TelemetryClient:
                 if forced is None
                 else None
             ),
+            max_retries=settings.max_retries,
+            # The stored choice is asked again before every send and spool write.
+            gate=ConsentWatch(store, install_id),
+            install_id=install_id,
+            prepare=_prepare_worker,
+            on_revoked=self._revoked,
         )
         if settings.posthog_api_key is not None:
             from codeweaver_telemetry.sinks.posthog import PostHogFlags
@@ -379,6 +468,18 @@ class TelemetryClient:
         _register_atexit()
         if settings.heartbeat_interval_seconds is not None:
             self._start_heartbeat(settings.heartbeat_interval_seconds)
+        self._worker.start_draining()  # what earlier runs could not send goes out now
+
+    def _revoked(self) -> None:
+        """The worker found the stored choice changed: this client is off from now on."""
+        self._enabled = False
+        self.decision = ConsentDecision(
+            False,
+            "stored_choice",
+            "turned off while running (disabled, deleted, or a new install id)",
+        )
+        if self._heartbeat is not None:
+            self._heartbeat.stop(timeout_s=0)
 
     def _default_sink(self, settings: TelemetrySettings) -> Sink:
         from codeweaver_telemetry.sinks.jsonl import LocalJSONLSink
@@ -436,7 +537,7 @@ class TelemetryClient:
             return None
         with internal_errors("start_session"), self._lock:
             if self._session is None:
-                self._metadata = SessionMetadata(_snapshot(dict(metadata or {})))
+                self._metadata = SessionMetadata(_metadata_snapshot(metadata))
                 self._session = _Session()
                 self._flags_seen = {}
                 self._refresh_context()
@@ -446,17 +547,19 @@ class TelemetryClient:
         return None
 
     def end_session(self) -> None:
-        """End the session: send its session event (once), then flush within the exit bound.
+        """End the session: queue its session event (once) and ask for it to be sent now.
 
-        Leaving a ``with`` block and :meth:`shutdown` end the session too; whichever comes
-        first sends the event, the others find no session. Outside a session this does
-        nothing.
+        It never waits for delivery (use :meth:`flush` for that): the program's one wait
+        on the network is at exit, within the exit bound. Leaving a ``with`` block and
+        :meth:`shutdown` end the session too; whichever comes first sends the event, the
+        others find no session. Outside a session this does nothing.
         """
         if not self._enabled:
             return
         with internal_errors("end_session"):
-            if self._end_session():
-                self.flush()
+            worker = self._worker
+            if self._end_session() and worker is not None:
+                worker.request_flush()
 
     def _end_session(
         self,
@@ -555,35 +658,65 @@ class TelemetryClient:
         self._context = context
 
     # -- capture --------------------------------------------------------------------------
-    def capture(self, event: str, properties: Mapping[str, Any] | None = None) -> None:
-        """Queue an event; its properties go through the privacy pipeline in the background."""
-        if not self._enabled:
-            return
-        with internal_errors("capture"):
-            self._enqueue(event, properties, None)
+    def capture(
+        self,
+        event: str,
+        properties: Mapping[str, Any] | None = None,
+        *,
+        timestamp: dt.datetime | None = None,
+    ) -> str | None:
+        """Queue an event; its properties go through the privacy pipeline in the background.
 
-    def capture_from_event(self, obj: PostHogEventLike) -> None:
-        """Capture any object with ``to_posthog_event() -> (name, properties)``.
+        Args:
+            event: the event's name.
+            properties: its properties (snapshotted now; your dict is never modified).
+            timestamp: when it happened, as a timezone-aware datetime (sent in UTC);
+                default: now. A naive datetime is refused with a warning, and the capture
+                time is used instead.
 
-        Models among the properties keep their own privacy rules.
+        Returns:
+            The event's uuid (PostHog deduplicates on it), or None when telemetry is off
+            or the event was not queued.
+
+        .. versionchanged:: 0.1.0 ``timestamp`` and the returned uuid.
         """
         if not self._enabled:
-            return
+            return None
+        with internal_errors("capture"):
+            return self._enqueue(event, properties, None, timestamp=timestamp, with_uuid=True)
+        return None
+
+    def capture_from_event(
+        self, obj: PostHogEventLike, *, timestamp: dt.datetime | None = None
+    ) -> str | None:
+        """Capture any object with ``to_posthog_event() -> (name, properties)``.
+
+        Models among the properties keep their own privacy rules. ``timestamp`` and the
+        returned uuid are as for :meth:`capture`.
+        """
+        if not self._enabled:
+            return None
         with internal_errors("capture_from_event"):
             schemas = sys.modules.get("codeweaver_telemetry.events.schemas")
             if schemas is not None and isinstance(obj, schemas.ShippedEvent):
                 # Serialized on the worker, hashing under this client's key.
-                self._enqueue(obj.EVENT_NAME, None, obj)
-                return
+                return self._enqueue(obj.EVENT_NAME, None, obj, timestamp=timestamp, with_uuid=True)
             name, properties = obj.to_posthog_event()
-            self._enqueue(name, properties, None)
+            return self._enqueue(name, properties, None, timestamp=timestamp, with_uuid=True)
+        return None
 
-    def capture_with_serialization(self, event: str, model: object) -> None:
-        """Capture ``model``'s ``serialize_for_telemetry()`` output as the properties."""
+    def capture_with_serialization(
+        self, event: str, model: object, *, timestamp: dt.datetime | None = None
+    ) -> str | None:
+        """Capture ``model``'s ``serialize_for_telemetry()`` output as the properties.
+
+        ``timestamp`` and the returned uuid are as for :meth:`capture`.
+        """
         if not self._enabled:
-            return
+            return None
         with internal_errors("capture_with_serialization"):
-            self._enqueue(event, None, model)
+            return self._enqueue(event, None, model, timestamp=timestamp, with_uuid=True)
+        return None
 
     # -- shipped events -----------------------------------------------------------------------
     def capture_search_event(
@@ -876,22 +1009,25 @@ class TelemetryClient:
         reserved: bool = False,
         owned: bool = False,
         context: Mapping[str, Any] | None = None,
-    ) -> None:
+        timestamp: object = None,
+        with_uuid: bool = False,
+    ) -> str | None:
         worker = self._worker
         if worker is None or self._closed:
-            return
+            return None
         if not isinstance(name, str):
             logger.warning(
                 "codeweaver_telemetry: an event name must be a str, not %s; event dropped",
                 type(name).__name__,
             )
-            return
+            return None
+        event_uuid = _uuid4() if with_uuid else ""  # else assigned by the pipeline
         worker.submit(
             Event(
                 name=name,
                 properties=_snapshot(properties) if properties else {},
-                timestamp=time.time(),
-                uuid="",  # assigned by the pipeline, off the caller's thread
+                timestamp=time.time() if timestamp is None else _epoch(timestamp),
+                uuid=event_uuid,
                 distinct_id=self._distinct_id,
                 # The library's own events are built fresh and never shared: no copy.
                 model=model if owned or model is None else _snapshot(model),
@@ -899,6 +1035,7 @@ class TelemetryClient:
             ),
             reserved=reserved,
         )
+        return event_uuid or None
 
     # -- flags ----------------------------------------------------------------------------
     def get_feature_flag(self, key: str, default: FlagValue | None = None) -> FlagValue | None:
@@ -911,6 +1048,7 @@ class TelemetryClient:
             if value is None:
                 return default
             self._note_flags({key: value})
+            self._flag_called(key, value)
             return value
         return default
 
@@ -924,6 +1062,33 @@ class TelemetryClient:
             self._note_flags(values)
             return values
         return {}
+
+    def _flag_called(self, key: str, value: FlagValue) -> None:
+        """Send ``$feature_flag_called`` once per flag and value per session (outside
+        sessions: per client), as PostHog experiments count exposures from it."""
+        if not self._flag_events or not isinstance(key, str):
+            return
+        with self._lock:
+            session = self._session
+            called = session.flags_called if session is not None else self._flags_called
+            if (key, value) in called or len(called) >= _FLAGS_CALLED_MAX:
+                return
+            called.add((key, value))
+            context = {**self._context, "flag_called": (key, value)}
+        self._enqueue(FLAG_CALLED_EVENT, None, None, context=context)
+
+    def refresh_feature_flags(self) -> None:
+        """Fetch this install's flags again now, in the background; never waits.
+
+        For an app that must see a flag change within a session: lookups keep answering
+        from the cache and see the new values once they arrive. (Flags are otherwise
+        fetched when each session starts and after ``FLAG_REFRESH_SECONDS``.)
+        """
+        cache = self._flag_cache
+        if not self._enabled or cache is None:
+            return
+        with internal_errors("refresh_feature_flags"):
+            cache.refresh()
 
     def _note_flags(self, values: Mapping[str, FlagValue]) -> None:
         if self._session is None:
@@ -1044,6 +1209,12 @@ class _AuditedSink:
         self._remote.shutdown(timeout_s)
         self._log.shutdown(0)
 
+    def prepare(self) -> None:
+        """The remote's imports, done when the worker thread starts."""
+        prepare = getattr(self._remote, "prepare", None)
+        if callable(prepare):
+            prepare()
+
     @property
     def retry_after_s(self) -> float:
         """The remote's Retry-After, for the worker's back-off."""
@@ -1118,8 +1289,13 @@ def _after_fork_in_child() -> None:
         client._session = None
         client._metadata = None
         client._flags_seen = {}
+        client._flags_called = set()
         client._waited_s = 0.0
         client._refresh_context()
+        if client._flag_cache is not None:  # its fetch thread is the parent's
+            client._flag_cache._after_fork()
+        if client._flag_source is not None:
+            client._flag_source._after_fork()
 
 
 if hasattr(os, "register_at_fork"):

@@ -5,7 +5,9 @@
 
 1. :func:`serialize_stage`: the caller's snapshot (dict properties and/or a model) becomes
    JSON-safe through :func:`~codeweaver_telemetry.privacy.rules.serialize_for_telemetry`:
-   the model's rules, the scrubber on every string, the secret-key denylist. Keys the
+   the model's rules, the scrubber on every string, the secret-key denylist. Every string
+   (the event name, keys, values, session metadata, flags) is made valid Unicode first, an
+   unpaired surrogate becoming U+FFFD, so a finished event always encodes as UTF-8. Keys the
    caller gives that start with ``$`` are dropped: PostHog gives them special meaning
    (``$set`` would write a person profile, ``$ip`` a location).
 2. :func:`limits_stage`: strings are cut to :data:`MAX_STRING_CHARS`, keys to
@@ -38,7 +40,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from codeweaver_telemetry._internal import logger
-from codeweaver_telemetry._types import Deferred, Event, SessionMetadata, Stage
+from codeweaver_telemetry._types import (
+    FLAG_CALLED_EVENT,
+    Deferred,
+    Event,
+    SessionMetadata,
+    Stage,
+)
+from codeweaver_telemetry.privacy.conversions import valid_text
 from codeweaver_telemetry.privacy.hashing import KeyProvider
 from codeweaver_telemetry.privacy.rules import serialize_for_telemetry
 from codeweaver_telemetry.privacy.scrubber import TRUNCATION_MARK, scrub_cut
@@ -71,10 +80,12 @@ def serialize_stage(event: Event) -> Event | None:
 
     Events named with a leading ``$`` are dropped: PostHog reserves those names
     (``$identify``, ``$create_alias``, ``$groupidentify``...) and some write person data.
+    The one exception is the library's own ``$feature_flag_called`` (an exposure, made by
+    the client when the app reads a flag; an app cannot send it itself).
     Hashes use the key of the client that captured the event (``context["key_provider"]``).
     """
-    name = scrub_cut(event.name, 2 * MAX_NAME_CHARS)[:MAX_NAME_CHARS]
-    if not name or name.startswith("$"):
+    name = scrub_cut(valid_text(event.name), 2 * MAX_NAME_CHARS)[:MAX_NAME_CHARS]
+    if not name or (name.startswith("$") and not _library_exposure(event)):
         logger.warning("codeweaver_telemetry: an event with a reserved or empty name was dropped")
         return None
     keys = event.context.get("key_provider")
@@ -268,24 +279,44 @@ def _flag_properties(flags: Mapping[Any, Any]) -> dict[str, Any]:
         if not isinstance(key, str) or not key:
             continue
         if isinstance(given, str):
-            value: Any = scrub_cut(given, MAX_KEY_CHARS)
+            value: Any = scrub_cut(valid_text(given), MAX_KEY_CHARS)
         elif isinstance(given, bool) or (
             isinstance(given, (int, float)) and math.isfinite(given) and abs(given) < 2**53
         ):
             value = given
         else:  # NaN and infinities are not JSON; other types are no flag values
             continue
-        out[f"$feature/{scrub_cut(key, MAX_KEY_CHARS)}"] = value
+        out[f"$feature/{scrub_cut(valid_text(key), MAX_KEY_CHARS)}"] = value
     return out
 
 
+def _library_exposure(event: Event) -> bool:
+    """The library's own ``$feature_flag_called``: only the client sets ``flag_called`` in
+    an event's context."""
+    return event.name == FLAG_CALLED_EVENT and "flag_called" in event.context
+
+
 def context_stage(event: Event) -> Event | None:
-    """Add the session's metadata, flags and the library's own properties, last."""
+    """Add the session's metadata, flags and the library's own properties, last.
+
+    An exposure (``$feature_flag_called``) gets ``$feature_flag``,
+    ``$feature_flag_response`` and ``$feature/<key>`` for the flag that was read, through
+    the same scrubbing as every flag property.
+    """
     ctx = event.context
     props = event.properties
     flags = ctx.get("flags")
     if flags:
         props.update(_flag_properties(flags))
+    called = ctx.get("flag_called")
+    if called is not None and event.name == FLAG_CALLED_EVENT:
+        exposure = _flag_properties(dict([called]))
+        if not exposure:
+            return None  # no usable key or value: no exposure to report
+        ((feature, value),) = exposure.items()
+        props.update(exposure)
+        props["$feature_flag"] = feature.removeprefix("$feature/")
+        props["$feature_flag_response"] = value
     props.update(library_properties())
     session_id = ctx.get("session_id")
     if session_id:

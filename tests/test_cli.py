@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -180,3 +181,23 @@ def test_console_script_entry_point_runs(clean_env: Path) -> None:
         check=True,
     )
     assert "Telemetry is OFF" in out.stdout
+
+
+def test_a_closed_stdout_ends_the_cli_quietly(clean_env: Path) -> None:
+    """`codeweaver-telemetry status | head` with the reader gone: no traceback, no
+    "Broken pipe" message, and the status a shell gives for SIGPIPE."""
+    from codeweaver_telemetry.cli import EXIT_BROKEN_PIPE
+
+    for command in (["status"], ["export"], ["preview"]):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "codeweaver_telemetry.cli", *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        proc.stdout.close()  # the reader is gone before anything is written
+        err = proc.stderr.read().decode()
+        assert proc.wait(30) == EXIT_BROKEN_PIPE, err
+        assert err == "", err

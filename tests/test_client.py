@@ -323,15 +323,16 @@ def test_session_metadata_is_scrubbed_and_attached_to_every_event(
     assert "cwd" not in only(sink, "outside")
 
 
-def test_end_session_sends_one_session_event_and_flushes(
+def test_end_session_sends_one_session_event_at_once(
     client: TelemetryClient, sink: InMemorySink
 ) -> None:
-    """end_session sends exactly one codeweaver_session event with its duration, already flushed."""
+    """end_session sends exactly one codeweaver_session event with its duration, right away
+    (not at the next batch interval), without waiting for it."""
     session_id = client.start_session()
     client.capture("work")
     time.sleep(0.02)
     client.end_session()
-    # No flush: end_session has already delivered.
+    assert wait_until(lambda: bool(sent(sink, "codeweaver_session")), timeout=2)
     props = only(sink, "codeweaver_session")
     assert props["duration_seconds"] > 0
     assert props["$session_id"] == session_id
@@ -881,3 +882,47 @@ def test_on_notice_may_call_get_telemetry_client(monkeypatch: pytest.MonkeyPatch
     threading.Thread(target=build, daemon=True).start()
     assert done.wait(10), "get_telemetry_client deadlocked"
     assert len(seen) == 1
+
+
+# -- hardening: metadata that cannot be used ---------------------------------------------------
+class _RaisingMapping(dict):  # type: ignore[type-arg]
+    def items(self):  # type: ignore[no-untyped-def,override]
+        raise RuntimeError("cannot iterate")
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [["a", "b"], 42, "version 1", b"raw", _RaisingMapping(x=1)],
+    ids=["list", "int", "str", "bytes", "raising-mapping"],
+)
+def test_start_session_with_unusable_metadata_still_starts_the_session(
+    client: TelemetryClient,
+    sink: InMemorySink,
+    telemetry_logs: pytest.LogCaptureFixture,
+    metadata: object,
+) -> None:
+    """Metadata that is no mapping (or fails while read) is ignored with one warning; the
+    session, its events and its session event all go out."""
+    session_id = client.start_session(metadata)  # type: ignore[arg-type]
+    assert session_id is not None
+    client.capture("inside", {"n": 1})
+    client.end_session()
+    assert client.flush(5)
+    assert only(sink, "inside")["$session_id"] == session_id
+    assert only(sink, "codeweaver_session")["$session_id"] == session_id
+    warnings = [r.getMessage() for r in telemetry_logs.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "metadata" in warnings[0]
+
+
+def test_one_bad_metadata_value_costs_only_that_value(
+    client: TelemetryClient, sink: InMemorySink
+) -> None:
+    """A value that cannot be read is left out; the rest of the metadata is kept."""
+    client.start_session({"version": "1.2", "bad": _RaisingMapping(x=1), "n": 3})
+    client.capture("inside", {})
+    assert client.flush(5)
+    props = only(sink, "inside")
+    assert props["version"] == "1.2"
+    assert props["n"] == 3
+    assert "bad" not in props

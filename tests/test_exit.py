@@ -39,7 +39,26 @@ CHILD = textwrap.dedent(
 SLACK_S = 1.5
 
 
-def run_child(url: str, home: Path, exit_timeout: float) -> float:
+END_SESSION_CHILD = textwrap.dedent(
+    """
+    import time
+    from codeweaver_telemetry import get_telemetry_client
+
+    client = get_telemetry_client()
+    assert client.enabled, client.decision
+    client.start_session({"v": 1})
+    client.capture("work", {})
+    started = time.monotonic()
+    client.end_session()
+    print(f"END_SESSION {time.monotonic() - started}", flush=True)
+    print(f"MAIN_DONE {time.time()}", flush=True)
+    """
+)
+
+
+def run_child(
+    url: str, home: Path, exit_timeout: float, code: str = CHILD, said: list[str] | None = None
+) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODEWEAVER") and k != "CI"}
     env.update(
         {
@@ -54,7 +73,7 @@ def run_child(url: str, home: Path, exit_timeout: float) -> float:
         }
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD],
+        [sys.executable, "-c", code],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -63,6 +82,10 @@ def run_child(url: str, home: Path, exit_timeout: float) -> float:
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
+    while line and not line.startswith("MAIN_DONE"):
+        if said is not None:
+            said.append(line)
+        line = proc.stdout.readline()
     assert line.startswith("MAIN_DONE"), proc.communicate(timeout=30)
     main_done = float(line.split()[1])
     proc.wait(timeout=60)
@@ -91,6 +114,19 @@ def test_exit_is_bounded_whatever_the_host_does(
     else:
         took = run_child(url, tmp_path / "home", exit_timeout=0.5)
     assert took < 0.5 + SLACK_S, f"exit took {took:.2f}s with the host doing {fault!r}"
+
+
+def test_end_session_never_waits_on_a_hanging_host(
+    receiver: PostHogReceiver, tmp_path: Path
+) -> None:
+    """end_session() queues the session event and returns: on a hanging host it does not
+    wait out the exit bound, and the process then exits within that one bound."""
+    receiver.hang()
+    said: list[str] = []
+    took = run_child(receiver.url, tmp_path / "home", 2.0, END_SESSION_CHILD, said)
+    end_session_s = float(said[0].split()[1])
+    assert end_session_s < 0.5, f"end_session() blocked for {end_session_s:.2f}s"
+    assert took < 2.0 + SLACK_S, f"exit took {took:.2f}s after end_session()"
 
 
 def test_healthy_host_gets_everything_at_exit(receiver: PostHogReceiver, tmp_path: Path) -> None:

@@ -1,17 +1,23 @@
-"""The privacy pipeline's size limits: cut, trim, and drop only what cannot fit."""
+"""The privacy pipeline's size limits (cut, trim, and drop only what cannot fit), and valid
+text: no string in an event can make it fail to encode."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from codeweaver_telemetry._types import Event
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from codeweaver_telemetry._types import Event, SessionMetadata
 from codeweaver_telemetry.pipeline import (
     MAX_EVENT_BYTES,
     MAX_STRING_CHARS,
     context_stage,
     limits_stage,
+    run,
 )
+from codeweaver_telemetry.privacy.hashing import InMemoryKeyProvider
 
 
 def event(properties: dict[str, Any], **context: Any) -> Event:
@@ -102,3 +108,112 @@ def test_trimming_keeps_the_shape_of_nested_structures() -> None:
     assert out["latency_ms"]["p95"] == 1.9
     assert sum(out["by_intent"].values()) == 400
     assert sum(out["by_strategy"].values()) == 400
+
+
+# Valid text: a lone surrogate anywhere never costs the event -----------------------------
+KEYS = InMemoryKeyProvider(b"p" * 32)
+
+
+def finished(result: Event | None) -> Event:
+    """The event came through, and everything in it encodes as UTF-8 JSON."""
+    assert result is not None, "the event was dropped"
+    json.dumps(result.properties, ensure_ascii=False).encode("utf-8")
+    result.name.encode("utf-8")
+    return result
+
+
+def test_surrogates_in_every_part_of_an_event_become_valid_text() -> None:
+    """An unpaired surrogate in the event name, a property key or value, the session
+    metadata or a flag becomes U+FFFD, and a surrogate pair its character; the event is
+    sent."""
+    metadata = SessionMetadata({"meta": "m\ud800"})
+    done = finished(
+        run(
+            Event(
+                name="search\udc00",
+                properties={"k\udfff": "\ud83d\ude00 ok", "n": 1},
+                timestamp=0.0,
+                uuid="u",
+                context={"metadata": metadata, "flags": {"f\ud800": "v\udbff"}},
+            )
+        )
+    )
+    assert done.name == "search\ufffd"
+    props = done.properties
+    assert props["k\ufffd"] == "\U0001f600 ok"
+    assert props["meta"] == "m\ufffd"
+    assert props["$feature/f\ufffd"] == "v\ufffd"
+    assert props["n"] == 1
+
+
+def test_session_metadata_with_a_surrogate_costs_no_event() -> None:
+    """Session metadata holding a lone surrogate no longer drops every event of the
+    session: each event encodes, with the metadata made valid."""
+    metadata = SessionMetadata({"repo": {"name": "x\ud800"}})
+    for i in range(3):
+        done = finished(run(event({"i": i}, metadata=metadata)))
+        assert done.properties["repo"] == {"name": "x\ufffd"}
+
+
+# Arbitrary code points, with unpaired surrogates and surrogate pairs often among them.
+any_text = st.lists(
+    st.characters(exclude_categories=())
+    | st.integers(0xD800, 0xDFFF).map(chr)
+    | st.sampled_from(["a", " ", "\ud83d\ude00"]),
+    max_size=20,
+).map("".join)
+nested = st.recursive(
+    any_text | st.integers() | st.floats() | st.booleans() | st.none(),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(any_text, children),
+    max_leaves=15,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    name=any_text,
+    properties=st.dictionaries(any_text, nested, max_size=6),
+    metadata=st.dictionaries(any_text, nested, max_size=6),
+    flags=st.dictionaries(any_text, any_text | st.booleans() | st.integers(), max_size=4),
+)
+def test_any_code_points_never_drop_an_event(
+    name: str, properties: dict[str, Any], metadata: dict[str, Any], flags: dict[str, Any]
+) -> None:
+    """Text with arbitrary code points, surrogates included, in the event name, property
+    keys and values, session metadata and flags: the event is not dropped, and it encodes
+    as UTF-8 JSON."""
+    result = run(
+        Event(
+            name="e" + name,
+            properties={"p" + k: v for k, v in properties.items()},
+            timestamp=0.0,
+            uuid="u",
+            context={
+                "metadata": SessionMetadata(metadata),
+                "flags": flags,
+                "key_provider": KEYS,
+                "session_id": "s",
+            },
+        )
+    )
+    finished(result)
+
+
+def test_an_app_cannot_send_the_exposure_event_itself() -> None:
+    """`$feature_flag_called` captured by the app (without the client's context) is dropped
+    like every reserved name; the client's own exposure passes, scrubbed."""
+    forged = Event("$feature_flag_called", {"$feature_flag": "x"}, 0.0, "u")
+    assert run(forged) is None
+    own = Event(
+        "$feature_flag_called",
+        {},
+        0.0,
+        "u",
+        context={"flag_called": ("alice@example.com", "variant for bob@example.com")},
+    )
+    done = run(own)
+    assert done is not None
+    props = done.properties
+    assert props["$feature_flag"] == "<email>"
+    assert props["$feature_flag_response"] == "variant for <email>"
+    assert props["$feature/<email>"] == "variant for <email>"

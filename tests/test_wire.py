@@ -316,3 +316,89 @@ def test_retry_after_is_honoured(
     first, second = receiver.wait_for_requests(2, route=CAPTURE, timeout=10)
     assert second.received_at - first.received_at >= 1.8
     assert [e["event"] for e in receiver.events()] == ["later"]
+
+
+# -- PostHog contract: exposures, timestamps, uuids, refresh ----------------------------------
+def test_reading_a_flag_sends_one_exposure_per_flag_per_session(
+    make_client: Callable[..., TelemetryClient], receiver: PostHogReceiver
+) -> None:
+    """`$feature_flag_called` (what PostHog experiments count) goes out once per flag and
+    session when the app reads a flag, with the flag and its response, and no person data."""
+    receiver.set_flags({"exp": "test", "beta": True})
+    client = wire_client(make_client, receiver)
+    session_id = client.start_session()
+    for _ in range(3):
+        assert client.get_feature_flag("exp") == "test"
+    assert client.get_feature_flag("beta") is True
+    assert client.get_feature_flag("missing", default="d") == "d"
+    client.get_all_feature_flags()  # reading them all is no exposure
+    client.end_session()
+    client.start_session()
+    client.get_feature_flag("exp")  # a new session: a new exposure
+    assert client.flush(5)
+    called = receiver.events_named("$feature_flag_called")
+    assert [e["properties"]["$feature_flag"] for e in called] == ["exp", "beta", "exp"]
+    first = called[0]["properties"]
+    assert first["$feature_flag_response"] == "test"
+    assert first["$feature/exp"] == "test"
+    assert first["$session_id"] == session_id
+    assert called[1]["properties"]["$feature_flag_response"] is True
+    assert called[0]["distinct_id"] == client.distinct_id
+    assert not any(k in first for k in ("$set", "$set_once", "$person_properties"))
+    assert first["$process_person_profile"] is False
+
+
+def test_exposure_events_can_be_turned_off(
+    make_client: Callable[..., TelemetryClient], receiver: PostHogReceiver
+) -> None:
+    """With send_feature_flag_events off, reading flags sends no exposure event."""
+    receiver.set_flags({"exp": "test"})
+    client = wire_client(make_client, receiver, send_feature_flag_events=False)
+    client.start_session()
+    assert client.get_feature_flag("exp") == "test"
+    client.capture("work", {})
+    assert client.flush(5)
+    assert [e["event"] for e in receiver.events()] == ["work"]
+
+
+def test_capture_takes_an_aware_timestamp_and_returns_the_uuid(
+    make_client: Callable[..., TelemetryClient],
+    receiver: PostHogReceiver,
+    telemetry_logs: pytest.LogCaptureFixture,
+) -> None:
+    """An aware timestamp is sent in UTC; a naive one is refused (capture time, a warning);
+    capture() returns the uuid the event carries on the wire."""
+    import datetime as dt
+
+    client = wire_client(make_client, receiver)
+    when = dt.datetime(2026, 3, 1, 12, 30, 15, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    past = client.capture("past", {}, timestamp=when)
+    naive = client.capture("naive", {}, timestamp=dt.datetime(2001, 1, 1))
+    plain = client.capture("plain", {})
+    assert client.flush(5)
+    by_name = {e["event"]: e for e in receiver.events()}
+    assert by_name["past"]["uuid"] == past
+    assert by_name["naive"]["uuid"] == naive
+    assert by_name["plain"]["uuid"] == plain
+    assert len({past, naive, plain}) == 3
+    sent_at = dt.datetime.fromisoformat(by_name["past"]["timestamp"])
+    assert sent_at == when
+    assert sent_at.utcoffset() == dt.timedelta(0), "sent in UTC"
+    naive_at = dt.datetime.fromisoformat(by_name["naive"]["timestamp"])
+    assert naive_at.year >= 2026, "the naive timestamp was not used"
+    assert any("naive" in r.getMessage() for r in telemetry_logs.records)
+
+
+def test_refresh_feature_flags_sees_a_change_within_the_session(
+    make_client: Callable[..., TelemetryClient], receiver: PostHogReceiver
+) -> None:
+    """refresh_feature_flags() fetches again now, without waiting; lookups then see it."""
+    receiver.set_flags({"exp": "a"})
+    client = wire_client(make_client, receiver)
+    client.start_session()
+    assert client.get_feature_flag("exp") == "a"
+    receiver.set_flags({"exp": "b"})
+    assert client.get_feature_flag("exp") == "a", "cached within the session"
+    client.refresh_feature_flags()
+    assert wait_until(lambda: client.get_feature_flag("exp") == "b")
+    assert len(receiver.flag_requests()) == 2

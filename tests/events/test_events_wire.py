@@ -423,7 +423,8 @@ def test_given_feature_flags_replace_the_session_flags_on_a_search(
         response(1), "q", "debug", [], 1.0, feature_flags={"ranker": "control", EMAIL: True}
     )
     client.flush(5)
-    first, second = receiver.wait_for_events(2)
+    receiver.wait_for_events(3)  # the two searches and the flag's exposure
+    first, second = receiver.events_named("codeweaver_search")
     assert first["properties"]["$feature/new_reranker"] == "test"
     flags = {k: v for k, v in second["properties"].items() if k.startswith("$feature/")}
     assert flags == {"$feature/ranker": "control", "$feature/<email>": True}
