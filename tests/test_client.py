@@ -926,3 +926,23 @@ def test_one_bad_metadata_value_costs_only_that_value(
     assert props["version"] == "1.2"
     assert props["n"] == 3
     assert "bad" not in props
+
+
+def test_event_uuids_do_not_follow_the_apps_random_seed(
+    client: TelemetryClient, sink: InMemorySink
+) -> None:
+    """An app that seeds `random` (for reproducible runs) still gets fresh event uuids: two
+    runs never send the same ones (PostHog would drop the second as duplicates)."""
+    import random
+    import uuid as uuid_module
+
+    random.seed(42)
+    first = [client.capture("e") for _ in range(3)]
+    random.seed(42)
+    second = [client.capture("e") for _ in range(3)]
+    assert len(set(first) | set(second)) == 6
+    for value in first:
+        assert value is not None
+        parsed = uuid_module.UUID(value)
+        assert parsed.version == 4
+        assert str(parsed) == value
