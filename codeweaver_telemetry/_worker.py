@@ -329,13 +329,18 @@ class Worker:
                 "codeweaver_telemetry: %d events were not delivered before the exit bound", left
             )
 
-    def _to_spool(self, events: Sequence[Event]) -> None:
-        """Write finished events to the spool; count and explain what it could not keep."""
+    def _to_spool(self, events: Sequence[Event], *, returned: bool = False) -> None:
+        """Write finished events to the spool; count and explain what it could not keep.
+
+        ``returned``: the events came from the spool (a claim handed back), so they are
+        not counted as newly spooled.
+        """
         if not events or self._spool is None:
             return
         if not self._allowed():
             self._count_drop_n("consent_off", len(events))
             return
+        what = "spooled" if returned else "undelivered"
         try:
             saved = self._spool.save(events)
         except OSError as exc:
@@ -343,9 +348,10 @@ class Worker:
 
             self._count_drop_n("spool_error", len(events))
             logger.warning(
-                "codeweaver_telemetry: %d undelivered events were lost: they could not be "
-                "written to the spool in %s (%s)",
+                "codeweaver_telemetry: %d %s events were lost: they could not be written to "
+                "the spool in %s (%s)",
                 len(events),
+                what,
                 self._spool.directory,
                 describe_os_error(exc),
             )
@@ -353,15 +359,17 @@ class Worker:
         if len(events) > saved:
             self._count_drop_n("spool_full", len(events) - saved)
             logger.warning(
-                "codeweaver_telemetry: %d undelivered events were dropped: the spool in %s "
-                "is full (%d bytes at most)",
+                "codeweaver_telemetry: %d %s events were dropped: the spool in %s is full "
+                "(%d bytes at most)",
                 len(events) - saved,
+                what,
                 self._spool.directory,
                 self._spool.max_bytes,
             )
         if saved:
             with self._lock:
-                self.spooled += saved
+                if not returned:
+                    self.spooled += saved
                 self._spool_saves += 1
                 if os.getpid() == self._owner_pid and not self._closed:
                     self._spool_pending = True
@@ -369,26 +377,10 @@ class Worker:
     def _return_claim(self, claim: Claim, unsent: Sequence[Event]) -> None:
         """Hand a claimed spool file back with what was not sent (nothing once revoked)."""
         with internal_errors("spool"):
-            if not unsent:
-                claim.done()
-                return
-            if not self._allowed():
-                self._count_drop_n("consent_off", len(unsent))
-                claim.done()
-                return
             try:
-                claim.give_back(unsent)
-            except OSError as exc:
-                from codeweaver_telemetry._files import describe_os_error
-
-                self._count_drop_n("spool_error", len(unsent))
-                logger.warning(
-                    "codeweaver_telemetry: %d spooled events were lost: they could not be "
-                    "written back to %s (%s)",
-                    len(unsent),
-                    claim.spool.directory,
-                    describe_os_error(exc),
-                )
+                self._to_spool(unsent, returned=True)
+            finally:
+                claim.done()
 
     # -- consent ----------------------------------------------------------------------------
     def _allowed(self) -> bool:

@@ -14,3 +14,23 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return predicate()
+
+
+def within(call: Callable[[], object], timeout: float = 5.0) -> object:
+    """Run ``call`` in a daemon thread and return what it returned or raised; fail (instead
+    of hanging the suite) if it is still blocked after ``timeout`` seconds."""
+    import threading
+
+    box: list[object] = []
+
+    def run() -> None:
+        try:
+            box.append(call())
+        except BaseException as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "the call blocked"
+    return box[0]

@@ -8,7 +8,6 @@ import os
 import runpy
 import stat
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from codeweaver_telemetry import InMemorySink, TelemetryClient
 from codeweaver_telemetry import state as state_module
 from codeweaver_telemetry.settings import load_settings
 from codeweaver_telemetry.state import STATE_FILE, StateError, StateStore, TelemetryState
+from tests.helpers import within
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
 
@@ -279,23 +279,6 @@ def test_a_tampered_install_id_turns_telemetry_off_and_is_never_sent(
     assert "install id" in warnings[0].getMessage()
 
 
-def _in_thread(call: Callable[[], object], timeout: float = 5.0) -> object:
-    """Run ``call`` in a daemon thread; fail (instead of hanging the suite) if it blocks."""
-    box: list[object] = []
-
-    def run() -> None:
-        try:
-            box.append(call())
-        except BaseException as exc:
-            box.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), "the call blocked"
-    return box[0]
-
-
 @posix_only
 def test_a_fifo_at_state_json_never_hangs_the_client(
     monkeypatch: pytest.MonkeyPatch, telemetry_logs: pytest.LogCaptureFixture, clean_env: Path
@@ -307,7 +290,7 @@ def test_a_fifo_at_state_json_never_hangs_the_client(
     state_dir = clean_env / "telemetry"
     state_dir.mkdir(parents=True)
     os.mkfifo(state_dir / STATE_FILE)
-    client = _in_thread(get_telemetry_client)
+    client = within(get_telemetry_client)
     assert isinstance(client, TelemetryClient)
     assert not client.enabled
     assert client.decision.source == "state_error"

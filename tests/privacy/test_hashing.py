@@ -7,8 +7,6 @@ import multiprocessing
 import os
 import stat
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from codeweaver_telemetry.privacy.hashing import (
     keyed_hash,
     set_default_key_provider,
 )
+from tests.helpers import within
 
 
 def test_in_memory_keys_differ_per_instance() -> None:
@@ -111,24 +110,6 @@ def test_keyed_hash_is_standard_hmac_sha256(key: bytes, value: object) -> None:
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file system features")
 
 
-def _in_thread(call: Callable[[], object], timeout: float = 5.0) -> object:
-    """Run ``call`` in a daemon thread and return what it returned or raised; fail (instead
-    of hanging the suite) if it blocks."""
-    box: list[object] = []
-
-    def run() -> None:
-        try:
-            box.append(call())
-        except BaseException as exc:
-            box.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), "the call blocked"
-    return box[0]
-
-
 @posix_only
 def test_a_fifo_at_the_key_path_raises_at_once(tmp_path: Path) -> None:
     """A FIFO planted at hash_key makes key() raise an OSError at once, never hang (opening
@@ -137,7 +118,7 @@ def test_a_fifo_at_the_key_path_raises_at_once(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     provider = FileKeyProvider(tmp_path)
     try:
-        outcome = _in_thread(provider.key)
+        outcome = within(provider.key)
     finally:
         # If a regression left the reader blocked in open(), a writer lets it go.
         with contextlib.suppress(OSError):

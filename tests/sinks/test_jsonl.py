@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from codeweaver_telemetry._types import Event, ExportResult
 from codeweaver_telemetry.sinks.jsonl import LOG_FILE, LocalJSONLSink, read_log
+from tests.helpers import within
 
 ROOT = Path(__file__).resolve().parents[2]
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file system features")
@@ -29,15 +29,6 @@ def ev(i: int, pad: int = 0) -> Event:
         uuid=str(uuid.uuid4()),
         distinct_id="d",
     )
-
-
-def _in_thread(call, timeout: float = 5.0):  # type: ignore[no-untyped-def]
-    box: list[object] = []
-    thread = threading.Thread(target=lambda: box.append(call()), daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), "the call blocked"
-    return box[0]
 
 
 @posix_only
@@ -57,8 +48,8 @@ def test_a_symlinked_log_is_never_appended_through(tmp_path: Path) -> None:
 def test_a_fifo_at_the_log_never_blocks_a_writer_or_a_reader(tmp_path: Path) -> None:
     """A FIFO at events.jsonl: export answers RETRY and read_log reads nothing, at once."""
     os.mkfifo(tmp_path / LOG_FILE)
-    assert _in_thread(lambda: LocalJSONLSink(tmp_path).export([ev(1)])) is ExportResult.RETRY
-    assert _in_thread(lambda: list(read_log(tmp_path))) == []
+    assert within(lambda: LocalJSONLSink(tmp_path).export([ev(1)])) is ExportResult.RETRY
+    assert within(lambda: list(read_log(tmp_path))) == []
 
 
 def test_read_log_survives_a_partial_last_line(tmp_path: Path) -> None:
