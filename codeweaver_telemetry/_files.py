@@ -20,6 +20,7 @@ import errno
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,9 +136,16 @@ def open_lock(path: str | os.PathLike[str]) -> int:
 
 
 @contextlib.contextmanager
-def exclusive_lock(lock_path: str | os.PathLike[str]) -> Iterator[None]:
+def exclusive_lock(lock_path: str | os.PathLike[str], timeout_s: float = 2.0) -> Iterator[None]:
     """Hold an exclusive lock on ``lock_path`` (created 0600, never through a link) across
-    processes for the block."""
+    processes for the block.
+
+    Waits at most ``timeout_s`` (the lock is held for milliseconds; a process stopped while
+    holding it must not hang every other one).
+
+    Raises:
+        TimeoutError: the lock stayed taken for ``timeout_s``.
+    """
     fd = open_lock(lock_path)
     try:
         try:
@@ -151,7 +159,19 @@ def exclusive_lock(lock_path: str | os.PathLike[str]) -> Iterator[None]:
             finally:
                 msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
         else:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            deadline = time.monotonic() + timeout_s
+            pause = 0.001
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(
+                            errno.ETIMEDOUT, "the lock stayed taken", str(lock_path)
+                        ) from None
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.05)
             try:
                 yield
             finally:

@@ -8,13 +8,15 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 
 __all__ = [
     "ENV_PREFIX",
     "DuplicateFilter",
     "env_flag",
     "fork_safe_imports",
+    "in_forked_child",
     "internal_error",
     "internal_errors",
     "log_once",
@@ -135,7 +137,7 @@ def internal_error(where: str, exc: BaseException) -> None:
 # -- imports on background threads, and os.fork() ---------------------------------------------
 _FORK_WAIT_S = 2.0  # the most os.fork() waits for a background import to finish
 _import_lock = threading.RLock()  # re-entrant: a sink's prepare() nests in the worker's
-_fork_held = False
+_fork_held = threading.local()  # per forking thread: did its before-fork wait get the lock?
 
 
 @contextlib.contextmanager
@@ -151,22 +153,34 @@ def fork_safe_imports() -> Iterator[None]:
         yield
 
 
+def in_forked_child(callback: Callable[[], object]) -> None:
+    """Run ``callback`` in every child this process forks (to renew its locks and thread
+    state). A bound method is held weakly: the hook never keeps its object alive."""
+    if not hasattr(os, "register_at_fork"):
+        return
+    if isinstance(callback, types.MethodType):
+        import weakref
+
+        ref = weakref.WeakMethod(callback)
+        os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
+    else:
+        os.register_at_fork(after_in_child=callback)
+
+
 def _before_fork() -> None:
-    global _fork_held
-    _fork_held = _import_lock.acquire(timeout=_FORK_WAIT_S)
+    _fork_held.held = _import_lock.acquire(timeout=_FORK_WAIT_S)
 
 
 def _after_fork_in_parent() -> None:
-    global _fork_held
-    if _fork_held:
-        _fork_held = False
+    if getattr(_fork_held, "held", False):
+        _fork_held.held = False
         _import_lock.release()
 
 
 def _after_fork_in_child() -> None:
     global _import_lock, _fork_held
     _import_lock = threading.RLock()
-    _fork_held = False
+    _fork_held = threading.local()
     _DUPLICATES._after_fork()
 
 

@@ -9,9 +9,12 @@ spooled events only ever go where they were meant to.
 
 A run drains the spool one file at a time: :meth:`Spool.claim` renames the oldest file of
 its tag (so two processes never send the same spooled event twice) and reads it; the
-claim is then either finished (:meth:`Claim.done`, the file is deleted) or handed back
-with what is still unsent (:meth:`Claim.give_back`). A claim left by a process that died
-is taken back into the spool by the next :meth:`Spool.claim`.
+claim is then either finished (:meth:`Claim.done`, the file is deleted) or what is still
+unsent is saved again (``save(..., replacing=claim.path)``, which does not count the
+claimed file against the bound) before the claimed file is deleted. A claim left by a
+process that died (or by an earlier process that had this pid) is taken back into the
+spool by the next :meth:`Spool.claim`. Loaded payloads are held to what the pipeline can
+make: no ``$`` event but ``$feature_flag_called``, no ``$`` property but the library's.
 
 The spool is bounded: past ``max_bytes`` in all, nothing more is written and the events
 are counted as dropped. The spool never creates the state directory (after
@@ -29,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from codeweaver_telemetry._files import ensure_private_dir, read_regular, write_atomic
-from codeweaver_telemetry._types import Event
+from codeweaver_telemetry._types import FLAG_CALLED_EVENT, LIBRARY_KEYS, Event
 
 __all__ = ["SPOOL_DIR", "Claim", "Spool"]
 
@@ -53,9 +56,13 @@ class Claim:
             os.unlink(self.path)
 
     def give_back(self, unsent: Sequence[Event]) -> int:
-        """Return ``unsent`` to the spool for a later try; returns how many were kept."""
+        """Return ``unsent`` to the spool for a later try; returns how many were kept.
+
+        Raises:
+            OSError: they could not be written (the claimed file is deleted all the same).
+        """
         try:
-            kept = self.spool.save(unsent) if unsent else 0
+            kept = self.spool.save(unsent, replacing=self.path) if unsent else 0
         finally:
             self.done()
         return kept
@@ -82,16 +89,21 @@ class Spool:
         self.max_bytes = max_bytes
         self._prefix = f"{_PREFIX}{tag}-"
 
-    def _size(self) -> int:
+    def _size(self, leaving_out: Path | None = None) -> int:
         total = 0
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.directory):
+                if leaving_out is not None and entry.name == leaving_out.name:
+                    continue
                 with contextlib.suppress(OSError):
                     total += entry.stat(follow_symlinks=False).st_size
         return total
 
-    def save(self, events: Sequence[Event]) -> int:
+    def save(self, events: Sequence[Event], *, replacing: Path | None = None) -> int:
         """Write ``events``; returns how many were kept (0 when the spool is full).
+
+        ``replacing``: a claimed file these events come from, deleted right after; it does
+        not count against the bound (handing a claim back never loses it to its own size).
 
         Raises:
             OSError: the file could not be written (a full disk, a symlinked directory);
@@ -103,7 +115,7 @@ class Spool:
         if not self.directory.parent.is_dir():  # the state directory was deleted: keep nothing
             return 0
         ensure_private_dir(self.directory)
-        if self._size() + len(data) > self.max_bytes:
+        if self._size(replacing) + len(data) > self.max_bytes:
             return 0
         name = f"{self._prefix}{os.getpid()}-{secrets.token_hex(4)}.jsonl"
         write_atomic(self.directory, name, data)
@@ -142,11 +154,13 @@ class Spool:
             if not found:
                 return None
             for _, name in sorted(found):
-                claimed = self.directory / f"{_CLAIMED}{os.getpid()}-{name}"
+                claimed = self.directory / f"{_CLAIMED}{_claimer()}-{name}"
                 try:
                     os.replace(self.directory / name, claimed)  # another process may win
                 except FileNotFoundError:
                     continue
+                except OSError:  # read-only or not ours to rename: nothing to claim here
+                    return None
                 events = _read(claimed)
                 if keep is not None:
                     events = [e for e in events if keep(e)]
@@ -160,11 +174,18 @@ class Spool:
         except OSError:
             return
         for name in names:
-            pid_text, _, original = name[len(_CLAIMED) :].partition("-")
+            pid_text, _, rest = name[len(_CLAIMED) :].partition("-")
+            token, _, original = rest.partition("-")
             if not original.startswith(self._prefix) or not pid_text.isdigit():
                 continue
-            if int(pid_text) == os.getpid() or _alive(int(pid_text)):
+            pid = int(pid_text)
+            if pid == os.getpid():
+                if token == _CLAIM_TOKEN[0]:
+                    continue  # this process's own claim
+            elif _alive(pid):
                 continue
+            # A dead process's claim, or one of an earlier process that had this pid (a
+            # container's pid 1 in the last run, say): back into the spool.
             with contextlib.suppress(OSError):
                 os.replace(self.directory / name, self.directory / original)
 
@@ -195,6 +216,23 @@ class Spool:
         with contextlib.suppress(OSError):
             self.directory.rmdir()
         return removed
+
+
+_CLAIM_TOKEN = [secrets.token_hex(4)]  # renewed in a forked child (which has its own pid)
+
+
+def _renew_claim_token() -> None:
+    _CLAIM_TOKEN[0] = secrets.token_hex(4)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_claim_token)
+
+
+def _claimer() -> str:
+    """``<pid>-<token>``: whose claim a file is, told apart from an earlier process that
+    had the same pid."""
+    return f"{os.getpid()}-{_CLAIM_TOKEN[0]}"
 
 
 def _alive(pid: int) -> bool:
@@ -242,17 +280,27 @@ def _read(path: Path) -> list[Event]:
 
 
 def _parse(line: bytes) -> Event | None:
+    """One spooled payload, held to what the pipeline can have made: a file edited by hand
+    (or by another program) cannot smuggle ``$identify`` or ``$set`` past it."""
     try:
         data = json.loads(line)
         props = data["properties"]
-        if not isinstance(props, dict):
+        name = str(data["event"])
+        if not isinstance(props, dict) or (name.startswith("$") and name != FLAG_CALLED_EVENT):
             return None
+        props = {
+            k: v
+            for k, v in props.items()
+            if not k.startswith("$") or k in LIBRARY_KEYS or k.startswith("$feature/")
+        }
+        props["$process_person_profile"] = False
+        props["$geoip_disable"] = True
         return Event(
-            name=str(data["event"]),
+            name=name,
             properties=props,
             timestamp=float(data["timestamp"]),
             uuid=str(data["uuid"]),
             distinct_id=str(data["distinct_id"]),
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -15,6 +15,7 @@ __all__ = [
     "ERROR_EVENT",
     "FLAG_CALLED_EVENT",
     "HEARTBEAT_EVENT",
+    "LIBRARY_KEYS",
     "SEARCH_EVENT",
     "SESSION_EVENT",
     "ConsentSource",
@@ -61,6 +62,22 @@ HEARTBEAT_EVENT = "codeweaver_heartbeat"
 """The name of the shipped heartbeat event."""
 FLAG_CALLED_EVENT = "$feature_flag_called"
 """PostHog's exposure event, sent by the library when the app reads a flag."""
+LIBRARY_KEYS = frozenset(
+    {
+        "$lib",
+        "$lib_version",
+        "$os",
+        "$os_version",
+        "$python_version",
+        "$geoip_disable",
+        "$process_person_profile",
+        "$session_id",
+        "$feature_flag",
+        "$feature_flag_response",
+    }
+)
+"""The ``$`` properties the pipeline itself sets (besides ``$feature/<key>``); no other
+``$`` key ever leaves it."""
 
 
 class Deferred:

@@ -41,7 +41,12 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from codeweaver_telemetry._internal import fork_safe_imports, internal_errors, logger
+from codeweaver_telemetry._internal import (
+    fork_safe_imports,
+    internal_error,
+    internal_errors,
+    logger,
+)
 from codeweaver_telemetry._types import Event, ExportResult, Sink
 
 if TYPE_CHECKING:
@@ -131,6 +136,7 @@ class Worker:
         self._backoff_s = _MIN_BACKOFF_S
         self._closed = False
         self._stopping = False
+        self._saved_at_exit = False
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         # The spool drain: only the process that built the worker drains.
@@ -290,6 +296,7 @@ class Worker:
             # Keyed by uuid: one half of a split batch can be in both lists.
             finished = list({e.uuid: e for e in (*self._exporting, *self._retry)}.values())
             self._retry = []
+            self._saved_at_exit = True  # a late answer for these must not spool them again
             lost = max(0, self._in_flight - len(self._exporting))
             claim, self._claim = self._claim, None
             unsent = claim.events[self._claim_pos :] if claim is not None else []
@@ -329,11 +336,11 @@ class Worker:
                 "codeweaver_telemetry: %d events were not delivered before the exit bound", left
             )
 
-    def _to_spool(self, events: Sequence[Event], *, returned: bool = False) -> None:
+    def _to_spool(self, events: Sequence[Event], *, returned: Claim | None = None) -> None:
         """Write finished events to the spool; count and explain what it could not keep.
 
-        ``returned``: the events came from the spool (a claim handed back), so they are
-        not counted as newly spooled.
+        ``returned``: the claim these events come from (handed back): they are not counted
+        as newly spooled, and its file does not count against the spool's bound.
         """
         if not events or self._spool is None:
             return
@@ -342,7 +349,7 @@ class Worker:
             return
         what = "spooled" if returned else "undelivered"
         try:
-            saved = self._spool.save(events)
+            saved = self._spool.save(events, replacing=returned.path if returned else None)
         except OSError as exc:
             from codeweaver_telemetry._files import describe_os_error
 
@@ -378,7 +385,7 @@ class Worker:
         """Hand a claimed spool file back with what was not sent (nothing once revoked)."""
         with internal_errors("spool"):
             try:
-                self._to_spool(unsent, returned=True)
+                self._to_spool(unsent, returned=claim)
             finally:
                 claim.done()
 
@@ -479,8 +486,12 @@ class Worker:
             if live:
                 self._send_live()
             else:
-                with internal_errors("spool"):
+                try:
                     self._drain_once()
+                except Exception as exc:  # a spool this process cannot use: stop, never spin
+                    internal_error("spool", exc)
+                    with self._lock:
+                        self._spool_pending = False
 
     def _send_live(self) -> None:
         with self._lock:
@@ -509,7 +520,7 @@ class Worker:
         exhausted: list[Event] = []
         with self._lock:
             self._in_flight = 0
-            if left and not self._revoked:
+            if left and not self._revoked and not self._saved_at_exit:
                 for event in left:
                     event.attempts += 1
                 if self._spool is not None:

@@ -1150,6 +1150,7 @@ class TelemetryClient:
         """
         if self._closed:
             return
+        started = time.monotonic()  # the bound counts from here, session event included
         with internal_errors("shutdown"):
             if self._heartbeat is not None:
                 self._heartbeat.stop(timeout_s=0)  # a daemon: no wait out of the exit bound
@@ -1161,7 +1162,7 @@ class TelemetryClient:
             left = max(self._exit_budget(), min(0.2, self._exit_timeout / 4))
             bound = left if timeout is None else timeout
             if self._worker is not None:
-                self._worker.shutdown(bound)
+                self._worker.shutdown(max(0.0, bound - (time.monotonic() - started)))
             if self._flag_source is not None:
                 self._flag_source.shutdown()
             _LIVE.discard(self)

@@ -356,8 +356,103 @@ def test_a_claim_left_by_a_dead_process_is_taken_back(tmp_path: Path) -> None:
         check=True,
     )
     pid = int(dead.stdout)
-    os.replace(tmp_path / "spool" / name, tmp_path / "spool" / f".claimed-{pid}-{name}")
+    os.replace(tmp_path / "spool" / name, tmp_path / "spool" / f".claimed-{pid}-0a1b2c3d-{name}")
     assert [e.name for e in Spool(tmp_path / "spool").load()] == ["e"]
+
+
+def test_a_claim_of_an_earlier_process_with_this_pid_is_taken_back(tmp_path: Path) -> None:
+    """A container's next run often has the same pid as the one killed mid-drain: its
+    claim (another token) still goes back into the spool."""
+    spool = Spool(tmp_path / "spool")
+    spool.save([Event("e", {"i": 1}, 0.0, "u1", "d")])
+    (name,) = [p.name for p in (tmp_path / "spool").iterdir()]
+    stale = f".claimed-{os.getpid()}-deadbeef-{name}"
+    os.replace(tmp_path / "spool" / name, tmp_path / "spool" / stale)
+    assert [e.name for e in Spool(tmp_path / "spool").load()] == ["e"]
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_handing_back_a_large_claim_never_loses_it_to_its_own_size(tmp_path: Path) -> None:
+    """A claimed file of more than half the bound goes back whole at exit (its own size is
+    not counted twice)."""
+    spool = Spool(tmp_path / "spool", max_bytes=100_000)
+    events = [Event("e", {"pad": "x" * 500, "i": i}, 0.0, f"u{i}", "d") for i in range(120)]
+    assert spool.save(events) == 120
+    claim = spool.claim()
+    assert claim is not None
+    assert claim.give_back(claim.events) == 120
+    assert sorted(e.properties["i"] for e in spool.load()) == list(range(120))
+
+
+class CountingSpool(Spool):
+    """A real spool that counts how often a worker tries to claim from it."""
+
+    claims = 0
+
+    def claim(self, keep=None):  # type: ignore[no-untyped-def]
+        self.claims += 1
+        return super().claim(keep)
+
+
+def test_a_spool_that_cannot_be_claimed_is_not_retried_in_a_loop(tmp_path: Path) -> None:
+    """When a spool file cannot be renamed (here a directory stands at the claim's name:
+    EISDIR, as EROFS or EACCES would on a read-only mount), claim() answers None and the
+    worker stops draining instead of spinning."""
+    from codeweaver_telemetry._spool import _claimer
+    from codeweaver_telemetry._worker import Worker
+    from codeweaver_telemetry.sinks.memory import InMemorySink
+
+    spool = CountingSpool(tmp_path / "spool")
+    spool.save([Event("e", {}, 0.0, "u", "d")])
+    (name,) = [p.name for p in (tmp_path / "spool").iterdir()]
+    (tmp_path / "spool" / f".claimed-{_claimer()}-{name}").mkdir()
+    assert spool.claim() is None
+    worker = Worker(
+        sink=InMemorySink(),
+        process=lambda e, d: e,
+        batch_size=10,
+        interval_s=60,
+        max_queue=100,
+        spool=spool,
+    )
+    worker.start_draining()
+    time.sleep(0.5)
+    worker.shutdown(0.5)
+    assert spool.claims <= 3, f"{spool.claims} claims in 0.5 s: the worker spun"
+
+
+def test_spooled_payloads_cannot_carry_person_data_or_reserved_events(tmp_path: Path) -> None:
+    """A spool file edited by hand cannot smuggle `$identify` or `$set` past the pipeline."""
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    lines = [
+        {"event": "$identify", "properties": {"$set": {"email": "a@b.c"}}},
+        {
+            "event": "ok",
+            "properties": {
+                "$set": {"email": "a@b.c"},
+                "$lib": "x",
+                "n": 1,
+                "$feature/exp": "a",
+                "$process_person_profile": True,
+            },
+        },
+        {"event": "$feature_flag_called", "properties": {"$feature_flag": "exp"}},
+    ]
+    text = "".join(
+        json.dumps({"distinct_id": "d", "timestamp": 1, "uuid": f"u{i}", **line}) + "\n"
+        for i, line in enumerate(lines)
+    )
+    (directory / "spool-local-1-aa.jsonl").write_text(text, encoding="utf-8")
+    loaded = Spool(directory).load()
+    assert [e.name for e in loaded] == ["ok", "$feature_flag_called"]
+    assert loaded[0].properties == {
+        "$lib": "x",
+        "n": 1,
+        "$feature/exp": "a",
+        "$process_person_profile": False,
+        "$geoip_disable": True,
+    }
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="symbolic links")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 from codeweaver_telemetry._files import read_regular
+from codeweaver_telemetry._internal import in_forked_child
 
 __all__ = [
     "HASH_HEX_LENGTH",
@@ -154,6 +155,14 @@ class FileKeyProvider:
 
 
 _default_lock = threading.Lock()
+
+
+def _renew_default_lock() -> None:  # a fork may land while another thread holds it
+    global _default_lock
+    _default_lock = threading.Lock()
+
+
+in_forked_child(_renew_default_lock)
 _default_provider: KeyProvider = InMemoryKeyProvider()
 
 

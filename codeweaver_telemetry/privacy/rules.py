@@ -46,7 +46,7 @@ from typing import Any, ClassVar, NewType
 
 from pydantic import BaseModel
 
-from codeweaver_telemetry._internal import log_once
+from codeweaver_telemetry._internal import in_forked_child, log_once
 from codeweaver_telemetry.privacy import conversions
 from codeweaver_telemetry.privacy.conversions import valid_text
 from codeweaver_telemetry.privacy.hashing import (
@@ -136,6 +136,14 @@ class _ClassInfo:
 
 _INFO: dict[type, _ClassInfo] = {}
 _INFO_LOCK = threading.Lock()
+
+
+def _renew_info_lock() -> None:  # a fork may land while another thread holds it
+    global _INFO_LOCK
+    _INFO_LOCK = threading.Lock()
+
+
+in_forked_child(_renew_info_lock)
 
 
 def _class_info(cls: type) -> _ClassInfo:

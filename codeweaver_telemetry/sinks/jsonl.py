@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,6 @@ class LocalJSONLSink:
     ) -> None:
         self.path = Path(directory) / LOG_FILE
         self._max_bytes = max_bytes
-        self._lock = threading.Lock()
 
     def export(self, batch: Sequence[Event]) -> ExportResult:
         """Append the batch; RETRY (with one warning saying why) if it cannot be written."""
@@ -61,15 +59,17 @@ class LocalJSONLSink:
         ).encode("utf-8")
         directory = self.path.parent
         try:
-            with self._lock:
-                ensure_private_dir(directory, parents=True, follow=True)
-                with exclusive_lock(directory / LOCK_FILE):
-                    self._rotate_if_needed()
-                    fd = open_append(self.path)
-                    try:
-                        append_whole(fd, data)
-                    finally:
-                        os.close(fd)
+            ensure_private_dir(directory, parents=True, follow=True)
+            # The file lock keeps out other processes and this one's other threads alike
+            # (each export opens the lock file anew), and no thread lock is left locked
+            # in a forked child.
+            with exclusive_lock(directory / LOCK_FILE):
+                self._rotate_if_needed()
+                fd = open_append(self.path)
+                try:
+                    append_whole(fd, data)
+                finally:
+                    os.close(fd)
         except OSError as exc:
             logger.warning(
                 "codeweaver_telemetry: events could not be written to the local log %s: %s; "

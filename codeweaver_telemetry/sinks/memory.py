@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from codeweaver_telemetry._internal import in_forked_child
 from codeweaver_telemetry._types import Event, ExportResult
 
 __all__ = ["FunctionSink", "InMemorySink"]
@@ -23,6 +24,10 @@ class InMemorySink:
         self._lock = threading.Lock()
         self._events: list[Event] = []
         self.shut_down = False
+        in_forked_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()  # a fork may land while the worker holds it
 
     def export(self, batch: Sequence[Event]) -> ExportResult:
         """Store the batch."""
