@@ -346,6 +346,11 @@ def test_reading_a_flag_sends_one_exposure_per_flag_per_session(
     assert called[0]["distinct_id"] == client.distinct_id
     assert not any(k in first for k in ("$set", "$set_once", "$person_properties"))
     assert first["$process_person_profile"] is False
+    from codeweaver_telemetry._types import LIBRARY_KEYS
+
+    for event in receiver.events():  # the spool holds payloads to this same vocabulary
+        for key in event["properties"]:
+            assert not key.startswith("$") or key in LIBRARY_KEYS or key.startswith("$feature/")
 
 
 def test_exposure_events_can_be_turned_off(
