@@ -1034,7 +1034,7 @@ class TelemetryClient:
             )
             return None
         event_uuid = _uuid4() if with_uuid else ""  # else assigned by the pipeline
-        worker.submit(
+        queued = worker.submit(
             Event(
                 name=name,
                 properties=_snapshot(properties) if properties else {},
@@ -1047,7 +1047,7 @@ class TelemetryClient:
             ),
             reserved=reserved,
         )
-        return event_uuid or None
+        return event_uuid if queued and event_uuid else None
 
     # -- flags ----------------------------------------------------------------------------
     def get_feature_flag(self, key: str, default: FlagValue | None = None) -> FlagValue | None:

@@ -946,3 +946,12 @@ def test_event_uuids_do_not_follow_the_apps_random_seed(
         parsed = uuid_module.UUID(value)
         assert parsed.version == 4
         assert str(parsed) == value
+
+
+def test_capture_returns_no_uuid_for_an_event_the_full_queue_refused(
+    make_client: MakeClient, sink: InMemorySink
+) -> None:
+    """The uuid comes back only for an event that was queued."""
+    client = make_client(sink=sink, max_queue_size=1, batch_interval_seconds=60.0)
+    assert client.capture("first") is not None
+    assert client.capture("refused") is None
