@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from codeweaver_telemetry._files import ensure_private_dir, read_regular, write_atomic
+from codeweaver_telemetry._internal import in_forked_child
 from codeweaver_telemetry._types import FLAG_CALLED_EVENT, LIBRARY_KEYS, Event
 
 __all__ = ["SPOOL_DIR", "Claim", "Spool"]
@@ -225,8 +226,7 @@ def _renew_claim_token() -> None:
     _CLAIM_TOKEN[0] = secrets.token_hex(4)
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_renew_claim_token)
+in_forked_child(_renew_claim_token)
 
 
 def _claimer() -> str:

@@ -37,12 +37,12 @@ import collections
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from codeweaver_telemetry._internal import (
     fork_safe_imports,
+    in_forked_child,
     internal_error,
     internal_errors,
     logger,
@@ -115,9 +115,7 @@ class Worker:
         """Events written to the disk spool."""
         self._revoked = False
         self._init_state()
-        ref = weakref.WeakMethod(self._after_fork)
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
+        in_forked_child(self._after_fork)
 
     def _init_state(self) -> None:
         # Re-entrant: capture() may run in a signal handler on a thread that is already

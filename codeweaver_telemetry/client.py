@@ -19,7 +19,6 @@ import decimal
 import enum
 import itertools
 import logging
-import os
 import secrets
 import sys
 import threading
@@ -32,7 +31,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from codeweaver_telemetry._instruments import ErrorCapture, Timer
-from codeweaver_telemetry._internal import internal_error, internal_errors, logger
+from codeweaver_telemetry._internal import (
+    in_forked_child,
+    internal_error,
+    internal_errors,
+    logger,
+)
 from codeweaver_telemetry._types import (
     ERROR_EVENT,
     FLAG_CALLED_EVENT,
@@ -184,8 +188,7 @@ def _uuid4() -> str:
 
 
 _renew_uuids()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_renew_uuids)
+in_forked_child(_renew_uuids)
 
 
 def _epoch(timestamp: object) -> float:
@@ -1311,8 +1314,7 @@ def _after_fork_in_child() -> None:
             client._flag_source._after_fork()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+in_forked_child(_after_fork_in_child)
 
 
 def _register_atexit() -> None:

@@ -65,6 +65,7 @@ __all__ = [
     "DISTRIBUTION_KEY_LENGTH",
     "DISTRIBUTION_MAX_KEYS",
     "OTHER_KEY",
+    "scalar_text",
     "to_aggregate",
     "to_boolean",
     "to_count",
@@ -160,21 +161,32 @@ def to_hash(value: object, key: bytes | Callable[[object], str]) -> str | None:
     return key(value)
 
 
-def _distribution_key(item: object) -> str | None:
-    item = _unwrap(item)
+def scalar_text(item: object) -> str | None:
+    """The text of a str, bool, int or float (``True`` -> ``"true"``), else None.
+
+    Read with the base types' own methods: a subclass's overrides may raise or lie. An int
+    with more digits than Python writes in decimal has no text. Shared by DISTRIBUTION keys
+    and the serializer's dict keys.
+    """
     if isinstance(item, bool):
         return "true" if item else "false"
-    # The base types' own methods: a subclass's overrides may raise or lie.
     if isinstance(item, str):
         return str.__str__(item)
     if isinstance(item, int):
         try:
             return int.__repr__(item)
-        except ValueError:  # more digits than Python writes in decimal
+        except ValueError:
             return None
     if isinstance(item, float):
-        return float.__repr__(item) if math.isfinite(item) else None
+        return float.__repr__(item)
     return None
+
+
+def _distribution_key(item: object) -> str | None:
+    item = _unwrap(item)
+    if isinstance(item, float) and not math.isfinite(item):
+        return None
+    return scalar_text(item)
 
 
 def _items(value: object) -> Iterable[object]:

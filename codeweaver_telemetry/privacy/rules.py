@@ -603,18 +603,9 @@ def _dict_key(k: object) -> str | None:
         return k if k.isascii() else valid_text(k)
     if isinstance(k, enum.Enum):
         k = k.value
-    # The base types' own methods: a subclass's overrides may raise or lie.
-    if isinstance(k, str):
-        return valid_text(str.__str__(k))
-    if isinstance(k, bool):
-        return "true" if k else "false"
-    if isinstance(k, int):
-        try:
-            return int.__repr__(k)
-        except ValueError:  # more digits than Python writes in decimal
-            return None
-    if isinstance(k, float):
-        return float.__repr__(k)
+    text = conversions.scalar_text(k)
+    if text is not None:
+        return valid_text(text)
     if isinstance(k, uuid.UUID):
         text = str(k)
         return valid_text(text) if isinstance(text, str) else None

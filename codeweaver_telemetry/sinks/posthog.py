@@ -17,13 +17,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import os
 import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from codeweaver_telemetry._internal import fork_safe_imports, logger
+from codeweaver_telemetry._internal import fork_safe_imports, in_forked_child, logger
 from codeweaver_telemetry._types import Event, ExportResult
 from codeweaver_telemetry.flags import FlagFetchError, FlagSourceClosed, FlagValue
 
@@ -50,9 +49,9 @@ def _posthog_request() -> Any:
     from posthog import request
 
     _quiet_posthog_logger()
-    if not _FORK_HOOK and hasattr(os, "register_at_fork"):
+    if not _FORK_HOOK:
         _FORK_HOOK = True
-        os.register_at_fork(after_in_child=_renew_connections)
+        in_forked_child(_renew_connections)
     return request
 
 
