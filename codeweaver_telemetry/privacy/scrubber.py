@@ -9,8 +9,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
+from codeweaver_telemetry.privacy.detectors import (
+    CARD_MARKER,
+    IBAN_MARKER,
+    PHONE_MARKER,
+    SSN_MARKER,
+    TOKEN_MARKER,
+    VENDOR_TOKENS,
+    TokenRule,
+    TokenScanner,
+    number_spans,
+)
+
 __all__ = [
     "DEFAULT_PATTERNS",
+    "MARKERS",
     "SECRET_MARKER",
     "TRUNCATION_MARK",
     "Pattern",
@@ -60,13 +73,27 @@ _SECRET_WORDS: Final[tuple[str, ...]] = (
     "signature",
     "sig",
     "jwt",
+    "passcode",
+    "app_key",
+    "account_key",
+    "master_key",
+    "activation_key",
+    "license_key",
+    "licence_key",
+    "product_key",
+    "srt",
 )
+# Short words that are secret only at the start of a word: ``db_pass``, ``PW``, ``--pass``,
+# but not ``bypass`` or ``compass``.
+_SECRET_WORDS_AT_START: Final[tuple[str, ...]] = ("pass", "pw")
 
 _KEY_SEP: Final = r"[_.\- ]?"
 _SECRET_WORD_RE: Final = (
     "(?i:"
     + "|".join(word.replace("_", _KEY_SEP) for word in sorted(_SECRET_WORDS, key=len, reverse=True))
-    + ")"
+    + "|(?<![a-z])(?:"
+    + "|".join(_SECRET_WORDS_AT_START)
+    + "))"
 )
 _SECRET_KEY_END: Final = re.compile(_SECRET_WORD_RE + r"\Z")
 # The longest secret word with separators is far shorter; only a key's tail can decide.
@@ -191,9 +218,15 @@ def _secret_word_dispatch() -> str:
     rests: dict[str, list[str]] = {}
     for word in sorted(_SECRET_WORDS, key=len, reverse=True):
         rests.setdefault(word[0], []).append(word[1:].replace("_", _KEY_SEP))
-    first = "".join(letter + letter.upper() for letter in sorted(rests))
-    branches = "|".join(f"(?<={letter})(?:{'|'.join(r)})" for letter, r in sorted(rests.items()))
-    return f"[{first}](?i:{branches})"
+    starts: dict[str, list[str]] = {}
+    for word in _SECRET_WORDS_AT_START:
+        starts.setdefault(word[0], []).append(word[1:])
+    first = "".join(letter + letter.upper() for letter in sorted(rests.keys() | starts.keys()))
+    branches = [f"(?<={letter})(?:{'|'.join(r)})" for letter, r in sorted(rests.items())]
+    branches += [
+        f"(?<=(?<![a-z]){letter})(?:{'|'.join(r)})" for letter, r in sorted(starts.items())
+    ]
+    return f"[{first}](?i:{'|'.join(branches)})"
 
 
 # Secret assignments: ``key=value``, ``key: value``, ``"key": "value"``, ``key => value``.
@@ -205,11 +238,30 @@ _NOT_OWNED: Final = (
     rf"(?!(?:\\{{0,3}}[\"'])?[ \t]*(?:=>|:=|=|:)[ \t]*(?:{_SCHEME})?"
     r"(?:\\{0,3}[\"'])?(?:-----BEGIN|<[a-z_]+>))"
 )
+# A value that is code with a literal fallback: ``os.environ.get("PASSWORD") or "hunter2"``,
+# ``os.getenv("TOKEN", "default")``: the literal that follows is the secret.
+_CODE_FALLBACK: Final = (
+    r"[A-Za-z_][\w.]*\((?:[ \t]*(?P<kq>[\"'])[^\"'\n]*(?P=kq)[ \t]*,"
+    r"|(?:[^()\n]|\([^()\n]*\))*\)[ \t]*(?:or|\|\||\?\?|\?:))[ \t]*"
+)
 _QUOTED_BODY: Final = r"(?:(?!(?P=oq))(?:\\.|[^\\\n]))*"
 _COLON_VALUE: Final = (
     r"(?![\[{])[^\s\"']+(?:[ \t]+(?!-----BEGIN|<[a-z_]+>)[^\s\"']+)*(?<![.,;)\]}])"
 )
 _EQUALS_VALUE: Final = r"(?![\[{])[^\s\"'&,;]+(?<![.)\]}])"
+
+# An HTTP request line's target or a versioned API route is not a file path.
+_NOT_A_ROUTE: Final = (
+    "".join(f"(?<!{method} /)" for method in ("GET", "PUT", "POST", "HEAD", "PATCH", "DELETE"))
+    + r"(?!(?:api|v[0-9]{1,2}(?:beta|alpha)?[0-9]*|graphql)/)"
+    + r"(?![^\s\"'<>]*\{\w+\})"  # a route template: /collections/{name}/points
+)
+
+_STREET_TYPES: Final = (
+    "Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl"
+    "|Parkway|Pkwy|Terrace|Ter|Square|Sq|Highway|Hwy|Circle|Cir|Trail|Close|Crescent|Gardens"
+    "|Row|Hill|Mews|Alley|Plaza|Walk|Green|Grove|Park|Rise|Broadway"
+)
 
 # One entry per kind of secret. At any position the first entry that matches wins, so the
 # order matters: specific vendor formats before generic assignments, paths before addresses.
@@ -218,7 +270,9 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
     Pattern(
         "private_key",
         r"-----BEGIN[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----"
-        r"(?:[A-Za-z0-9+/=\s\\:,.]|-(?!----))*"
+        r"(?:[A-Za-z0-9+/=\s\\:,.#*;\[\]|]|-(?!----)"
+        # a joint between string literals in code: ``...\n" + "MII...``, ``...\n"\n  "MII...``
+        r"|[\"'`][ \t]*\+?[ \t]*(?:\r?\n[ \t]*\+?[ \t]*)?[\"'`])*"
         r"(?:-----END[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----)?",
         "<private_key>",
         "RFC 7468 textual encoding; OpenSSH and OpenPGP armour use the same frame",
@@ -226,7 +280,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
     # Userinfo of any URL: ``scheme://user:pass@host`` keeps the scheme and the host.
     Pattern(
         "url_credentials",
-        r"://(?<=[A-Za-z0-9+.-]://)(?P<secret>[^\s/?#@\"'<>]+)@",
+        r"://(?<=[A-Za-z0-9+.-]://)(?P<secret>[^\s/\"'<>]+)@(?=[\w\[])",
         "<credentials>",
         "RFC 3986 section 3.2.1 userinfo",
     ),
@@ -244,105 +298,36 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         "<jwt>",
         "RFC 7519 compact serialisation",
     ),
-    # AWS access key ids: AKIA (long-term), ASIA (STS temporary), ABIA, ACCA + 16 upper alnum.
+    # Telegram bot tokens: the bot's numeric id, a colon, then AA and 33 base64url characters.
     Pattern(
-        "aws_access_key_id",
-        rf"A{_NOT_GLUED}(?:KIA|SIA|BIA|CCA)[A-Z0-9]{{16}}(?![A-Za-z0-9])",
-        "<aws_key>",
-        "AWS IAM user guide, unique identifier prefixes",
+        "telegram_bot_token",
+        r"[0-9]" + _NOT_GLUED + r"[0-9]{6,10}:AA[A-Za-z0-9_-]{30,}",
+        "<telegram_token>",
+        "Telegram Bot API docs, 'Authorizing your bot'",
     ),
-    # GitHub: classic PATs and app tokens, prefixes ghp_ gho_ ghu_ ghs_ ghr_ + 36 alphanumerics,
-    # and fine-grained PATs github_pat_ + 22 + _ + 59.
+    # Incoming-webhook URLs carry their secret in the path.
     Pattern(
-        "github_token",
-        rf"g{_NOT_GLUED}(?:h[pousr]_[A-Za-z0-9]{{36,}}|ithub_pat_[A-Za-z0-9_]{{22,}})",
-        "<github_token>",
-        "GitHub docs, 'About authentication to GitHub', token formats",
+        "webhook_url",
+        r"[hd](?:(?<=h)ooks\.slack\.com/(?:services|workflows|triggers)/"
+        r"|(?<=h)ooks\.zapier\.com/hooks/catch/"
+        r"|(?<![\w.]d)(?<=d)iscord(?:app)?\.com/api/webhooks/)(?P<secret>[A-Za-z0-9_/-]{8,})",
+        SECRET_MARKER,
+        "Slack, Zapier and Discord docs, incoming webhooks",
     ),
-    # GitLab: personal (glpat-), deploy (gldt-), runner (glrt-), trigger (glptt-) tokens.
+    # Braintree access tokens: access_token$environment$merchant$secret.
     Pattern(
-        "gitlab_token",
-        rf"g{_NOT_GLUED}l(?:pat|dt|rt|ptt|soat)-[A-Za-z0-9_-]{{20,}}(?:\.[A-Za-z0-9_-]+)*",
-        "<gitlab_token>",
-        "GitLab docs, 'Token prefixes'",
+        "braintree_token",
+        r"a(?<![\w]a)ccess_token\$(?:production|sandbox)\$[0-9a-z]{16}\$[0-9a-f]{32}",
+        "<braintree_token>",
+        "Braintree docs, access tokens",
     ),
-    # Slack: bot (xoxb-), user (xoxp-), app (xoxa-), refresh (xoxr-), legacy (xoxs-, xoxo-),
-    # app-level (xapp-).
+    # ``os.getenv("API_TOKEN", "default")``, ``ENV.fetch("DB_PASSWORD", "...")``: the default.
     Pattern(
-        "slack_token",
-        rf"x{_NOT_GLUED}(?:ox[abposr]-[A-Za-z0-9-]{{10,}}|app-\d-[A-Za-z0-9-]{{10,}})",
-        "<slack_token>",
-        "Slack API docs, 'Token types'",
-    ),
-    # Anthropic: sk-ant-api03-..., sk-ant-admin01-...; listed before OpenAI, which shares sk-.
-    Pattern(
-        "anthropic_key",
-        rf"s{_NOT_GLUED}k-ant-[A-Za-z0-9_-]{{20,}}",
-        "<anthropic_key>",
-        "Anthropic console, API key format",
-    ),
-    # OpenAI: legacy sk- + 48, project sk-proj-, service account sk-svcacct-, admin sk-admin-.
-    Pattern(
-        "openai_key",
-        rf"s{_NOT_GLUED}k-(?!ant-)(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{{20,}}",
-        "<openai_key>",
-        "OpenAI platform docs, API key formats",
-    ),
-    # Stripe: secret (sk_) and restricted (rk_) keys in live and test mode.
-    Pattern(
-        "stripe_key",
-        rf"[sr]{_NOT_GLUED}k_(?:live|test)_[A-Za-z0-9]{{16,}}",
-        "<stripe_key>",
-        "Stripe docs, 'API keys'",
-    ),
-    # Stripe webhook signing secrets: whsec_ + 24 or more.
-    Pattern(
-        "stripe_webhook_secret",
-        rf"w{_NOT_GLUED}hsec_[A-Za-z0-9]{{24,}}",
-        "<stripe_key>",
-        "Stripe docs, 'Check the webhook signatures'",
-    ),
-    # Google API keys: AIza + 35 characters.
-    Pattern(
-        "google_api_key",
-        rf"A{_NOT_GLUED}Iza[A-Za-z0-9_-]{{35,}}",
-        "<google_key>",
-        "Google Cloud docs, 'Manage API keys'",
-    ),
-    # Google OAuth: client secrets GOCSPX-, access tokens ya29.
-    Pattern(
-        "google_oauth",
-        rf"[Gy]{_NOT_GLUED}(?:(?<=G)OCSPX-[A-Za-z0-9_-]{{24,}}|(?<=y)a29\.[A-Za-z0-9_-]{{20,}})",
-        "<google_key>",
-        "Google Identity docs, OAuth 2.0 client secrets and access tokens",
-    ),
-    # Hugging Face user access tokens: hf_ + 30 or more alphanumerics.
-    Pattern(
-        "huggingface_token",
-        rf"h{_NOT_GLUED}f_[A-Za-z0-9]{{30,}}",
-        "<hf_token>",
-        "Hugging Face docs, 'User access tokens'",
-    ),
-    # PostHog personal API keys phx_ (project keys phc_ are public by design and stay).
-    Pattern(
-        "posthog_personal_key",
-        rf"p{_NOT_GLUED}hx_[A-Za-z0-9]{{20,}}",
-        "<posthog_key>",
-        "PostHog docs, 'Personal API keys'",
-    ),
-    # npm access tokens: npm_ + 36.
-    Pattern(
-        "npm_token",
-        rf"n{_NOT_GLUED}pm_[A-Za-z0-9]{{36,}}",
-        "<npm_token>",
-        "npm docs, 'About access tokens'",
-    ),
-    # PyPI API tokens: macaroons serialised as pypi-AgEIcHlwaS5vcmc... (base64 of 'pypi.org').
-    Pattern(
-        "pypi_token",
-        rf"p{_NOT_GLUED}ypi-AgE[A-Za-z0-9_-]{{50,}}",
-        "<pypi_token>",
-        "PyPI help, 'API tokens'",
+        "secret_env_default",
+        rf"[gf](?:etenv|et|etch)\([ \t]*(?P<kq>[\"'])[\w.-]*{_SECRET_WORD_RE}(?P=kq)[ \t]*,[ \t]*"
+        rf"(?P<oq>[\"'])(?P<secret>{_QUOTED_BODY})(?P=oq)?",
+        SECRET_MARKER,
+        "os.getenv, dict.get and Ruby's ENV.fetch",
     ),
     # HTTP auth schemes outside a header: ``Bearer <token>``, ``Basic <base64>``; a plain word
     # after the scheme (``Basic authentication``) is prose and stays.
@@ -355,13 +340,15 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         "RFC 6750 (Bearer) and RFC 7617 (Basic)",
     ),
     # Assignments under a secret-sounding key (same words and last-word rule as is_secret_key):
-    # the key and separator stay. Quoted values go whole; ``=`` values end at whitespace, ``&``,
-    # ``,`` or ``;``; ``:`` values (HTTP headers, YAML) run to the end of the line.
+    # the key and separator stay. Quoted values go whole; ``=`` values end at whitespace,
+    # ``&``, ``,`` or ``;``; ``:`` values (HTTP headers, YAML) run to the end of the line. A
+    # value that is code with a literal fallback loses the literal:
+    # ``PASSWORD = os.environ.get("PASSWORD") or "<secret>"``.
     Pattern(
         "secret_assignment",
         rf"{_secret_word_dispatch()}{_NOT_OWNED}(?:\\{{0,3}}[\"'])?[ \t]*"
         r"(?:=>|:=|=(?!=)|(?P<colon>:)(?!:))[ \t]*"
-        rf"{_AUTH_SCHEME}(?P<oq>\\{{0,3}}[\"'])?"
+        rf"(?:{_CODE_FALLBACK}(?=[\"']))?{_AUTH_SCHEME}(?P<oq>\\{{0,3}}[\"'])?"
         rf"(?P<secret>(?(oq){_QUOTED_BODY}|(?(colon){_COLON_VALUE}|{_EQUALS_VALUE})))"
         r"(?(oq)(?P=oq)?)",
         SECRET_MARKER,
@@ -375,6 +362,95 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         rf"(?P<secret>(?(oq){_QUOTED_BODY}|{_EQUALS_VALUE}))(?(oq)(?P=oq)?)",
         SECRET_MARKER,
         "POSIX utility argument conventions",
+    ),
+    # SQL: ``CREATE USER u IDENTIFIED BY 'pw'`` (Oracle, MySQL) and ``PASSWORD 'pw'`` (PostgreSQL).
+    Pattern(
+        "sql_password",
+        r"[IiPp](?:(?<=[Ii])(?i:dentified)[ \t]+(?i:by)(?:[ \t]+(?i:password))?"
+        r"|(?<=[Pp])(?i:assword))"
+        r"[ \t]+(?P<oq>['\"`])(?P<secret>(?:(?!(?P=oq))[^\n])+)(?P=oq)?",
+        SECRET_MARKER,
+        "Oracle, MySQL and PostgreSQL docs, CREATE/ALTER USER and ROLE",
+    ),
+    # Prose: ``the password is Copper!Saffron60``, ``password changed to ...``. Only a value
+    # with a digit or a symbol is taken: ``password is required`` stays.
+    Pattern(
+        "password_prose",
+        r"[Pp](?i:assword|asswd|assphrase|in code)[ \t]+"
+        r"(?i:is|was|changed to|set to|reset to|is now|for \S+ is)[ \t]+[\"'`]?"
+        r"(?P<secret>(?=[^\s\"'`]*(?:[0-9!#$%^&*?~@+=]|[._-][^\s\"'`]))(?!<[a-z_]+>)"
+        r"[^\s\"'`]{4,}(?<![.,;:!?)]))",
+        SECRET_MARKER,
+        "prose around passwords in logs and messages",
+    ),
+    # Archive tools: ``unzip -P pw``, ``zip -P pw``, ``7z x -ppw``.
+    Pattern(
+        "archive_password_flag",
+        r"[uz7](?:(?<=u)nzip|(?<=z)ip|(?<=7)z[ \t]+[a-z])(?:[ \t]+-[A-Za-z]+)*[ \t]+-[Pp][ \t]*"
+        r"(?P<secret>[^\s\"'<-]\S*)",
+        SECRET_MARKER,
+        "zip(1), unzip(1) and 7-Zip manual pages",
+    ),
+    # Asana personal access tokens: ``1/<user id>:<32 hex>`` (new ones ``2/<id>/<id>:<hex>``).
+    Pattern(
+        "asana_token",
+        r"[12](?<![\w/.][12])/[0-9]{10,20}(?:/[0-9]{10,20})?:[0-9a-f]{32}(?![0-9a-f])",
+        "<asana_token>",
+        "Asana developer docs, personal access tokens",
+    ),
+    # XML and .NET config: ``<add key="ClearTextPassword" value="..."/>``.
+    Pattern(
+        "xml_secret_attribute",
+        r"[KkNn](?i:(?<=[Kk])ey|(?<=[Nn])ame)[ \t]*=[ \t]*(?P<kq>[\"'])"
+        rf"[\w.:-]*?{_SECRET_WORD_RE}(?P=kq)[ \t]+(?i:value)[ \t]*=[ \t]*"
+        r"(?P<oq>[\"'])(?P<secret>(?:(?!(?P=oq))[^\n])*)(?P=oq)?",
+        SECRET_MARKER,
+        ".NET configuration files (appSettings, NuGet packageSourceCredentials)",
+    ),
+    # XML elements: ``<password>...</password>``, ``<db:apiToken>...</db:apiToken>``.
+    Pattern(
+        "xml_secret_element",
+        rf"<(?P<tag>[\w:.-]*?{_SECRET_WORD_RE})>(?P<secret>[^<\n]+)</(?P=tag)>",
+        SECRET_MARKER,
+        "XML 1.0 element syntax",
+    ),
+    # .netrc: ``machine host login alice password s3cret`` (on one line or several).
+    Pattern(
+        "netrc_password",
+        r"[mMlL](?:(?<=[mM])(?i:achine)\s+\S+(?:\s+(?i:login)\s+\S+)?|(?<=[lL])(?i:ogin)\s+\S+)"
+        r"\s+(?i:password|passwd)\s+(?P<secret>[^\s<]\S*)",
+        SECRET_MARKER,
+        "ftp(1) and curl(1) manual pages, the .netrc file",
+    ),
+    # Passwords glued to or after a client's flag: ``mysql -u root -pSECRET``,
+    # ``sshpass -p SECRET``, ``redis-cli -a SECRET``, ``docker login -p SECRET``.
+    Pattern(
+        "client_password_flag",
+        r"[msrdpMR](?:(?<=[mM])(?i:ysql|ysqldump|ysqladmin|ariadb|ariadb-dump)[^\n|;&]*?[ \t]-p"
+        r"(?=[^\s-])"
+        r"|(?<=s)shpass[ \t]+-p[ \t]*"
+        r"|(?<=[rR])edis-cli[^\n|;&]*?[ \t]-a[ \t]+"
+        r"|(?<=[dp])(?:ocker|odman)[ \t]+login[^\n|;&]*?[ \t]-p[ \t]+)"
+        r"(?P<oq>[\"'])?(?P<secret>(?(oq)(?:(?!(?P=oq))[^\n])+|[^\s\"'<]\S*))(?(oq)(?P=oq)?)",
+        SECRET_MARKER,
+        "mysql(1), sshpass(1), redis-cli and docker login manual pages",
+    ),
+    # Windows ``net use \\server\share PASSWORD /user:name``.
+    Pattern(
+        "net_use_password",
+        r"[nN](?<![\w]n)(?<![\w]N)(?i:et)[ \t]+(?i:use)[ \t]+(?:[A-Za-z]:[ \t]+)?\S+[ \t]+"
+        r"(?P<secret>(?![/*<])\S+)",
+        SECRET_MARKER,
+        "Microsoft docs, net use",
+    ),
+    # Kubernetes Secret manifests: every base64 value under ``data:``.
+    Pattern(
+        "kubernetes_secret_data",
+        r"d" + _not_after(r"\w-") + r"ata:[ \t]*(?:\r?\n|\\n)"
+        r"(?P<secret>(?P<ind>[ \t]+)[\w.-]+:[ \t]*[A-Za-z0-9+/]{2,}={0,2}[ \t]*"
+        r"(?:(?:\r?\n|\\n)(?P=ind)[\w.-]+:[ \t]*[A-Za-z0-9+/]{2,}={0,2}[ \t]*)*)",
+        SECRET_MARKER,
+        "Kubernetes docs, Secret objects (data holds base64 values)",
     ),
     # curl / wget style ``-u user:password`` and ``--user user:password``.
     Pattern(
@@ -391,6 +467,34 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         rf"(?:(?:[\w-]+\.)+[^\W\d_]{{2,}}(?![\w-])|{_V4}(?![\w.]))",
         "<email>",
         "RFC 5322 addr-spec, dot-atom subset; also user@IPv4 as in ssh and scp targets",
+    ),
+    # Street addresses: a house number, up to three capitalised words and a street type
+    # (``221B Baker Street``), the French order (``12 rue de la Paix``), and the name-first
+    # forms of German and Dutch (``Hauptstraße 5``) and of Spanish and Italian (``Via Roma 12``).
+    Pattern(
+        "street_address",
+        r"[0-9]" + _not_after(r"\w.,/:-") + r"[0-9]{0,4}[A-Za-z]?(?:[ -][0-9]{1,4}[A-Za-z]?)?,?[ ]"
+        r"(?:(?:(?:[NSEW]\.?|North|South|East|West)[ ])?(?:[A-Z][A-Za-z'’.-]*[ ]){1,3}"
+        rf"(?:{_STREET_TYPES})(?![\w-])\.?"
+        r"|(?:bis[ ]|ter[ ])?(?i:rue|avenue|av\.|boulevard|bd|place|chemin|all[ée]e|impasse|quai"
+        r"|cours|route|square)[ ](?:(?:de|du|des|la|le|les|l'|d')[ ]?){0,2}"
+        r"[A-ZÉÈ][\w'’-]*(?:[ ](?:de[ ]|du[ ]|la[ ])?[A-ZÉÈ][\w'’-]*){0,3})",
+        "<address>",
+        "postal address conventions of the UPU member countries (house number first)",
+    ),
+    Pattern(
+        "street_address_name_first",
+        r"[A-ZÄÖÜ](?<![\w-].)(?:[a-zäöüß]+(?:[ -][A-Z][a-zäöüß]+)?"
+        r"(?:straße|strasse|str\.|gasse|weg|allee|platz|ring|damm|ufer|straat|laan|plein|gracht"
+        r"|kade|steeg|singel)"
+        r"|(?:[a-zäöü]+er[ ])?(?:Straße|Strasse|Weg|Allee|Platz|Gasse|Ring|Damm)"
+        r"|(?:(?<=C)(?:alle|orso)|(?<=V)ia(?:le)?|(?<=P)(?:iazza|aseo|laza)|(?<=L)argo"
+        r"|(?<=A)(?:vda\.|venida)|(?<=R)ua)"
+        r"[ ](?:(?:de|del|la|las|los|di|della|delle|dei|do|da|dos|das)[ ])*"
+        r"[A-ZÁÉÍÓÚ][\w'’.-]*(?:[ ][A-ZÁÉÍÓÚ][\w'’.-]*){0,3},?)"
+        r"[ ][0-9]{1,4}[A-Za-z]?(?![\w.-])",
+        "<address>",
+        "postal address conventions of the UPU member countries (street name first)",
     ),
     # Windows drive paths (C:\Users\Alice Smith\..., C:/Users/...); a profile name may hold spaces.
     Pattern(
@@ -423,8 +527,9 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
     Pattern(
         "posix_path",
         "/"
-        + _not_after(r"\w./\\\]~")
-        + rf"(?<![A-Za-z_]>/)(?!(?<=:/)/)/*{_PSEG_SP}/+{_PTAIL}(?<!\.)",
+        + _not_after(r"\w./\\\]}~*+")
+        + _NOT_A_ROUTE
+        + rf"(?<![A-Za-z_]>/)(?!(?<=:/)/)/*{_PSEG_SP}/+(?={_PCH}){_PTAIL}(?<!\.)",
         "<path>",
         "POSIX.1 pathname resolution",
     ),
@@ -455,7 +560,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
     # IPv6 starting with ``::`` (::1, ::ffff:10.0.0.1); a bare ``::`` stays.
     Pattern(
         "ipv6_leading_double_colon",
-        ":" + _not_after(r"\w:.") + rf":(?=[0-9A-Fa-f:.]*\d)"
+        ":" + _not_after(r"\w:.") + rf":(?!1(?![\w:.]))(?=[0-9A-Fa-f:.]*\d)"
         rf"(?:(?:{_H16}:){{0,5}}{_V4}|{_H16}(?::{_H16}){{0,6}})(?![\w:]|\.\d)",
         "<ip>",
         "RFC 4291 section 2.2",
@@ -465,6 +570,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         "ipv4",
         r"\d(?=\d{0,2}\.)"
         + _not_after(r"\w.")
+        + r"(?!(?<=1)27\.|(?<=0)\.0\.0\.0(?!\.?\d))"  # loopback and the unspecified address
         + r"(?:(?<=[01])\d{0,2}|(?<=2)(?:5[0-5]|[0-4]\d|\d)?|(?<=[3-9])\d?)"
         rf"\.(?:{_OCTET}\.){{2}}{_OCTET}(?!\w|\.\d)",
         "<ip>",
@@ -482,54 +588,127 @@ _MAX_PASSES: Final = 8
 # Characters next to which a replaced span cannot start, end or extend another match.
 _SEPARATORS: Final = frozenset(" \t\n\r\f\v\"',;()[]{}=&")
 
-# Short strings made only of these characters cannot hold any default pattern: every vendor
-# token is at least 20 characters long and everything else needs punctuation or a space.
-_FAST_SAFE: Final = re.compile(r"[A-Za-z0-9_+#$]{0,19}")
+# Short strings made only of these characters cannot hold any default pattern or detector:
+# tokens have at least 17 characters, personal numbers 12 digits or separators, and
+# everything else needs punctuation or a space.
+_FAST_SAFE: Final = re.compile(r"[A-Za-z_#$]{0,16}|[A-Za-z0-9_#$]{0,11}")
 
-# Something every default pattern needs: one of its punctuation marks, a digit-dot-digit run,
-# a hex.hex run (Cisco MACs) or a literal vendor prefix. Text with none of these (most prose,
-# enum values, identifiers) cannot match, so it skips the big alternation. Keep this in step
-# with DEFAULT_PATTERNS: a property test checks that text without a trigger never changes.
+# Something every default pattern and detector needs: one of its punctuation marks, a
+# digit-dot-digit run, a hex.hex run (Cisco MACs), a long run of token characters, digits in
+# groups, or a literal word. Text with none of these (most prose, enum values, identifiers)
+# cannot match, so it skips the full pass. Keep this in step with DEFAULT_PATTERNS and the
+# detectors: a property test checks that text without a trigger never changes.
 _TRIGGER_CHARS: Final = frozenset("@:=/\\~-")
-_DOTTED: Final = re.compile(r"\d\.\d|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}|ya29\.")
+_DOTTED: Final = re.compile(r"\d\.\d|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}")
+_CONTEXT_FREE: Final = re.compile(
+    r"[A-Za-z0-9_+.~]{17}|[0-9]{12}|[0-9][ ()]|[A-Z]{2}[0-9]{2}|\+[0-9]|[^\W\d_] [0-9]"
+)
 _PREFIXES: Final = (
     "%40",
-    "eyJ",
-    "AKIA",
-    "ASIA",
-    "ABIA",
-    "ACCA",
-    "AIza",
-    "xox",
-    "xapp",
-    "GOCSPX",
-    "pypi",
     "earer",
     "EARER",
     "asic",
     "ASIC",
-)
-_UNDERSCORE_PREFIXES: Final = (
-    "gh",
-    "github_pat_",
-    "whsec_",
-    "k_live_",
-    "k_test_",
-    "hf_",
-    "phx_",
-    "npm_",
+    "dentified",
+    "DENTIFIED",
+    "assw",
+    "ASSW",
+    "et(",
+    "etenv(",
+    "etch(",
+    "nzip",
+    "zip -",
+    "7z ",
+    "in code",
 )
 
 
 def _may_match(text: str) -> bool:
-    """Cheap: False only when no default pattern can match anywhere in ``text``."""
+    """Cheap: False only when no default pattern or detector can match anywhere in ``text``."""
     if not _TRIGGER_CHARS.isdisjoint(text):
         return True
     if "." in text and _DOTTED.search(text) is not None:
         return True
-    if "_" in text and any(p in text for p in _UNDERSCORE_PREFIXES):
+    if _CONTEXT_FREE.search(text) is not None:
         return True
     return any(p in text for p in _PREFIXES)
+
+
+# Gates: most default patterns can only match text that passes a cheap test (a character, a
+# word stem, a short regex). The scrubber checks the gates once per text and runs a combined
+# regex of just the patterns whose gate is open, which is what the full alternation would
+# have matched, at a fraction of its cost (the secret-key and e-mail rules alone cost more
+# than all the gates). A pattern without a gate always runs.
+_GATE_SECRET: Final = 1  # a secret-sounding word or a client that takes a password
+_GATE_AT: Final = 2
+_GATE_COLON: Final = 4
+_GATE_IPV4: Final = 8
+_GATE_MAC: Final = 16
+_GATE_ADDRESS: Final = 32
+_GATE_PATH: Final = 64
+_SECRET_STEMS: Final = re.compile(
+    "pass|pw|secret|token|key|auth|credential|session|cookie|sig|jwt|srt|identified|mysql"
+    "|mariadb|redis|docker|podman|zip|7z|net |in code|bearer|basic"
+)
+_IPV4_GATE: Final = re.compile(r"[0-9]\.[0-9]")
+_MAC_GATE: Final = re.compile(r"[:-][0-9A-Fa-f]{2}[:-]|\.[0-9A-Fa-f]{4}\.")
+_ADDRESS_GATE: Final = re.compile(r"[0-9],? [^\W\d_]| [0-9]")
+_GATES: Final[dict[str, int]] = {
+    **dict.fromkeys(
+        (
+            "secret_env_default",
+            "http_auth",
+            "secret_assignment",
+            "secret_cli_flag",
+            "sql_password",
+            "password_prose",
+            "archive_password_flag",
+            "xml_secret_attribute",
+            "xml_secret_element",
+            "netrc_password",
+            "client_password_flag",
+            "net_use_password",
+        ),
+        _GATE_SECRET,
+    ),
+    "email": _GATE_AT,
+    "url_credentials": _GATE_AT,
+    **dict.fromkeys(
+        (
+            "telegram_bot_token",
+            "asana_token",
+            "kubernetes_secret_data",
+            "ipv6",
+            "ipv6_leading_double_colon",
+            "windows_path",
+            "file_url",
+        ),
+        _GATE_COLON,
+    ),
+    "ipv4": _GATE_IPV4,
+    "mac_address": _GATE_MAC,
+    "street_address": _GATE_ADDRESS,
+    "street_address_name_first": _GATE_ADDRESS,
+    **dict.fromkeys(("posix_path", "tilde_path", "unc_path", "webhook_url"), _GATE_PATH),
+}
+
+
+def _open_gates(text: str) -> int:
+    """The gates ``text`` opens (see _GATES)."""
+    gates = _GATE_SECRET if _SECRET_STEMS.search(text.lower()) is not None else 0
+    if "@" in text or "%40" in text:
+        gates |= _GATE_AT
+    if ":" in text:
+        gates |= _GATE_COLON
+    if "." in text and _IPV4_GATE.search(text) is not None:
+        gates |= _GATE_IPV4
+    if _MAC_GATE.search(text) is not None:
+        gates |= _GATE_MAC
+    if _ADDRESS_GATE.search(text) is not None:
+        gates |= _GATE_ADDRESS
+    if "/" in text or "\\" in text or "~" in text:
+        gates |= _GATE_PATH
+    return gates
 
 
 # marker, name of the secret group (None: the whole match is replaced)
@@ -537,40 +716,69 @@ _Rule: TypeAlias = "tuple[str, str | None]"
 
 
 class Scrubber:
-    """Replaces every match of its patterns by the pattern's marker, in one combined regex.
+    """Replaces every secret and personal datum in text by its marker.
 
-    ``patterns`` replaces the defaults, ``extra_patterns`` are tried before them at each
-    position (so a more specific custom rule wins). Configuration is copied: the module
-    defaults are never changed. Calling a scrubber never raises; should matching ever fail,
-    the whole text is replaced by ``<redacted>``.
+    It runs its regex patterns as one combined regex, then the detectors a regex cannot
+    decide alone: personal numbers with a check (cards, IBANs, SSNs, telephone numbers), then
+    tokens (``vendor_tokens`` by prefix, and random-looking values by their shape).
+
+    ``patterns`` replaces the default patterns, ``extra_patterns`` are tried before them at
+    each position (so a more specific custom rule wins); ``vendor_tokens`` replaces the default
+    token table. ``context_free=False`` turns off the detectors that need no key name around
+    a value (numbers and token shapes; vendor prefixes stay). Configuration is copied: the
+    module defaults are never changed. Calling a scrubber never raises; should matching ever
+    fail, the whole text is replaced by ``<redacted>``.
     """
 
-    __slots__ = ("_fast", "_memo", "_patterns", "_regex", "_rules")
+    __slots__ = (
+        "_branches",
+        "_compiled",
+        "_context_free",
+        "_fast",
+        "_memo",
+        "_patterns",
+        "_regex",
+        "_rules",
+        "_tokens",
+    )
 
     def __init__(
         self,
         *,
         patterns: Sequence[Pattern] | None = None,
         extra_patterns: Sequence[Pattern] = (),
+        vendor_tokens: Sequence[TokenRule] | None = None,
+        context_free: bool = True,
     ) -> None:
+        self._context_free = context_free
+        self._tokens = TokenScanner(
+            VENDOR_TOKENS if vendor_tokens is None else tuple(vendor_tokens), shapes=context_free
+        )
         base = DEFAULT_PATTERNS if patterns is None else tuple(patterns)
         self._patterns: tuple[Pattern, ...] = (*extra_patterns, *base)
         if not self._patterns:
             raise ValueError("a scrubber needs at least one pattern")
         self._rules: dict[str, _Rule] = {}
-        branches: list[str] = []
+        self._branches: list[tuple[int, str]] = []
+        defaults = set(DEFAULT_PATTERNS)
         for index, pattern in enumerate(self._patterns):
             # The rule is told by an empty group closing its branch: a group at the start would
             # stop the engine from skipping the branch on its first character.
             tag = f"r{index}"
-            has_secret = "secret" in re.compile(f"(?:{pattern.regex})").groupindex
-            self._rules[tag] = (pattern.marker, f"{tag}_secret" if has_secret else None)
-            branches.append(f"(?:{_prefix_group_names(pattern.regex, tag + '_')})(?P<{tag}>)")
+            groups = re.compile(f"(?:{pattern.regex})").groupindex
+            secret = f"{tag}_secret" if "secret" in groups else None
+            self._rules[tag] = (pattern.marker, secret)
+            gate = _GATES.get(pattern.name, 0) if pattern in defaults else 0
+            branch = f"(?:{_prefix_group_names(pattern.regex, tag + '_')})(?P<{tag}>)"
+            self._branches.append((gate, branch))
+        self._compiled: dict[int, re.Pattern[str]] = {}
         try:
-            self._regex = re.compile("|".join(branches))
+            self._regex = self._regex_for(-1)
         except re.error as exc:  # pragma: no cover - each pattern compiled on its own already
             raise ValueError(f"scrub patterns do not combine: {exc}") from exc
-        self._fast = all(p in DEFAULT_PATTERNS for p in self._patterns)
+        self._fast = all(p in defaults for p in self._patterns) and (
+            vendor_tokens is None or all(r in VENDOR_TOKENS for r in vendor_tokens)
+        )
         # Short strings repeat across events (languages, statuses, names): remember them.
         self._memo: dict[str, str] = {}
 
@@ -613,13 +821,37 @@ class Scrubber:
             return _FAIL_CLOSED_MARKER
 
     def _pass(self, text: str) -> tuple[str, bool]:
-        """One left-to-right pass; also tells whether a replacement touched a non-separator."""
+        """One pass of every stage; also tells whether a replacement touched a non-separator."""
+        text, glued = self._regex_pass(text)
+        if self._context_free:
+            spans = number_spans(text)
+            if spans:
+                text, again = _replace(text, spans)
+                glued = glued or again
+        spans = self._tokens.spans(text)
+        if spans:
+            text, again = _replace(text, spans)
+            glued = glued or again
+        return text, glued
+
+    def _regex_for(self, gates: int) -> re.Pattern[str]:
+        """The combined regex of the patterns whose gate is open (or that have none)."""
+        found = self._compiled.get(gates)
+        if found is None:
+            chosen = [branch for gate, branch in self._branches if not gate or gate & gates]
+            found = re.compile("|".join(chosen) if chosen else "(?!)")
+            self._compiled[gates] = found
+        return found
+
+    def _regex_pass(self, text: str) -> tuple[str, bool]:
+        """One left-to-right pass of the combined regex."""
+        regex = self._regex_for(_open_gates(text)) if self._fast else self._regex
         parts: list[str] = []
         last = 0
         glued = False
         size = len(text)
         rules = self._rules
-        for match in self._regex.finditer(text):
+        for match in regex.finditer(text):
             start, end = match.span()
             marker, secret = rules[match.lastgroup or ""]
             cut_start, cut_end = start, end
@@ -639,6 +871,42 @@ class Scrubber:
         parts.append(text[last:])
         return "".join(parts), glued
 
+
+def _replace(text: str, spans: Sequence[tuple[int, int, str]]) -> tuple[str, bool]:
+    """``text`` with each (start, end, marker) span replaced; whether one was glued."""
+    parts: list[str] = []
+    last = 0
+    glued = False
+    size = len(text)
+    for start, end, marker in spans:
+        if start < last:
+            continue
+        if not glued and (
+            (start > 0 and text[start - 1] not in _SEPARATORS)
+            or (end < size and text[end] not in _SEPARATORS)
+        ):
+            glued = True
+        parts.append(text[last:start])
+        parts.append(marker)
+        last = end
+    parts.append(text[last:])
+    return "".join(parts), glued
+
+
+#: Every marker the default scrubber writes.
+MARKERS: Final[tuple[str, ...]] = tuple(
+    dict.fromkeys(
+        [
+            *(p.marker for p in DEFAULT_PATTERNS),
+            *(r.marker for r in VENDOR_TOKENS),
+            TOKEN_MARKER,
+            CARD_MARKER,
+            IBAN_MARKER,
+            PHONE_MARKER,
+            SSN_MARKER,
+        ]
+    )
+)
 
 _DEFAULT_SCRUBBER: Final = Scrubber()
 
@@ -692,7 +960,9 @@ def _safe_cut(text: str, limit: int) -> int:
     match = _UP_TO_LAST_SPACE.match(text, 0, limit + 1)
     if match is None:
         return 0
-    cut = match.end() - 1  # text[cut] is whitespace; the word before it is whole
+    cut = _drop_open_secret(text, match.end() - 1)
+    if cut <= 0:
+        return 0
     at = cut
     while text[at] == " " and text[at + 1 : at + 2] in _SEGMENT_GOES_ON:
         start = _word_start(text, at)
@@ -706,6 +976,55 @@ def _safe_cut(text: str, limit: int) -> int:
             break
         at = start - 1
     return cut
+
+
+# A group of a number written in groups: a telephone number, a card, an IBAN, an SSN.
+_NUMBER_GROUP: Final = re.compile(r"[+(]?[0-9A-Z][0-9A-Z().-]*,?")
+# A house number, and the words an address puts between it and the street type.
+_HOUSE_NUMBER: Final = re.compile(r"[0-9]{1,5}[A-Za-z]?,?")
+_ADDRESS_WORD: Final = re.compile(r"[A-Z][\w'’.-]*|de|du|des|la|le|les|rue|avenue|bis|ter")
+_STREET_NAME_FIRST: Final = re.compile(
+    r"\w*(?:stra(?:ß|ss)e|str\.|gasse|weg|allee|platz|ring|damm|ufer|straat|laan|plein|gracht"
+    r"|kade|steeg|singel|Straße|Strasse|Weg|Allee|Platz|Gasse|Ring|Damm)|Via|Viale|Calle",
+)
+_ADDRESS_REACH: Final = 5
+
+
+def _drop_open_secret(text: str, cut: int) -> int:
+    """Move a cut (``text[cut]`` is whitespace) back before a secret that may go on past it.
+
+    Telephone, card and IBAN numbers are written in groups (``020 7946 0958``), and a street
+    address spans words (``221B Baker Street``): when the dropped word could continue one,
+    the groups or words before the cut are dropped too, so that no part of it survives
+    unrecognised (``020 7946``). Returns the new cut, or 0 to drop everything.
+    """
+    following = text[cut + 1 : cut + 2]
+    at = cut
+    if following.isalpha():  # an address may go on: 221B Baker | Street
+        for _ in range(_ADDRESS_REACH):
+            start = _word_start(text, at)
+            if at <= 0 or text[at] != " " or start == at:
+                return cut
+            word = text[start:at]
+            at = start - 1
+            if _HOUSE_NUMBER.fullmatch(word) is not None:
+                break
+            if _ADDRESS_WORD.fullmatch(word) is None:
+                return cut
+        else:
+            return cut
+    elif not (following.isdigit() or following in "+("):
+        return cut
+    # Groups of a number may go on: 020 7946 | 0958.
+    while at > 0 and text[at] == " ":
+        start = _word_start(text, at)
+        word = text[start:at]
+        if start == at or _NUMBER_GROUP.fullmatch(word) is None:
+            if _STREET_NAME_FIRST.fullmatch(word.rstrip(",")) is not None:
+                at = start - 1  # Hauptstraße | 5
+            break
+        at = start - 1
+    return max(at, 0)
 
 
 def cut_words(text: str, limit: int) -> str:
