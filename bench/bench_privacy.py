@@ -1,18 +1,32 @@
-"""Privacy core benchmarks: serialize_for_telemetry vs model_dump, scrubber throughput.
+"""Privacy core benchmarks: serialize_for_telemetry vs model_dump, scrubber throughput,
+and the scrubber's recall and false positives on the generated corpora, beside the previous
+scrubber (v1, read from git) measured in the same run.
 
 Printed, never asserted. Run with ./scripts/bench.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field
 
-from codeweaver_telemetry import AnonymityConversion, BasedModel, FilteredKey, scrub
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from codeweaver_telemetry import AnonymityConversion, BasedModel, FilteredKey, scrub  # noqa: E402
+from tests.privacy.corpora import measure, ordinary_strings, pii_cases, secret_cases  # noqa: E402
+
+# The last commit with the first scrubber: v2 is measured beside it.
+V1_COMMIT = "ec4b197"
 
 C = AnonymityConversion
 K = FilteredKey
@@ -107,10 +121,11 @@ def mixed_strings() -> list[str]:
 
 def clear_memos() -> None:
     """Forget remembered scrub and hash results, to measure the cold path."""
-    from codeweaver_telemetry.privacy import scrubber
+    from codeweaver_telemetry.privacy import detectors, scrubber
     from codeweaver_telemetry.privacy.hashing import KeyedHasher
 
     scrubber._DEFAULT_SCRUBBER._memo.clear()
+    detectors._value.cache_clear()
     for hasher in KeyedHasher._cache.values():
         hasher._memo.clear()
 
@@ -163,5 +178,86 @@ def main() -> None:
     print(f"  cost ratio to email, cold    {cold_scrub_us / email_us:8.2f}x")
 
 
+def load_v1() -> Callable[[str], str] | None:
+    """The v1 scrubber's ``scrub``, from git; None where the history is not at hand."""
+    try:
+        source = subprocess.run(
+            [  # noqa: S607 - git from PATH, as a developer runs it
+                "git",
+                "show",
+                f"{V1_COMMIT}:codeweaver_telemetry/privacy/scrubber.py",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = Path(tempfile.mkdtemp()) / "scrubber_v1.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("scrubber_v1", path)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["scrubber_v1"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module._DEFAULT_SCRUBBER._scrub  # type: ignore[no-any-return]
+
+
+def strings_per_second(scrub_one: Callable[[str], str], texts: list[str]) -> float:
+    """Cold throughput: each string scrubbed once per round, memos cleared; best of 5."""
+    best = float("inf")
+    for _ in range(5):
+        clear_memos()
+        start = time.perf_counter()
+        for text in texts:
+            scrub_one(text)
+        best = min(best, time.perf_counter() - start)
+    return len(texts) / best
+
+
+def corpora() -> None:
+    from codeweaver_telemetry.privacy.scrubber import _DEFAULT_SCRUBBER
+
+    sets = {
+        "secrets": [c.text for c in secret_cases()],
+        "personal data": [c.text for c in pii_cases()],
+        "ordinary": ordinary_strings(),
+    }
+    sets["all"] = [text for texts in sets.values() for text in texts]
+    v1 = load_v1()
+    start = time.perf_counter()
+    for text in sets["all"]:
+        _DEFAULT_SCRUBBER._scrub(text)  # the first pass compiles the gated regexes it needs
+    first_pass = time.perf_counter() - start
+    print(f"\nscrubber on the generated corpora (tests/privacy/corpora.py), v1 = {V1_COMMIT}")
+    reports = {"v2": measure(scrub)}
+    if v1 is not None:
+        reports["v1"] = measure(v1)
+    for name, report in reports.items():
+        total = report.ordinary_total
+        print(
+            f"  {name}: removed {report.caught}/{report.total} ({report.recall:.1%}) secrets and "
+            f"personal data; changed {len(report.false_positives)}/{total} "
+            f"({len(report.false_positives) / total:.1%}) ordinary strings"
+        )
+        kinds = ", ".join(f"{k} {c}/{t}" for k, (c, t) in sorted(report.by_kind.items()))
+        print(f"      by kind: {kinds}")
+    print("  strings/s, cold (memos cleared), best of 5:")
+    for label, texts in sets.items():
+        ours = strings_per_second(_DEFAULT_SCRUBBER._scrub, texts)
+        line = f"    {label:<14} v2 {ours:10,.0f}"
+        if v1 is not None:
+            old = strings_per_second(v1, texts)
+            line += f"   v1 {old:10,.0f}   v2/v1 {ours / old:5.2f}x"
+        print(line)
+    print(
+        f"  first pass over all {len(sets['all'])} strings (compiles gated regexes): "
+        f"{first_pass * 1e3:.0f} ms"
+    )
+
+
 if __name__ == "__main__":
     main()
+    corpora()

@@ -18,27 +18,29 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = [
     "CARD_MARKER",
     "IBAN_MARKER",
+    "NUMBER_RULES",
     "PHONE_MARKER",
     "SSN_MARKER",
     "TOKEN_MARKER",
     "VENDOR_TOKENS",
+    "NumberRule",
     "TokenRule",
     "TokenScanner",
     "iban_ok",
-    "luhn_ok",
     "looks_random",
+    "luhn_ok",
     "number_spans",
 ]
 
 #: A token recognised by its shape alone (a long random or hex value).
-TOKEN_MARKER: Final = "<token>"
+TOKEN_MARKER: Final = "<token>"  # noqa: S105 - a marker, not a credential
 CARD_MARKER: Final = "<card>"
 IBAN_MARKER: Final = "<iban>"
 PHONE_MARKER: Final = "<phone>"
@@ -86,17 +88,16 @@ class TokenRule:
             raise ValueError(f"token rule {self.name!r}: not a valid regex: {exc}") from exc
         lead = self.example[: self.lead_width]
         if re.fullmatch(self.lead, lead) is None or compiled.fullmatch(self.example) is None:
-            raise ValueError(f"token rule {self.name!r}: its example {self.example!r} does not match it")
+            raise ValueError(
+                f"token rule {self.name!r}: its example {self.example!r} does not match it"
+            )
         object.__setattr__(self, "regex", compiled)
 
 
 _B62: Final = "[A-Za-z0-9]"
-_URLSAFE: Final = "[A-Za-z0-9_-]"
-_HEX: Final = "[0-9a-f]"
-_B64: Final = "[A-Za-z0-9+/]"
 
 
-def _rule(
+def _rule(  # noqa: PLR0917 - one row of the table below, read left to right
     name: str, prefixes: str, body: str, marker: str, source: str, example: str, lead: str = ""
 ) -> TokenRule:
     width = 4 if lead else 0  # the only lead so far: three characters and a digit
@@ -109,15 +110,18 @@ _X43: Final = "Zq9Wv8Xu7Yt6Sr5Pq4No3Ml2Kj1Ih0GfEdCbA987654"
 _H32: Final = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 _H64: Final = _H32 + "f9e8d7c6b5a4938271605f4e3d2c1b0a"
 
+# fmt: off
 VENDOR_TOKENS: Final[tuple[TokenRule, ...]] = (
     _rule("aws_access_key_id", "AKIA ASIA ABIA ACCA", "[A-Z0-9]{16}", "<aws_key>",
           "AWS IAM user guide, unique identifier prefixes", "AKIAZ3MQW7XK2PLD9RTE"),
     _rule("github_token", "ghp_ gho_ ghu_ ghs_ ghr_", f"{_B62}{{36,}}", "<github_token>",
           "GitHub docs, 'About authentication to GitHub'", "ghp_" + _X36),
     _rule("github_fine_grained_token", "github_pat_", "[A-Za-z0-9_]{22,}", "<github_token>",
-          "GitHub docs, fine-grained personal access tokens", "github_pat_11AB" + _X36 + "_" + _X43),
+          "GitHub docs, fine-grained personal access tokens",
+          "github_pat_11AB" + _X36 + "_" + _X43),
     _rule("gitlab_token",
-          "glpat- gldt- glrt- glptt- glsoat- gloas- glcbt- glft- glimt- glagent- glffct- glwt- gltst-",
+          "glpat- gldt- glrt- glptt- glsoat- gloas- glcbt- glft- glimt- glagent- glffct- glwt-"
+          " gltst-",
           r"[A-Za-z0-9_-]{20,}(?:\.[A-Za-z0-9_-]+)*", "<gitlab_token>",
           "GitLab docs, 'Token prefixes'", "glpat-" + _X36[:20]),
     _rule("slack_token", "xoxb- xoxp- xoxa- xoxr- xoxs- xoxo- xoxe- xoxe.xoxp- xapp-",
@@ -134,7 +138,8 @@ VENDOR_TOKENS: Final[tuple[TokenRule, ...]] = (
     _rule("google_api_key", "AIza", r"[A-Za-z0-9_-]{35}", "<google_key>",
           "Google Cloud docs, 'Manage API keys'", "AIza" + _X36[:35]),
     _rule("google_oauth", "GOCSPX- ya29.", r"[A-Za-z0-9_-]{20,}", "<google_key>",
-          "Google Identity docs, OAuth 2.0 client secrets and access tokens", "GOCSPX-" + _X36[:28]),
+          "Google Identity docs, OAuth 2.0 client secrets and access tokens",
+          "GOCSPX-" + _X36[:28]),
     _rule("huggingface_token", "hf_ api_org_", f"{_B62}{{30,}}", "<hf_token>",
           "Hugging Face docs, 'User access tokens'", "hf_" + _X36[:34]),
     _rule("posthog_secret_key", "phx_ phs_ pha_", f"{_B62}{{20,}}", "<posthog_key>",
@@ -203,11 +208,13 @@ VENDOR_TOKENS: Final[tuple[TokenRule, ...]] = (
     _rule("square_token", "sq0atp- sq0csp- EAAA", r"[A-Za-z0-9_-]{22,}", "<square_token>",
           "Square developer docs, access tokens", "sq0atp-" + _X36[:22]),
     _rule("mapbox_secret_token", "sk.eyJ", r"[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{20,}",
-          "<mapbox_token>", "Mapbox docs, access tokens", "sk.eyJ1IjoiYWJjIiwiYSI6Inh5In0." + _X36[:22]),
+          "<mapbox_token>", "Mapbox docs, access tokens",
+          "sk.eyJ1IjoiYWJjIiwiYSI6Inh5In0." + _X36[:22]),
     _rule("newrelic_key", "NRAK- NRII- NRJS- NRAA- NRRA-", "[A-Za-z0-9]{19,}", "<newrelic_key>",
           "New Relic docs, API keys", "NRAK-" + "A1B2C3D4E5F6G7H8I9J0K1L2M3N"),
     _rule("age_secret_key", "AGE-SECRET-KEY-1", "[0-9A-Z]{58}", "<age_key>",
-          "age file encryption, secret key encoding", "AGE-SECRET-KEY-1" + ("QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L" * 2)[:58]),
+          "age file encryption, secret key encoding",
+          "AGE-SECRET-KEY-1" + ("QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L" * 2)[:58]),
     _rule("groq_key", "gsk_", f"{_B62}{{48,}}", "<groq_key>",
           "GroqCloud docs, API keys", "gsk_" + _X43 + "Ab12C"),
     _rule("replicate_token", "r8_", f"{_B62}{{37}}", "<replicate_token>",
@@ -261,7 +268,8 @@ VENDOR_TOKENS: Final[tuple[TokenRule, ...]] = (
           "JFrog docs, API keys and reference tokens", "AKCp" + _X43 + _X36[:26]),
     _rule("launchdarkly_key", "sdk- mob- api-",
           "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "<launchdarkly_key>",
-          "LaunchDarkly docs, SDK keys and access tokens", "sdk-0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"),
+          "LaunchDarkly docs, SDK keys and access tokens",
+          "sdk-0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"),
     _rule("pinecone_key", "pcsk_", r"[A-Za-z0-9_]{40,}", "<pinecone_key>",
           "Pinecone docs, API keys", "pcsk_" + _X36[:6] + "_" + _X43 + "Ab1"),
     _rule("langsmith_key", "lsv2_pt_ lsv2_sk_", "[a-f0-9]{32}_[a-f0-9]{10}", "<langsmith_key>",
@@ -278,7 +286,7 @@ VENDOR_TOKENS: Final[tuple[TokenRule, ...]] = (
           "Resend docs, API keys", "re_" + _X36[:8] + "_" + _X36[:24]),
     _rule("facebook_token", "EAAB EAAC EAAG EAAI EAAJ", f"{_B62}{{80,}}", "<facebook_token>",
           "Meta for Developers, access tokens", "EAAB" + _X43 + _X43),
-    _rule("mistral_cerebras_fireworks_key", "csk- fw_", f"{_B62}{{24,}}", "<api_key>",
+    _rule("cerebras_fireworks_key", "csk- fw_", f"{_B62}{{24,}}", "<api_key>",
           "Cerebras and Fireworks AI docs, API keys", "csk-" + _X36),
     _rule("azure_ad_client_secret", "Q~", r"[A-Za-z0-9_~.-]{31,34}", "<azure_secret>",
           "Microsoft Entra docs, application client secrets", "abC8Q~" + _X36[:34],
@@ -286,6 +294,7 @@ VENDOR_TOKENS: Final[tuple[TokenRule, ...]] = (
     _rule("openrouter_key", "sk-or-v1-", "[a-f0-9]{64}", "<openai_key>",
           "OpenRouter docs, API keys", "sk-or-v1-" + _H64),
 )
+# fmt: on
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,12 +305,173 @@ VENDOR_TOKENS: Final[tuple[TokenRule, ...]] = (
 # common ones among the distinct words of CPython's standard library identifiers (split at
 # case changes, digits and underscores). A random string of letters holds one in six.
 _RARE_PAIRS: Final = frozenset(
-    "aj bk bq bv bw bx cj cx cz dz fh fj fk fq fv fw fx fz gj gk gq gx gy hg hj hq hv hw hx hz ih "
-    "ij iw iy jb jc jd jf jg jh jj jl jm jn jp jq jr jt jv jw jx jy jz kj kk km kq kv kx kz lj lq "
-    "lx lz mj mq mv mw mx mz nz oj oq pj pq px pz qa qb qd qe qf qg qh qi qj qk ql qm qn qo qp qt "
-    "qv qw qx qy qz rj rq rx rz sj sz tj uh uj uq uv uw uy uz vd vh vj vk vq vu vw vx vy vz wg wj "
-    "wk wm wq wu wv wy wz xg xj xk xn xq xw xz yh yj yk yq yu yx zb zd zf zg zh zj zk zl zm zn zp "
-    "zq zr zs zt zu zv zw zx zy zz".split()
+    [
+        "aj",
+        "bk",
+        "bq",
+        "bv",
+        "bw",
+        "bx",
+        "cj",
+        "cx",
+        "cz",
+        "dz",
+        "fh",
+        "fj",
+        "fk",
+        "fq",
+        "fv",
+        "fw",
+        "fx",
+        "fz",
+        "gj",
+        "gk",
+        "gq",
+        "gx",
+        "gy",
+        "hg",
+        "hj",
+        "hq",
+        "hv",
+        "hw",
+        "hx",
+        "hz",
+        "ih",
+        "ij",
+        "iw",
+        "iy",
+        "jb",
+        "jc",
+        "jd",
+        "jf",
+        "jg",
+        "jh",
+        "jj",
+        "jl",
+        "jm",
+        "jn",
+        "jp",
+        "jq",
+        "jr",
+        "jt",
+        "jv",
+        "jw",
+        "jx",
+        "jy",
+        "jz",
+        "kj",
+        "kk",
+        "km",
+        "kq",
+        "kv",
+        "kx",
+        "kz",
+        "lj",
+        "lq",
+        "lx",
+        "lz",
+        "mj",
+        "mq",
+        "mv",
+        "mw",
+        "mx",
+        "mz",
+        "nz",
+        "oj",
+        "oq",
+        "pj",
+        "pq",
+        "px",
+        "pz",
+        "qa",
+        "qb",
+        "qd",
+        "qe",
+        "qf",
+        "qg",
+        "qh",
+        "qi",
+        "qj",
+        "qk",
+        "ql",
+        "qm",
+        "qn",
+        "qo",
+        "qp",
+        "qt",
+        "qv",
+        "qw",
+        "qx",
+        "qy",
+        "qz",
+        "rj",
+        "rq",
+        "rx",
+        "rz",
+        "sj",
+        "sz",
+        "tj",
+        "uh",
+        "uj",
+        "uq",
+        "uv",
+        "uw",
+        "uy",
+        "uz",
+        "vd",
+        "vh",
+        "vj",
+        "vk",
+        "vq",
+        "vu",
+        "vw",
+        "vx",
+        "vy",
+        "vz",
+        "wg",
+        "wj",
+        "wk",
+        "wm",
+        "wq",
+        "wu",
+        "wv",
+        "wy",
+        "wz",
+        "xg",
+        "xj",
+        "xk",
+        "xn",
+        "xq",
+        "xw",
+        "xz",
+        "yh",
+        "yj",
+        "yk",
+        "yq",
+        "yu",
+        "yx",
+        "zb",
+        "zd",
+        "zf",
+        "zg",
+        "zh",
+        "zj",
+        "zk",
+        "zl",
+        "zm",
+        "zn",
+        "zp",
+        "zq",
+        "zr",
+        "zs",
+        "zt",
+        "zu",
+        "zv",
+        "zw",
+        "zx",
+        "zy",
+        "zz",
+    ]
 )
 # Words of an identifier: an acronym, a (capitalised) word, a lone capital, a number.
 _PIECE: Final = re.compile(r"[A-Z]{2,}(?![a-z])|[A-Z]?[a-z]+|[A-Z]|[0-9]+")
@@ -321,6 +491,8 @@ TOKEN_MIN_CHARS: Final = 20
 HEX_MIN_CHARS: Final = 17
 # Share of a token's letters and digits that must look random (see _points).
 _RANDOM_SHARE: Final = 0.25
+# Characters of a long part that are looked at.
+_SAMPLE: Final = 48
 
 
 def _points(part: str) -> float:
@@ -341,16 +513,12 @@ def _points(part: str) -> float:
     return points
 
 
-def _alnum(text: str) -> int:
-    return sum(ch.isascii() and ch.isalnum() for ch in text)
-
-
 @functools.lru_cache(maxsize=4096)
 def _value(part: str) -> tuple[float, int, bool]:
     """(randomness beyond the threshold, letters and digits, a long hex value) of one part."""
     if "-" in part and _UUID.search(part) is not None:
         part = _UUID.sub("-", part)  # a UUID is an ordinary id, not a token
-    if _alnum(part) == 0:
+    if not part.strip("_+~=-"):  # separators only
         return 0.0, 0, False
     size = len(part)
     core = part.strip("_-+~=")
@@ -361,6 +529,8 @@ def _value(part: str) -> tuple[float, int, bool]:
         and not core.isalpha()
     ):
         return float(size), size, True
+    if size > _SAMPLE:  # a long value is judged by its start: randomness does not change
+        return (_points(part[:_SAMPLE]) / _SAMPLE - _RANDOM_SHARE) * size, size, False
     return _points(part) - _RANDOM_SHARE * size, size, False
 
 
@@ -390,7 +560,9 @@ def _shape_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
     return found
 
 
-def _best_spans(parts: Sequence[tuple[int, int, float, int, bool]], found: list[tuple[int, int]]) -> None:
+def _best_spans(
+    parts: Sequence[tuple[int, int, float, int, bool]], found: list[tuple[int, int]]
+) -> None:
     best = 0.0
     best_span: tuple[int, int] | None = None
     total = 0.0
@@ -423,17 +595,21 @@ def _rules_by_start(rules: Sequence[TokenRule]) -> dict[str, tuple[TokenRule, ..
     return {key: tuple(rows) for key, rows in table.items()}
 
 
-# Where a token may start inside a run: its start, or just after a separator.
-_TOKEN_START: Final = re.compile(r"(?<![A-Za-z0-9])[A-Za-z0-9]")
+# Where a vendor token may start inside a run: its start, or just after a separator.
+_TOKEN_START: Final = r"(?<![A-Za-z0-9])[{}]"  # noqa: S105 - a regex, not a credential
 
 
 class TokenScanner:
     """Finds vendor tokens (by table) and random-looking tokens (by shape) in text."""
 
-    __slots__ = ("_by_start", "_infixes", "_shapes")
+    __slots__ = ("_by_start", "_infixes", "_shapes", "_starts")
 
     def __init__(self, rules: Sequence[TokenRule] = VENDOR_TOKENS, *, shapes: bool = True) -> None:
         self._by_start = _rules_by_start([r for r in rules if not r.lead_width])
+        firsts = sorted({key[0] for key in self._by_start})
+        self._starts = re.compile(
+            _TOKEN_START.format("".join(re.escape(c) for c in firsts)) if firsts else "(?!)"
+        )
         # Rules whose prefix sits inside the token, by prefix: found with str.find.
         self._infixes = tuple(
             (prefix, rule) for rule in rules if rule.lead_width for prefix in rule.prefixes
@@ -458,11 +634,12 @@ class TokenScanner:
         hits: list[tuple[int, int, str]] = []
         by_start = self._by_start
         taken = start
-        for first in _TOKEN_START.finditer(text, start, end):
+        for first in self._starts.finditer(text, start, end):
             pos = first.start()
-            if pos < taken:
+            rules = by_start.get(text[pos : pos + 2])
+            if rules is None or pos < taken:
                 continue
-            for rule in by_start.get(text[pos : pos + 2], ()):
+            for rule in rules:
                 match = rule.regex.match(text, pos, end)
                 if match is not None:
                     hits.append((pos, match.end(), rule.marker))
@@ -491,7 +668,9 @@ class TokenScanner:
         if plain < end:
             self._shapes_in(text, plain, end, found)
 
-    def _shapes_in(self, text: str, start: int, end: int, found: list[tuple[int, int, str]]) -> None:
+    def _shapes_in(
+        self, text: str, start: int, end: int, found: list[tuple[int, int, str]]
+    ) -> None:
         if not self._shapes:
             return
         while start < end and text[start] in _EDGE:
@@ -501,9 +680,10 @@ class TokenScanner:
         if end - start < HEX_MIN_CHARS:
             return
         for low, high in _shape_spans(text, start, end):
-            while high < len(text) and text[high] == "=":
-                high += 1  # base64 padding goes with the token
-            found.append((low, high, TOKEN_MARKER))
+            stop = high
+            while stop < len(text) and text[stop] == "=":
+                stop += 1  # base64 padding goes with the token
+            found.append((low, stop, TOKEN_MARKER))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,9 +715,14 @@ _CARD_BRANDS: Final[tuple[tuple[re.Pattern[str], frozenset[int]], ...]] = tuple(
         (r"35(?:2[89]|[3-8]\d)", (16, 17, 18, 19)),  # JCB
         (r"3(?:0[0-5]|[689])", (14, 15, 16, 17, 18, 19)),  # Diners Club
         (r"62", (16, 17, 18, 19)),  # UnionPay
-        (r"5[06-9]|6\d", (12, 13, 14, 15, 16, 17, 18, 19)),  # Maestro
+        (r"5[06-9]|6\d", (16, 17, 18, 19)),  # Maestro (its 12-15 digit numbers are rare now)
     )
 )
+
+
+# Written without separators, a card number has 14 digits or more (Diners 14, most 16): a
+# shorter plain number is an id or a count.
+_PLAIN_CARD_DIGITS: Final = 14
 
 
 def _card_ok(digits: str) -> bool:
@@ -554,15 +739,95 @@ _IBAN_LENGTHS: Final[dict[str, int]] = {
     code: int(size)
     for code, size in (
         item.split(":")
-        for item in (
-            "AD:24 AE:23 AL:28 AT:20 AZ:28 BA:20 BE:16 BG:22 BH:22 BI:27 BR:29 BY:28 CH:21 CR:22 "
-            "CY:28 CZ:24 DE:22 DJ:27 DK:18 DO:28 EE:20 EG:29 ES:24 FI:18 FK:18 FO:18 FR:27 GB:22 "
-            "GE:22 GI:23 GL:18 GR:27 GT:28 HR:21 HU:28 IE:22 IL:23 IQ:23 IS:26 IT:27 JO:30 KW:30 "
-            "KZ:20 LB:28 LC:32 LI:21 LT:20 LU:20 LV:21 LY:25 MC:27 MD:24 ME:22 MK:19 MN:20 MR:27 "
-            "MT:31 MU:30 NI:28 NL:18 NO:15 OM:23 PK:24 PL:28 PS:29 PT:25 QA:29 RO:24 RS:22 RU:33 "
-            "SA:24 SC:31 SD:18 SE:24 SI:19 SK:24 SM:27 SO:23 ST:25 SV:28 TL:23 TN:24 TR:26 UA:29 "
-            "VA:22 VG:24 XK:20"
-        ).split()
+        for item in [
+            "AD:24",
+            "AE:23",
+            "AL:28",
+            "AT:20",
+            "AZ:28",
+            "BA:20",
+            "BE:16",
+            "BG:22",
+            "BH:22",
+            "BI:27",
+            "BR:29",
+            "BY:28",
+            "CH:21",
+            "CR:22",
+            "CY:28",
+            "CZ:24",
+            "DE:22",
+            "DJ:27",
+            "DK:18",
+            "DO:28",
+            "EE:20",
+            "EG:29",
+            "ES:24",
+            "FI:18",
+            "FK:18",
+            "FO:18",
+            "FR:27",
+            "GB:22",
+            "GE:22",
+            "GI:23",
+            "GL:18",
+            "GR:27",
+            "GT:28",
+            "HR:21",
+            "HU:28",
+            "IE:22",
+            "IL:23",
+            "IQ:23",
+            "IS:26",
+            "IT:27",
+            "JO:30",
+            "KW:30",
+            "KZ:20",
+            "LB:28",
+            "LC:32",
+            "LI:21",
+            "LT:20",
+            "LU:20",
+            "LV:21",
+            "LY:25",
+            "MC:27",
+            "MD:24",
+            "ME:22",
+            "MK:19",
+            "MN:20",
+            "MR:27",
+            "MT:31",
+            "MU:30",
+            "NI:28",
+            "NL:18",
+            "NO:15",
+            "OM:23",
+            "PK:24",
+            "PL:28",
+            "PS:29",
+            "PT:25",
+            "QA:29",
+            "RO:24",
+            "RS:22",
+            "RU:33",
+            "SA:24",
+            "SC:31",
+            "SD:18",
+            "SE:24",
+            "SI:19",
+            "SK:24",
+            "SM:27",
+            "SO:23",
+            "ST:25",
+            "SV:28",
+            "TL:23",
+            "TN:24",
+            "TR:26",
+            "UA:29",
+            "VA:22",
+            "VG:24",
+            "XK:20",
+        ]
     )
 }
 
@@ -612,6 +877,7 @@ def _number_marker(text: str) -> str | None:
     digits = "".join(char for char in text if char.isdigit())
     if (
         text[0].isdigit()
+        and (len(digits) >= _PLAIN_CARD_DIGITS or len(text) > len(digits))
         and len(text) - len(digits) <= 4
         and all(char in " -" for char in text if not char.isdigit())
         and len({char for char in text if not char.isdigit()}) <= 1
@@ -654,6 +920,11 @@ def _number_in(text: str, start: int, end: int) -> tuple[int, int, str] | None:
     return best
 
 
+_NO_DIGITS: Final = str.maketrans("", "", "0123456789")
+# Every card, SSN and telephone number holds at least this many digits.
+_FEWEST_DIGITS: Final = 8
+
+
 def number_spans(text: str) -> list[tuple[int, int, str]]:
     """(start, end, marker) of every card, IBAN, SSN and telephone number in ``text``."""
     found: list[tuple[int, int, str]] = []
@@ -665,14 +936,16 @@ def number_spans(text: str) -> list[tuple[int, int, str]]:
             continue
         compact: list[str] = []
         end = start
-        for end in range(start, match.end()):
-            if text[end] != " ":
-                compact.append(text[end])
+        for at in range(start, match.end()):
+            if text[at] != " ":
+                compact.append(text[at])
                 if len(compact) == size:
-                    end += 1
+                    end = at + 1
                     break
         if len(compact) == size and iban_ok("".join(compact)):
             found.append((start, end, IBAN_MARKER))
+    if len(text) - len(text.translate(_NO_DIGITS)) < _FEWEST_DIGITS:
+        return found
     taken = list(found)
     for match in _NUMBER_CANDIDATE.finditer(text):
         start, end = match.span()
@@ -683,3 +956,47 @@ def number_spans(text: str) -> list[tuple[int, int, str]]:
             found.append(hit)
     found.sort()
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class NumberRule:
+    """One kind of personal number: how it is told from an ordinary number, and examples."""
+
+    name: str
+    marker: str
+    source: str
+    examples: tuple[str, ...]
+
+
+NUMBER_RULES: Final[tuple[NumberRule, ...]] = (
+    NumberRule(
+        "payment_card",
+        CARD_MARKER,
+        "ISO/IEC 7812: the networks' issuer ranges and lengths, and the Luhn check",
+        ("card 4111 1111 1111 1111 declined", "paid with 5500-0000-0000-0004", "378282246310005"),
+    ),
+    NumberRule(
+        "iban",
+        IBAN_MARKER,
+        "ISO 13616: the country's length and the ISO 7064 mod 97-10 check",
+        ("to DE89 3704 0044 0532 0130 00 ok", "GB82WEST12345698765432"),
+    ),
+    NumberRule(
+        "us_ssn",
+        SSN_MARKER,
+        "SSA: area, group and serial numbers never assigned are refused",
+        ("ssn 123-45-6789 on file",),
+    ),
+    NumberRule(
+        "phone",
+        PHONE_MARKER,
+        "ITU-T E.164 with separators, and the national forms of NANP, UK, FR, DE, JP, AU, BR, IN",
+        (
+            "call +44 20 7946 0958",
+            "(415) 555-0134",
+            "sms to 06 12 34 56 78 failed",
+            "+1 (415) 555-0134",
+            "030 12345678",
+        ),
+    ),
+)

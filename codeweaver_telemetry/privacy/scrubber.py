@@ -7,11 +7,12 @@ import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final, NamedTuple, TypeAlias
 
 from codeweaver_telemetry.privacy.detectors import (
     CARD_MARKER,
     IBAN_MARKER,
+    NUMBER_RULES,
     PHONE_MARKER,
     SSN_MARKER,
     TOKEN_MARKER,
@@ -23,9 +24,11 @@ from codeweaver_telemetry.privacy.detectors import (
 
 __all__ = [
     "DEFAULT_PATTERNS",
+    "DETECTORS",
     "MARKERS",
     "SECRET_MARKER",
     "TRUNCATION_MARK",
+    "Detector",
     "Pattern",
     "Scrubber",
     "cut_words",
@@ -150,13 +153,15 @@ class Pattern:
     If the regex has a group named ``secret``, only that part is replaced and the rest of the
     match (a key and its separator, quotes, a URL's ``://`` and ``@``) stays. Flags must be
     scoped, e.g. ``(?i:...)``, and back-references named, because all rules are merged into
-    one alternation. ``source`` says where the format comes from.
+    one alternation. ``source`` says where the format comes from; ``example`` is a made-up
+    text that the pattern matches, which the tests scrub whole and cut at every offset.
     """
 
     name: str
     regex: str
     marker: str
     source: str = ""
+    example: str = ""
 
     def __post_init__(self) -> None:
         if not self.name or not self.marker:
@@ -276,6 +281,9 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"(?:-----END[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----)?",
         "<private_key>",
         "RFC 7468 textual encoding; OpenSSH and OpenPGP armour use the same frame",
+        "-----BEGIN RSA PRIVATE KEY-----\n"
+        "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\n"
+        "-----END RSA PRIVATE KEY-----",
     ),
     # Userinfo of any URL: ``scheme://user:pass@host`` keeps the scheme and the host.
     Pattern(
@@ -283,6 +291,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"://(?<=[A-Za-z0-9+.-]://)(?P<secret>[^\s/\"'<>]+)@(?=[\w\[])",
         "<credentials>",
         "RFC 3986 section 3.2.1 userinfo",
+        "postgres://admin:p@ss#w0rd@db.example.com:5432/app",
     ),
     # ``file:`` URLs are local paths: nothing of them survives.
     Pattern(
@@ -290,6 +299,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"[Ff]" + _not_after("A-Za-z0-9+.-") + r"(?i:ile):/[^\s\"'<>`|]*(?<![.,;)\]}])",
         "<path>",
         "RFC 8089 file URI scheme",
+        "open file:///home/alice/notes.txt failed",
     ),
     # JSON Web Tokens: base64url header and payload, both JSON objects, so both start ``eyJ``.
     Pattern(
@@ -297,6 +307,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}(?:\.[A-Za-z0-9_-]*)?",
         "<jwt>",
         "RFC 7519 compact serialisation",
+        "got eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlc2lnbmF0dXJl",
     ),
     # Telegram bot tokens: the bot's numeric id, a colon, then AA and 33 base64url characters.
     Pattern(
@@ -304,6 +315,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"[0-9]" + _NOT_GLUED + r"[0-9]{6,10}:AA[A-Za-z0-9_-]{30,}",
         "<telegram_token>",
         "Telegram Bot API docs, 'Authorizing your bot'",
+        "bot 123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw1 rejected",
     ),
     # Incoming-webhook URLs carry their secret in the path.
     Pattern(
@@ -313,6 +325,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"|(?<![\w.]d)(?<=d)iscord(?:app)?\.com/api/webhooks/)(?P<secret>[A-Za-z0-9_/-]{8,})",
         SECRET_MARKER,
         "Slack, Zapier and Discord docs, incoming webhooks",
+        "POST https://hooks.slack.com/services/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",
     ),
     # Braintree access tokens: access_token$environment$merchant$secret.
     Pattern(
@@ -320,6 +333,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"a(?<![\w]a)ccess_token\$(?:production|sandbox)\$[0-9a-z]{16}\$[0-9a-f]{32}",
         "<braintree_token>",
         "Braintree docs, access tokens",
+        "access_token$production$abcd1234efgh5678$0123456789abcdef0123456789abcdef",
     ),
     # ``os.getenv("API_TOKEN", "default")``, ``ENV.fetch("DB_PASSWORD", "...")``: the default.
     Pattern(
@@ -328,6 +342,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         rf"(?P<oq>[\"'])(?P<secret>{_QUOTED_BODY})(?P=oq)?",
         SECRET_MARKER,
         "os.getenv, dict.get and Ruby's ENV.fetch",
+        'os.getenv("API_TOKEN", "d3f4ult-t0ken-v4lue")',
     ),
     # HTTP auth schemes outside a header: ``Bearer <token>``, ``Basic <base64>``; a plain word
     # after the scheme (``Basic authentication``) is prose and stays.
@@ -338,6 +353,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"[A-Za-z0-9._~+/-]{6,}=*(?<!\.))",
         SECRET_MARKER,
         "RFC 6750 (Bearer) and RFC 7617 (Basic)",
+        "sent Bearer abcdef1234567890abcd",
     ),
     # Assignments under a secret-sounding key (same words and last-word rule as is_secret_key):
     # the key and separator stay. Quoted values go whole; ``=`` values end at whitespace,
@@ -353,6 +369,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"(?(oq)(?P=oq)?)",
         SECRET_MARKER,
         "env files, query strings, HTTP headers, JSON, YAML and keyword arguments",
+        "DB_PASSWORD=hunter2hunter2",
     ),
     # Command-line flags with a secret-sounding name and a separate value: --password hunter2.
     Pattern(
@@ -362,6 +379,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         rf"(?P<secret>(?(oq){_QUOTED_BODY}|{_EQUALS_VALUE}))(?(oq)(?P=oq)?)",
         SECRET_MARKER,
         "POSIX utility argument conventions",
+        "run --password hunter2hunter2 now",
     ),
     # SQL: ``CREATE USER u IDENTIFIED BY 'pw'`` (Oracle, MySQL) and ``PASSWORD 'pw'`` (PostgreSQL).
     Pattern(
@@ -371,6 +389,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"[ \t]+(?P<oq>['\"`])(?P<secret>(?:(?!(?P=oq))[^\n])+)(?P=oq)?",
         SECRET_MARKER,
         "Oracle, MySQL and PostgreSQL docs, CREATE/ALTER USER and ROLE",
+        "CREATE USER app IDENTIFIED BY 'S3cr3t!Pass';",
     ),
     # Prose: ``the password is Copper!Saffron60``, ``password changed to ...``. Only a value
     # with a digit or a symbol is taken: ``password is required`` stays.
@@ -382,6 +401,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"[^\s\"'`]{4,}(?<![.,;:!?)]))",
         SECRET_MARKER,
         "prose around passwords in logs and messages",
+        "the password is Copper!Saffron60",
     ),
     # Archive tools: ``unzip -P pw``, ``zip -P pw``, ``7z x -ppw``.
     Pattern(
@@ -390,6 +410,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"(?P<secret>[^\s\"'<-]\S*)",
         SECRET_MARKER,
         "zip(1), unzip(1) and 7-Zip manual pages",
+        "unzip -P marble6marble6 backup.zip",
     ),
     # Asana personal access tokens: ``1/<user id>:<32 hex>`` (new ones ``2/<id>/<id>:<hex>``).
     Pattern(
@@ -397,6 +418,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"[12](?<![\w/.][12])/[0-9]{10,20}(?:/[0-9]{10,20})?:[0-9a-f]{32}(?![0-9a-f])",
         "<asana_token>",
         "Asana developer docs, personal access tokens",
+        "with 1/1234567890123456:0123456789abcdef0123456789abcdef",
     ),
     # XML and .NET config: ``<add key="ClearTextPassword" value="..."/>``.
     Pattern(
@@ -406,6 +428,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"(?P<oq>[\"'])(?P<secret>(?:(?!(?P=oq))[^\n])*)(?P=oq)?",
         SECRET_MARKER,
         ".NET configuration files (appSettings, NuGet packageSourceCredentials)",
+        '<add key="ClearTextPassword" value="S3cr3tPassw0rd"/>',
     ),
     # XML elements: ``<password>...</password>``, ``<db:apiToken>...</db:apiToken>``.
     Pattern(
@@ -413,6 +436,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         rf"<(?P<tag>[\w:.-]*?{_SECRET_WORD_RE})>(?P<secret>[^<\n]+)</(?P=tag)>",
         SECRET_MARKER,
         "XML 1.0 element syntax",
+        "<password>S3cr3tPassw0rd</password>",
     ),
     # .netrc: ``machine host login alice password s3cret`` (on one line or several).
     Pattern(
@@ -421,6 +445,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"\s+(?i:password|passwd)\s+(?P<secret>[^\s<]\S*)",
         SECRET_MARKER,
         "ftp(1) and curl(1) manual pages, the .netrc file",
+        "machine api.example.com login alice password S3cr3tPassw0rd",
     ),
     # Passwords glued to or after a client's flag: ``mysql -u root -pSECRET``,
     # ``sshpass -p SECRET``, ``redis-cli -a SECRET``, ``docker login -p SECRET``.
@@ -434,6 +459,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"(?P<oq>[\"'])?(?P<secret>(?(oq)(?:(?!(?P=oq))[^\n])+|[^\s\"'<]\S*))(?(oq)(?P=oq)?)",
         SECRET_MARKER,
         "mysql(1), sshpass(1), redis-cli and docker login manual pages",
+        "mysql -u root -pS3cr3tPassw0rd app",
     ),
     # Windows ``net use \\server\share PASSWORD /user:name``.
     Pattern(
@@ -442,6 +468,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"(?P<secret>(?![/*<])\S+)",
         SECRET_MARKER,
         "Microsoft docs, net use",
+        r"net use \\fileserver\share S3cr3tPassw0rd /user:bob",
     ),
     # Kubernetes Secret manifests: every base64 value under ``data:``.
     Pattern(
@@ -451,6 +478,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"(?:(?:\r?\n|\\n)(?P=ind)[\w.-]+:[ \t]*[A-Za-z0-9+/]{2,}={0,2}[ \t]*)*)",
         SECRET_MARKER,
         "Kubernetes docs, Secret objects (data holds base64 values)",
+        "kind: Secret\ndata:\n  password: UzNjcjN0UGFzc3cwcmQ=\n  user: YWRtaW5hZG1pbg==\n",
     ),
     # curl / wget style ``-u user:password`` and ``--user user:password``.
     Pattern(
@@ -459,6 +487,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"(?P<secret><credentials>|(?![-<])[^\s\"':<>]+:[^\s\"'<>]+)",
         "<credentials>",
         "curl(1) and wget(1) manual pages",
+        "curl -u alice:S3cr3tPassw0rd https://api.example.com",
     ),
     # E-mail addresses, also percent-encoded (``alice%40example.com``) as found in URLs.
     Pattern(
@@ -467,6 +496,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         rf"(?:(?:[\w-]+\.)+[^\W\d_]{{2,}}(?![\w-])|{_V4}(?![\w.]))",
         "<email>",
         "RFC 5322 addr-spec, dot-atom subset; also user@IPv4 as in ssh and scp targets",
+        "login failed for alice.smith@example.com",
     ),
     # Street addresses: a house number, up to three capitalised words and a street type
     # (``221B Baker Street``), the French order (``12 rue de la Paix``), and the name-first
@@ -481,6 +511,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"[A-ZÉÈ][\w'’-]*(?:[ ](?:de[ ]|du[ ]|la[ ])?[A-ZÉÈ][\w'’-]*){0,3})",
         "<address>",
         "postal address conventions of the UPU member countries (house number first)",
+        "ship to 221B Baker Street, London",
     ),
     Pattern(
         "street_address_name_first",
@@ -495,6 +526,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"[ ][0-9]{1,4}[A-Za-z]?(?![\w.-])",
         "<address>",
         "postal address conventions of the UPU member countries (street name first)",
+        "Lieferung an Hauptstraße 5, 10115 Berlin",
     ),
     # Windows drive paths (C:\Users\Alice Smith\..., C:/Users/...); a profile name may hold spaces.
     Pattern(
@@ -506,6 +538,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         rf"{_WEND}",
         "<path>",
         "Microsoft docs, 'Naming Files, Paths, and Namespaces'",
+        r"C:\Users\Alice Smith\AppData\notes.txt",
     ),
     # UNC paths \\server\share\... (also with doubled, JSON-escaped backslashes).
     Pattern(
@@ -513,6 +546,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"\\" + _not_after(r"\\\w") + rf"\\+{_WCH}+{_WSEP}{_WTAIL}{_WEND}",
         "<path>",
         "Microsoft docs, UNC names",
+        r"copied to \\fileserver01\finance\q3.xlsx",
     ),
     # Home directories by tilde: ~/..., ~user/..., ~user.
     Pattern(
@@ -520,6 +554,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         "~" + _not_after(r"\w~/\\") + rf"(?:[A-Za-z_][\w.-]*(?:/+{_PTAIL})?|/+{_PTAIL})(?<!\.)",
         "<path>",
         "POSIX shell tilde expansion",
+        "~alice/projects/plan.md",
     ),
     # Absolute POSIX paths of two or more segments (/home/alice/..., /Users/..., /etc/passwd).
     # A slash after a word, a dot, ``]`` or a marker is a URL path or a ratio (km/h) and stays;
@@ -532,6 +567,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         + rf"(?<![A-Za-z_]>/)(?!(?<=:/)/)/*{_PSEG_SP}/+(?={_PCH}){_PTAIL}(?<!\.)",
         "<path>",
         "POSIX.1 pathname resolution",
+        "/home/alice/project/app.py",
     ),
     # MAC addresses: aa:bb:cc:dd:ee:ff, AA-BB-CC-DD-EE-FF and Cisco aabb.ccdd.eeff.
     Pattern(
@@ -543,6 +579,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"|[0-9A-Fa-f]{3}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}(?![\w.]))",
         "<mac>",
         "IEEE 802 MAC-48 notation",
+        "nic aa:bb:cc:dd:ee:ff up",
     ),
     # IPv6 (full or compressed, with an embedded IPv4 tail) starting with a hex group. It needs
     # a digit somewhere, so C++ scopes such as ``a::b`` stay.
@@ -556,6 +593,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"(?![\w:]|\.\d)",
         "<ip>",
         "RFC 4291 section 2.2 and RFC 5952",
+        "from 2001:db8:85a3::8a2e:370:7334 ok",
     ),
     # IPv6 starting with ``::`` (::1, ::ffff:10.0.0.1); a bare ``::`` stays.
     Pattern(
@@ -564,6 +602,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         rf"(?:(?:{_H16}:){{0,5}}{_V4}|{_H16}(?::{_H16}){{0,6}})(?![\w:]|\.\d)",
         "<ip>",
         "RFC 4291 section 2.2",
+        "mapped ::ffff:10.0.0.1 ok",
     ),
     # IPv4 dotted quads (a fifth dotted number makes it a version or an OID, which stays).
     Pattern(
@@ -575,6 +614,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         rf"\.(?:{_OCTET}\.){{2}}{_OCTET}(?!\w|\.\d)",
         "<ip>",
         "RFC 791 dotted-decimal notation",
+        "from 203.0.113.42 ok",
     ),
 )
 
@@ -586,7 +626,7 @@ _MEMO_ENTRIES: Final = 4096
 _MAX_PASSES: Final = 8
 
 # Characters next to which a replaced span cannot start, end or extend another match.
-_SEPARATORS: Final = frozenset(" \t\n\r\f\v\"',;()[]{}=&")
+_SEPARATORS: Final = frozenset(" \t\n\r\f\v\"',;()[]{}=&<>")
 
 # Short strings made only of these characters cannot hold any default pattern or detector:
 # tokens have at least 17 characters, personal numbers 12 digits or separators, and
@@ -641,18 +681,22 @@ def _may_match(text: str) -> bool:
 # than all the gates). A pattern without a gate always runs.
 _GATE_SECRET: Final = 1  # a secret-sounding word or a client that takes a password
 _GATE_AT: Final = 2
-_GATE_COLON: Final = 4
+_GATE_IPV6: Final = 4
 _GATE_IPV4: Final = 8
 _GATE_MAC: Final = 16
 _GATE_ADDRESS: Final = 32
 _GATE_PATH: Final = 64
+_GATE_DRIVE: Final = 128  # C:\ or a file: URL
+_GATE_LABELS: Final = 256  # Telegram's :AA and a manifest's data:
 _SECRET_STEMS: Final = re.compile(
     "pass|pw|secret|token|key|auth|credential|session|cookie|sig|jwt|srt|identified|mysql"
     "|mariadb|redis|docker|podman|zip|7z|net |in code|bearer|basic"
 )
 _IPV4_GATE: Final = re.compile(r"[0-9]\.[0-9]")
-_MAC_GATE: Final = re.compile(r"[:-][0-9A-Fa-f]{2}[:-]|\.[0-9A-Fa-f]{4}\.")
-_ADDRESS_GATE: Final = re.compile(r"[0-9],? [^\W\d_]| [0-9]")
+_IPV6_GATE: Final = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]{1,4}:")
+# Each starts with a character class, so that the regex engine skips ahead in C.
+_MAC_GATE: Final = re.compile(r"[:.-](?:(?<=\.)[0-9A-Fa-f]{4}\.|(?<!\.)[0-9A-Fa-f]{2}[:-])")
+_ADDRESS_GATE: Final = re.compile(r"[0-9 ](?:(?<=[0-9]),? [^\W\d_]|(?<= )[0-9])")
 _GATES: Final[dict[str, int]] = {
     **dict.fromkeys(
         (
@@ -673,23 +717,16 @@ _GATES: Final[dict[str, int]] = {
     ),
     "email": _GATE_AT,
     "url_credentials": _GATE_AT,
-    **dict.fromkeys(
-        (
-            "telegram_bot_token",
-            "asana_token",
-            "kubernetes_secret_data",
-            "ipv6",
-            "ipv6_leading_double_colon",
-            "windows_path",
-            "file_url",
-        ),
-        _GATE_COLON,
-    ),
+    **dict.fromkeys(("telegram_bot_token", "kubernetes_secret_data"), _GATE_LABELS),
+    **dict.fromkeys(("windows_path", "file_url"), _GATE_DRIVE),
+    **dict.fromkeys(("ipv6", "ipv6_leading_double_colon"), _GATE_IPV6),
     "ipv4": _GATE_IPV4,
     "mac_address": _GATE_MAC,
     "street_address": _GATE_ADDRESS,
     "street_address_name_first": _GATE_ADDRESS,
-    **dict.fromkeys(("posix_path", "tilde_path", "unc_path", "webhook_url"), _GATE_PATH),
+    **dict.fromkeys(
+        ("posix_path", "tilde_path", "unc_path", "webhook_url", "asana_token"), _GATE_PATH
+    ),
 }
 
 
@@ -699,7 +736,12 @@ def _open_gates(text: str) -> int:
     if "@" in text or "%40" in text:
         gates |= _GATE_AT
     if ":" in text:
-        gates |= _GATE_COLON
+        if "::" in text or _IPV6_GATE.search(text) is not None:
+            gates |= _GATE_IPV6
+        if ":/" in text or ":\\" in text:
+            gates |= _GATE_DRIVE
+        if ":AA" in text or "ata:" in text:
+            gates |= _GATE_LABELS
     if "." in text and _IPV4_GATE.search(text) is not None:
         gates |= _GATE_IPV4
     if _MAC_GATE.search(text) is not None:
@@ -892,6 +934,35 @@ def _replace(text: str, spans: Sequence[tuple[int, int, str]]) -> tuple[str, boo
     parts.append(text[last:])
     return "".join(parts), glued
 
+
+class Detector(NamedTuple):
+    """One row of the scrubber's table of detectors, whatever its kind."""
+
+    name: str
+    kind: str  # "pattern", "vendor_token", "number" or "shape"
+    marker: str
+    source: str
+    examples: tuple[str, ...]
+
+
+#: What the default scrubber detects, one row each: regex patterns, vendor tokens, personal
+#: numbers and random-looking tokens. The README's table of markers is checked against it.
+DETECTORS: Final[tuple[Detector, ...]] = (
+    *(Detector(p.name, "pattern", p.marker, p.source, (p.example,)) for p in DEFAULT_PATTERNS),
+    *(Detector(r.name, "vendor_token", r.marker, r.source, (r.example,)) for r in VENDOR_TOKENS),
+    *(Detector(r.name, "number", r.marker, r.source, r.examples) for r in NUMBER_RULES),
+    Detector(
+        "random_token",
+        "shape",
+        TOKEN_MARKER,
+        "shape: 20 or more characters (17 of hex) whose mix of letters and digits and whose "
+        "letter pairs look random rather than like words",
+        (
+            "error while indexing: hL3kQ9vX2mRt7YwZ4nBp8sJd (status 401)",
+            "commit 3f9a0c1e5b7d2468ace0bdf13579b2468ace0bd1 pushed",
+        ),
+    ),
+)
 
 #: Every marker the default scrubber writes.
 MARKERS: Final[tuple[str, ...]] = tuple(
