@@ -547,6 +547,11 @@ def _shape_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
     the short parts between its random pieces), then the parts to its left and right are
     searched again.
     """
+    if _PART_SPLIT.search(text, start, end) is None:  # one part: the common case
+        value, _, long_hex = _value(text[start:end])
+        if value > 0 and (end - start >= TOKEN_MIN_CHARS or long_hex):
+            return [(start, end)]
+        return []
     parts: list[tuple[int, int, float, int, bool]] = []
     pos = start
     for sep in _PART_SPLIT.finditer(text, start, end):
@@ -580,9 +585,9 @@ def _best_spans(
     chosen = parts[low : high + 1]
     if chosen[-1][1] - chosen[0][0] >= TOKEN_MIN_CHARS or any(p[4] for p in chosen):
         found.append((chosen[0][0], chosen[-1][1]))
-        _best_spans(parts[:low], found)
-        _best_spans(parts[high + 1 :], found)
-    # a random part too short to be a token: nothing else in this run is either
+    # Either side may hold another token (or a longer one, when this one was too short).
+    _best_spans(parts[:low], found)
+    _best_spans(parts[high + 1 :], found)
 
 
 def _rules_by_start(rules: Sequence[TokenRule]) -> dict[str, tuple[TokenRule, ...]]:
