@@ -483,6 +483,11 @@ _UUID: Final = re.compile(
 # A run of characters that tokens are made of (base64, base64url, hex, dotted and tilde forms).
 _RUN: Final = re.compile(r"[A-Za-z0-9_+/.~=-]{17,}")
 _PART_SPLIT: Final = re.compile(r"[./=]+")
+_DOT_SPLIT: Final = re.compile(r"[.=]+")
+_WORD_SPLIT: Final = re.compile(r"[-_]")
+# A name of short pieces (``codeweaver-api-7d9f8b6c5-x2k4p``, ``Standard_NC24ads_A100_v4``)
+# is an identifier: random values are long runs between their rare separators.
+_SHORT_PIECE: Final = 10
 _EDGE: Final = "._-+/~="
 
 #: Fewest letters and digits in a random-looking token; hex values count from 17 (a 16-digit
@@ -521,6 +526,9 @@ def _value(part: str) -> tuple[float, int, bool]:
     if not part.strip("_+~=-"):  # separators only
         return 0.0, 0, False
     size = len(part)
+    pieces = _WORD_SPLIT.split(part)
+    if len(pieces) >= 3 and max(map(len, pieces)) <= _SHORT_PIECE:
+        return -_RANDOM_SHARE * size, size, False
     core = part.strip("_-+~=")
     if (
         len(core) >= HEX_MIN_CHARS
@@ -547,14 +555,17 @@ def _shape_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
     the short parts between its random pieces), then the parts to its left and right are
     searched again.
     """
-    if _PART_SPLIT.search(text, start, end) is None:  # one part: the common case
+    split = _PART_SPLIT
+    if "+" in text[start:end] or text[end - 1 : end + 1].endswith("="):
+        split = _DOT_SPLIT  # base64: its slashes are part of the value
+    if split.search(text, start, end) is None:  # one part: the common case
         value, _, long_hex = _value(text[start:end])
         if value > 0 and (end - start >= TOKEN_MIN_CHARS or long_hex):
             return [(start, end)]
         return []
     parts: list[tuple[int, int, float, int, bool]] = []
     pos = start
-    for sep in _PART_SPLIT.finditer(text, start, end):
+    for sep in split.finditer(text, start, end):
         if sep.start() > pos:
             parts.append((pos, sep.start(), *_value(text[pos : sep.start()])))
         pos = sep.end()
@@ -601,7 +612,11 @@ def _rules_by_start(rules: Sequence[TokenRule]) -> dict[str, tuple[TokenRule, ..
 
 
 # Where a vendor token may start inside a run: its start, or just after a separator.
-_TOKEN_START: Final = r"(?<![A-Za-z0-9])[{}]"  # noqa: S105 - a regex, not a credential
+# (also just after an escape: ``%3Dxoxb-...``, ``\u0022xoxb-...``)
+_TOKEN_START: Final = (
+    r"(?:(?<![A-Za-z0-9])|(?<=%[0-9A-Fa-f]{{2}})"  # noqa: S105 - a regex, not a credential
+    r"|(?<=\\u[0-9A-Fa-f]{{4}})|(?<=\\x[0-9A-Fa-f]{{2}}))[{}]"
+)
 
 
 class TokenScanner:
@@ -858,71 +873,109 @@ _IBAN_CANDIDATE: Final = re.compile(
 # plain numbers (ids, counts, timestamps) pass.
 _PHONE_FORMS: Final = re.compile(
     r"\+[1-9][0-9]{0,2}(?:[ .-]?\(0?[0-9]{1,4}\))?(?:[ .-]?[0-9]{1,5}){1,6}"  # international
-    r"|(?:1[ .-]?)?(?:\([2-9][0-9]{2}\)[ .-]?|[2-9][0-9]{2}[ .-])[2-9][0-9]{2}[ .-][0-9]{4}"  # NANP
-    r"|0[0-9]{2,4}[ -][0-9]{3,4}[ -]?[0-9]{3,4}"  # UK and similar: 020 7946 0958
-    r"|0[0-9]{3,4} [0-9]{6}"  # 07700 900123
+    r"|(?:1[.-]?)?(?:\([2-9][0-9]{2}\)[ .-]?|[2-9][0-9]{2}[.-])[2-9][0-9]{2}[.-][0-9]{4}"  # NANP
+    r"|0[0-9]{2,4}-[0-9]{3,4}-?[0-9]{3,4}"  # UK and similar, with dashes
     r"|0[1-9](?:[ .][0-9]{2}){4}"  # France: 06 12 34 56 78
-    r"|0[1-9][0-9]{0,3}[ /-][0-9]{5,8}"  # Germany: 030 12345678, 0151/23456789
+    r"|0[1-9][0-9]{1,3}[ -][0-9]{3}(?:[ -][0-9]{2}){2}"  # CH, TR, SE: 044 668 18 00
+    r"|0[1-9][0-9]{0,3}[/-][0-9]{5,8}"  # Germany: 0151/23456789
     r"|0[1-9][0-9]{0,3}-[0-9]{2,4}-[0-9]{4}"  # Japan: 03-1234-5678
     r"|\(0[1-9][0-9]{0,3}\)[ ]?[0-9]{3,4}[ -]?[0-9]{3,4}"  # (020) 7946 0958, (02) 9876 5432
     r"|\([1-9][0-9]\)[ ]?9?[0-9]{4}-[0-9]{4}"  # Brazil: (11) 91234-5678
+    r"|8[ ]?\([0-9]{3}\)[ ]?[0-9]{3}-[0-9]{2}-[0-9]{2}"  # Russia: 8 (495) 123-45-67
+)
+# Forms written with spaces only, which a list of numbers (durations, sizes, ids) can look
+# like: taken only when no other group of digits stands right before or after them, and,
+# unless they start with a trunk 0, only after a word that says a telephone number follows.
+_PHONE_CONTEXT: Final = re.compile(
+    r"(?i:tel|phone|call|mobile?|cell|fax|sms|text|whatsapp|contact|number|nummer|numéro"
+    r"|telefon|téléphone|teléfono|móvil|portable|handy|ring)\W{0,3}(?:\w+\W{1,3}){0,3}\Z"
+)
+_CONTEXT_REACH: Final = 40
+_TRUNK_SPACED_FORMS: Final = re.compile(
+    r"0[0-9]{2,4} [0-9]{3,4} ?[0-9]{3,4}"  # UK and similar: 020 7946 0958
+    r"|0[0-9]{3,4} [0-9]{6}"  # 07700 900123
+    r"|0[1-9][0-9]{0,3} [0-9]{5,8}"  # Germany: 030 12345678
+)
+_SPACED_PHONE_FORMS: Final = re.compile(
+    r"(?:1 )?(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2} )[2-9][0-9]{2} [0-9]{4}"  # NANP
     r"|[6-9][0-9]{4} [0-9]{5}"  # India: 98765 43210
+    r"|[6-9][0-9]{2}(?: [0-9]{2}){3}|[6-9][0-9]{2} [0-9]{3} [0-9]{3}"  # Spain: 612 34 56 78
+    r"|1[3-9][0-9] [0-9]{4} [0-9]{4}"  # China: 138 0013 8000
 )
 _SSN: Final = re.compile(r"(?!000|666|9)[0-9]{3}([- ])(?!00)[0-9]{2}\1(?!0000)[0-9]{4}")
 # Digits with the separators that cards, phones and SSNs are written with.
 _NUMBER_CANDIDATE: Final = re.compile(
     r"[+(0-9](?<![\w+.,/:-].)(?:(?<=[+(])[0-9]|(?<=[0-9]))"
-    r"[0-9 ().-]{6,26}[0-9](?![\w/]|[.,-][0-9])"
+    r"[0-9 ()./-]{6,60}[0-9](?![\w/]|[.,-][0-9])"
 )
 _DATE_LIKE: Final = re.compile(r"[0-9]{1,4}([-./])[0-9]{1,2}\1[0-9]{1,4}")
 
 
-def _number_marker(text: str) -> str | None:
-    """The marker for one candidate number, or None when it is no personal number."""
+def _number_marker(text: str, *, alone: bool = True, context: bool = True) -> str | None:
+    """The marker for one candidate number, or None when it is no personal number.
+
+    ``alone``: no other group of digits stands right before or after it (a spaced
+    telephone form inside a list of numbers is a list); ``context``: a word before it says
+    a telephone number follows.
+    """
     digits = "".join(char for char in text if char.isdigit())
+    separators = {char for char in text if not char.isdigit()}
     if (
         text[0].isdigit()
         and (len(digits) >= _PLAIN_CARD_DIGITS or len(text) > len(digits))
         and len(text) - len(digits) <= 4
-        and all(char in " -" for char in text if not char.isdigit())
-        and len({char for char in text if not char.isdigit()}) <= 1
+        and separators <= {" ", "-"}
+        and len(separators) <= 1
         and _card_ok(digits)
     ):
         return CARD_MARKER
     if len(digits) == 9 and _SSN.fullmatch(text) is not None:
         return SSN_MARKER
-    if (
-        8 <= len(digits) <= 15
-        and _PHONE_FORMS.fullmatch(text) is not None
-        and _DATE_LIKE.fullmatch(text) is None
-    ):
+    if not 8 <= len(digits) <= 15 or _DATE_LIKE.fullmatch(text) is not None:
+        return None
+    if _PHONE_FORMS.fullmatch(text) is not None:
+        return PHONE_MARKER
+    if alone and _TRUNK_SPACED_FORMS.fullmatch(text) is not None:
+        return PHONE_MARKER
+    if alone and context and _SPACED_PHONE_FORMS.fullmatch(text) is not None:
         return PHONE_MARKER
     return None
 
 
-def _number_in(text: str, start: int, end: int) -> tuple[int, int, str] | None:
-    """The longest personal number in ``text[start:end]`` that starts at a group's start."""
-    marker = _number_marker(text[start:end])
+# The longest card, SSN or telephone number as written (``+1 (415) 555-0134``, 19 digits
+# of a card in groups of four).
+_LONGEST_NUMBER: Final = 26
+
+
+def _numbers_in(text: str, start: int, end: int) -> list[tuple[int, int, str]]:
+    """Every personal number in ``text[start:end]``, longest first from each group start,
+    left to right, not overlapping: a candidate may hold several and their neighbours."""
+    context = _PHONE_CONTEXT.search(text, max(0, start - _CONTEXT_REACH), start) is not None
+    marker = _number_marker(text[start:end], context=context)
     if marker is not None:
-        return start, end, marker
-    # Try shorter windows of whole groups: the candidate may hold a number and its neighbours.
-    bounds = [start] + [start + i + 1 for i, ch in enumerate(text[start:end]) if ch == " "]
+        return [(start, end, marker)]
+    starts = [start] + [start + i + 1 for i, ch in enumerate(text[start:end]) if ch == " "]
     ends = [start + i for i, ch in enumerate(text[start:end]) if ch == " "] + [end]
-    best: tuple[int, int, str] | None = None
-    for low in bounds:
+    found: list[tuple[int, int, str]] = []
+    taken = start
+    for low in starts:
+        if low < taken or not (text[low].isdigit() or text[low] in "+("):
+            continue
         for high in reversed(ends):
-            if high - low < 8 or (low == start and high == end):
-                continue
-            if best is not None and high - low <= best[1] - best[0]:
+            if high - low < 8:
                 break
-            piece = text[low:high]
-            if not (piece[0].isdigit() or piece[0] in "+(") or not piece[-1].isdigit():
+            if high - low > _LONGEST_NUMBER or not text[high - 1].isdigit():
                 continue
-            marker = _number_marker(piece)
+            alone = (low == start or not text[low - 2].isdigit()) and (
+                high == end or not text[high + 1].isdigit()
+            )
+            context = _PHONE_CONTEXT.search(text, max(0, low - _CONTEXT_REACH), low) is not None
+            marker = _number_marker(text[low:high], alone=alone, context=context)
             if marker is not None:
-                best = (low, high, marker)
+                found.append((low, high, marker))
+                taken = high
                 break
-    return best
+    return found
 
 
 _NO_DIGITS: Final = str.maketrans("", "", "0123456789")
@@ -956,9 +1009,7 @@ def number_spans(text: str) -> list[tuple[int, int, str]]:
         start, end = match.span()
         if any(low < end and start < high for low, high, _ in taken):
             continue
-        hit = _number_in(text, start, end)
-        if hit is not None:
-            found.append(hit)
+        found.extend(_numbers_in(text, start, end))
     found.sort()
     return found
 

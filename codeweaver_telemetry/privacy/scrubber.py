@@ -85,10 +85,13 @@ _SECRET_WORDS: Final[tuple[str, ...]] = (
     "licence_key",
     "product_key",
     "srt",
+    "hmac_key",
+    "secret_key_base",
+    "mfa_code",
 )
 # Short words that are secret only at the start of a word: ``db_pass``, ``PW``, ``--pass``,
-# but not ``bypass`` or ``compass``.
-_SECRET_WORDS_AT_START: Final[tuple[str, ...]] = ("pass", "pw")
+# ``PIN``, but not ``bypass``, ``compass`` or ``spin``.
+_SECRET_WORDS_AT_START: Final[tuple[str, ...]] = ("pass", "pw", "otp", "totp", "pin")
 
 _KEY_SEP: Final = r"[_.\- ]?"
 _SECRET_WORD_RE: Final = (
@@ -235,12 +238,12 @@ def _secret_word_dispatch() -> str:
 
 
 # Secret assignments: ``key=value``, ``key: value``, ``"key": "value"``, ``key => value``.
-_SCHEME: Final = r"(?i:bearer|basic|token|digest|negotiate|ntlm)[ \t]+"
+_SCHEME: Final = r"(?i:bearer|basic|token|digest|negotiate|ntlm|apikey)[ \t]+"
 _AUTH_SCHEME: Final = rf"(?:{_SCHEME}(?=\S))?"
 # A value that starts with a PEM header or with a marker belongs to the rule that owns it; the
 # check covers every way to read the separator, so that no shorter reading slips through.
 _NOT_OWNED: Final = (
-    rf"(?!(?:\\{{0,3}}[\"'])?[ \t]*(?:=>|:=|=|:)[ \t]*(?:{_SCHEME})?"
+    rf"(?!(?:\\{{0,3}}[\"']\]?)?[ \t]*(?:=>|:=|=|:)[ \t]*(?:{_SCHEME})?"
     r"(?:\\{0,3}[\"'])?(?:-----BEGIN|<[a-z_]+>))"
 )
 # A value that is code with a literal fallback: ``os.environ.get("PASSWORD") or "hunter2"``,
@@ -248,6 +251,12 @@ _NOT_OWNED: Final = (
 _CODE_FALLBACK: Final = (
     r"[A-Za-z_][\w.]*\((?:[ \t]*(?P<kq>[\"'])[^\"'\n]*(?P=kq)[ \t]*,"
     r"|(?:[^()\n]|\([^()\n]*\))*\)[ \t]*(?:or|\|\||\?\?|\?:))[ \t]*"
+)
+# Values that stand for no secret: null, booleans, a template (``${DB_PASSWORD}``,
+# ``{{ secrets.TOKEN }}``), stars, an angle-bracket placeholder or a marker.
+_NOT_A_PLACEHOLDER: Final = (
+    r"(?!(?:\\{0,3}[\"'])?(?:(?i:null|none|nil|true|false|undefined|redacted)"
+    r"|\*+|\$\{[^}\n]*\}+|\{\{[^}\n]*\}\}|<[A-Za-z][\w -]*>)(?:\\{0,3}[\"'])?(?![\w-]))"
 )
 _QUOTED_BODY: Final = r"(?:(?!(?P=oq))(?:\\.|[^\\\n]))*"
 _COLON_VALUE: Final = (
@@ -265,7 +274,8 @@ _NOT_A_ROUTE: Final = (
 _STREET_TYPES: Final = (
     "Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl"
     "|Parkway|Pkwy|Terrace|Ter|Square|Sq|Highway|Hwy|Circle|Cir|Trail|Close|Crescent|Gardens"
-    "|Row|Hill|Mews|Alley|Plaza|Walk|Green|Grove|Park|Rise|Broadway"
+    "|Row|Hill|Mews|Alley|Plaza|Walk|Green|Grove|Park|Rise|Broadway|Loop|Circuit|Esplanade"
+    "|Quay|Wharf"
 )
 
 # One entry per kind of secret. At any position the first entry that matches wins, so the
@@ -288,7 +298,8 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
     # Userinfo of any URL: ``scheme://user:pass@host`` keeps the scheme and the host.
     Pattern(
         "url_credentials",
-        r"://(?<=[A-Za-z0-9+.-]://)(?P<secret>[^\s/\"'<>]+)@(?=[\w\[])",
+        r"://(?<=[A-Za-z0-9+.-]://)"
+        r"(?P<secret>[^\s/\"'<>]+(?=@[\w\[])|[^\s/\"'<>:@]+:[^\s\"'<>]+?(?=@[\w\[][^\s/@]*(?:[/:]|$)))@",
         "<credentials>",
         "RFC 3986 section 3.2.1 userinfo",
         "postgres://admin:p@ss#w0rd@db.example.com:5432/app",
@@ -362,9 +373,9 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
     # ``PASSWORD = os.environ.get("PASSWORD") or "<secret>"``.
     Pattern(
         "secret_assignment",
-        rf"{_secret_word_dispatch()}{_NOT_OWNED}(?:\\{{0,3}}[\"'])?[ \t]*"
+        rf"{_secret_word_dispatch()}{_NOT_OWNED}(?:\\{{0,3}}[\"']\]?)?[ \t]*"
         r"(?:=>|:=|=(?!=)|(?P<colon>:)(?!:))[ \t]*"
-        rf"(?:{_CODE_FALLBACK}(?=[\"']))?{_AUTH_SCHEME}(?P<oq>\\{{0,3}}[\"'])?"
+        rf"(?:{_CODE_FALLBACK}(?=[\"']))?{_AUTH_SCHEME}{_NOT_A_PLACEHOLDER}(?P<oq>\\{{0,3}}[\"'])?"
         rf"(?P<secret>(?(oq){_QUOTED_BODY}|(?(colon){_COLON_VALUE}|{_EQUALS_VALUE})))"
         r"(?(oq)(?P=oq)?)",
         SECRET_MARKER,
@@ -386,7 +397,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         "sql_password",
         r"[IiPp](?:(?<=[Ii])(?i:dentified)[ \t]+(?i:by)(?:[ \t]+(?i:password))?"
         r"|(?<=[Pp])(?i:assword))"
-        r"[ \t]+(?P<oq>['\"`])(?P<secret>(?:(?!(?P=oq))[^\n])+)(?P=oq)?",
+        r"[ \t]+(?P<oq>['\"`])(?P<secret>(?:(?P=oq)(?P=oq)|(?!(?P=oq))[^\n])+)(?P=oq)?",
         SECRET_MARKER,
         "Oracle, MySQL and PostgreSQL docs, CREATE/ALTER USER and ROLE",
         "CREATE USER app IDENTIFIED BY 'S3cr3t!Pass';",
@@ -442,20 +453,25 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
     Pattern(
         "netrc_password",
         r"[mMlL](?:(?<=[mM])(?i:achine)\s+\S+(?:\s+(?i:login)\s+\S+)?|(?<=[lL])(?i:ogin)\s+\S+)"
-        r"\s+(?i:password|passwd)\s+(?P<secret>[^\s<]\S*)",
+        r"\s+(?i:password|passwd)\s+(?P<secret>\"[^\"\n]*\"?|[^\s<\"]\S*)",
         SECRET_MARKER,
         "ftp(1) and curl(1) manual pages, the .netrc file",
         "machine api.example.com login alice password S3cr3tPassw0rd",
     ),
     # Passwords glued to or after a client's flag: ``mysql -u root -pSECRET``,
-    # ``sshpass -p SECRET``, ``redis-cli -a SECRET``, ``docker login -p SECRET``.
+    # ``sshpass -p SECRET``, ``redis-cli -a SECRET``, ``docker login -p SECRET``,
+    # ``ldapsearch -w SECRET``, ``ssh-keygen -N SECRET``, ``sqlcmd -P SECRET``,
+    # ``sqlplus scott/SECRET@db``.
     Pattern(
         "client_password_flag",
-        r"[msrdpMR](?:(?<=[mM])(?i:ysql|ysqldump|ysqladmin|ariadb|ariadb-dump)[^\n|;&]*?[ \t]-p"
+        r"[msrdplMR](?:(?<=[mM])(?i:ysql|ysqldump|ysqladmin|ariadb|ariadb-dump)[^\n|;&]*?[ \t]-p"
         r"(?=[^\s-])"
         r"|(?<=s)shpass[ \t]+-p[ \t]*"
         r"|(?<=[rR])edis-cli[^\n|;&]*?[ \t]-a[ \t]+"
-        r"|(?<=[dp])(?:ocker|odman)[ \t]+login[^\n|;&]*?[ \t]-p[ \t]+)"
+        r"|(?<=[dp])(?:ocker|odman)[ \t]+login[^\n|;&]*?[ \t]-p[ \t]+"
+        r"|(?<=l)dap(?:search|modify|add|delete|passwd|whoami)[^\n|;&]*?[ \t]-w[ \t]+"
+        r"|(?<=s)(?:sh-keygen[^\n|;&]*?[ \t]-N|qlcmd[^\n|;&]*?[ \t]-P)[ \t]+"
+        r"|(?<=s)qlplus[ \t]+(?:-\w+[ \t]+)*[^\s/@]+/)"
         r"(?P<oq>[\"'])?(?P<secret>(?(oq)(?:(?!(?P=oq))[^\n])+|[^\s\"'<]\S*))(?(oq)(?P=oq)?)",
         SECRET_MARKER,
         "mysql(1), sshpass(1), redis-cli and docker login manual pages",
@@ -492,7 +508,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
     # E-mail addresses, also percent-encoded (``alice%40example.com``) as found in URLs.
     Pattern(
         "email",
-        r"[\w.+%-](?<![\w.+%-].)[\w.+%-]*(?:@|%40)"
+        r"[\w.+%-](?<![\w.+%-].)(?!(?<=g)it@[\w.-]+:)[\w.+%-]*(?:@|%40)"
         rf"(?:(?:[\w-]+\.)+[^\W\d_]{{2,}}(?![\w-])|{_V4}(?![\w.]))",
         "<email>",
         "RFC 5322 addr-spec, dot-atom subset; also user@IPv4 as in ssh and scp targets",
@@ -504,7 +520,8 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
     Pattern(
         "street_address",
         r"[0-9]" + _not_after(r"\w.,/:-") + r"[0-9]{0,4}[A-Za-z]?(?:[ -][0-9]{1,4}[A-Za-z]?)?,?[ ]"
-        r"(?:(?:(?:[NSEW]\.?|North|South|East|West)[ ])?(?:[A-Z][A-Za-z'’.-]*[ ]){1,3}"
+        r"(?:(?:(?:[NSEW]\.?|North|South|East|West)[ ])?"
+        r"(?:(?:[A-Z][A-Za-z'’.-]*|[0-9]{1,3}(?:st|nd|rd|th))[ ]){1,3}"
         rf"(?:{_STREET_TYPES})(?![\w-])\.?"
         r"|(?:bis[ ]|ter[ ])?(?i:rue|avenue|av\.|boulevard|bd|place|chemin|all[ée]e|impasse|quai"
         r"|cours|route|square)[ ](?:(?:de|du|des|la|le|les|l'|d')[ ]?){0,2}"
@@ -517,13 +534,13 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         "street_address_name_first",
         r"[A-ZÄÖÜ](?<![\w-].)(?:[a-zäöüß]+(?:[ -][A-Z][a-zäöüß]+)?"
         r"(?:straße|strasse|str\.|gasse|weg|allee|platz|ring|damm|ufer|straat|laan|plein|gracht"
-        r"|kade|steeg|singel)"
+        r"|kade|steeg|singel|gatan|vägen|gata|vej|gade|katu)"
         r"|(?:[a-zäöü]+er[ ])?(?:Straße|Strasse|Weg|Allee|Platz|Gasse|Ring|Damm)"
-        r"|(?:(?<=C)(?:alle|orso)|(?<=V)ia(?:le)?|(?<=P)(?:iazza|aseo|laza)|(?<=L)argo"
+        r"|(?:(?<=C)(?:alle|orso|arrer)|(?<=R)ue|(?<=V)ia(?:le)?|(?<=P)(?:iazza|aseo|laza)|(?<=L)argo"
         r"|(?<=A)(?:vda\.|venida)|(?<=R)ua)"
         r"[ ](?:(?:de|del|la|las|los|di|della|delle|dei|do|da|dos|das)[ ])*"
         r"[A-ZÁÉÍÓÚ][\w'’.-]*(?:[ ][A-ZÁÉÍÓÚ][\w'’.-]*){0,3},?)"
-        r"[ ][0-9]{1,4}[A-Za-z]?(?![\w.-])",
+        r"[ ][0-9]{1,4}[A-Za-z]?(?![\w-]|\.\w)",
         "<address>",
         "postal address conventions of the UPU member countries (street name first)",
         "Lieferung an Hauptstraße 5, 10115 Berlin",
@@ -610,6 +627,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         r"\d(?=\d{0,2}\.)"
         + _not_after(r"\w.")
         + r"(?!(?<=1)27\.|(?<=0)\.0\.0\.0(?!\.?\d))"  # loopback and the unspecified address
+        + r"(?<![A-Za-z]/.)(?<!ersion .)"  # Chrome/120.0.0.0, version 1.2.3.4
         + r"(?:(?<=[01])\d{0,2}|(?<=2)(?:5[0-5]|[0-4]\d|\d)?|(?<=[3-9])\d?)"
         rf"\.(?:{_OCTET}\.){{2}}{_OCTET}(?!\w|\.\d)",
         "<ip>",
@@ -641,7 +659,8 @@ _FAST_SAFE: Final = re.compile(r"[A-Za-z_#$]{0,16}|[A-Za-z0-9_#$]{0,11}")
 _TRIGGER_CHARS: Final = frozenset("@:=/\\~-")
 _DOTTED: Final = re.compile(r"\d\.\d|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}")
 _CONTEXT_FREE: Final = re.compile(
-    r"[A-Za-z0-9_+.~]{17}|[0-9]{12}|[0-9][ ()]|[A-Z]{2}[0-9]{2}|\+[0-9]|[^\W\d_] [0-9]"
+    r"[A-Za-z0-9_+.~]{17}|[0-9]{12}|[0-9][A-Za-z]?[ ()]|[A-Z]{2}[0-9]{2}|\+[0-9]"
+    r"|[^\W\d_]\.? [0-9]"
 )
 _PREFIXES: Final = (
     "%40",
@@ -690,14 +709,18 @@ _GATE_DRIVE: Final = 128  # C:\ or a file: URL
 _GATE_LABELS: Final = 256  # Telegram's :AA and a manifest's data:
 _GATE_LITERALS: Final = 512  # PEM armour, a JWT's eyJ, Braintree's $, curl's -u
 _SECRET_STEMS: Final = re.compile(
-    "pass|pw|secret|token|key|auth|credential|session|cookie|sig|jwt|srt|identified|mysql"
-    "|mariadb|redis|docker|podman|zip|7z|net |in code|bearer|basic"
+    "pass|pw|secret|token|key|auth|credential|session|cookie|sig|jwt|srt|otp|pin|mfa"
+    "|identified|mysql"
+    "|mariadb|redis|docker|podman|zip|7z|net |in code|bearer|basic|ldap|ssh-keygen|sqlcmd"
+    "|sqlplus"
 )
 _IPV4_GATE: Final = re.compile(r"[0-9]\.[0-9]")
 _IPV6_GATE: Final = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]{1,4}:")
 # Each starts with a character class, so that the regex engine skips ahead in C.
 _MAC_GATE: Final = re.compile(r"[:.-](?:(?<=\.)[0-9A-Fa-f]{4}\.|(?<!\.)[0-9A-Fa-f]{2}[:-])")
-_ADDRESS_GATE: Final = re.compile(r"[0-9 ](?:(?<=[0-9]),? [^\W\d_]|(?<= )[0-9])")
+_ADDRESS_GATE: Final = re.compile(
+    r"[0-9 ](?:(?<=[0-9])(?:-[0-9]{1,4})?[A-Za-z]?,? [^\W\d_]|(?<= )[0-9])"
+)
 _GATES: Final[dict[str, int]] = {
     **dict.fromkeys(
         (
@@ -915,6 +938,8 @@ class Scrubber:
             cut_start, cut_end = start, end
             if secret is not None and (span := match.span(secret))[0] >= 0:
                 cut_start, cut_end = span
+                if cut_start == cut_end:  # an empty value (password: "") holds no secret
+                    continue
             if not glued and (
                 (cut_start > 0 and text[cut_start - 1] not in _SEPARATORS)
                 or (cut_end < size and text[cut_end] not in _SEPARATORS)
@@ -1068,7 +1093,7 @@ def _safe_cut(text: str, limit: int) -> int:
 # A group of a number written in groups: a telephone number, a card, an IBAN, an SSN.
 _NUMBER_GROUP: Final = re.compile(r"[+(]?[0-9A-Z][0-9A-Z().-]*,?")
 # A house number, and the words an address puts between it and the street type.
-_HOUSE_NUMBER: Final = re.compile(r"[0-9]{1,5}[A-Za-z]?,?")
+_HOUSE_NUMBER: Final = re.compile(r"[0-9]{1,5}[A-Za-z]?(?:-[0-9]{1,4}[A-Za-z]?)?,?")
 _ADDRESS_WORD: Final = re.compile(r"[A-Z][\w'’.-]*|de|du|des|la|le|les|rue|avenue|bis|ter")
 _STREET_NAME_FIRST: Final = re.compile(
     r"\w*(?:stra(?:ß|ss)e|str\.|gasse|weg|allee|platz|ring|damm|ufer|straat|laan|plein|gracht"
