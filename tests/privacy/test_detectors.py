@@ -278,3 +278,56 @@ def test_the_readme_lists_every_marker_and_counts_the_table() -> None:
     assert not missing
     assert f"{len(DETECTORS)} rows" in section
     assert f"first by vendor prefix ({len(VENDOR_TOKENS)} formats)" in section
+
+
+# ---------------------------------------------------------------------------------------------
+# Found by an independent review with its own generators
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tel 06 12 34 56 78 06 98 76 54 32", "tel <phone> <phone>"),
+        ("ssn 123-45-6789 123-45-6780", "ssn <ssn> <ssn>"),
+        ('{"a":"12B High Street"}', '{"a":"<address>"}'),
+        ("ship to Friedrichstr. 43, Springfield", "ship to <address>, Springfield"),
+        ("Lives at Hauptstraße 5.", "Lives at <address>."),
+        ("state%3Dxoxb-1234567890-1234567890123-AbCdEfGhIjKlMnOp", "state%3D<slack_token>"),
+        ("app.config['SECRET_KEY'] = 'sup3rs3cr3tv4lu3'", "app.config['SECRET_KEY'] = '<secret>'"),
+        ("Authorization: ApiKey abcdef123456", "Authorization: ApiKey <secret>"),
+        ("redis://default:S3cr3t#Pass/word@cache:6379/0", "redis://<credentials>@cache:6379/0"),
+        ("ldapsearch -x -w Sup3rS3cret -b dc=x", "ldapsearch -x -w <secret> -b dc=x"),
+        ("CREATE USER x IDENTIFIED BY 'pa''ss word'", "CREATE USER x IDENTIFIED BY '<secret>'"),
+        ("lxob+Fi7Wvgj9Kq2/ujBsdSosN3xYz", "<token>"),
+    ],
+)
+def test_review_findings_are_caught_whole(text: str, expected: str) -> None:
+    """Each of these leaked a piece (or changed on a second pass) before the review."""
+    assert scrub(text) == expected
+    assert scrub(expected) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "token: null",
+        "api_key: None",
+        "secret: false",
+        'password: ""',
+        "password: ${DB_PASSWORD}",
+        "token: ${{ secrets.GITHUB_TOKEN }}",
+        "Mozilla/5.0 Chrome/120.0.0.0 Safari/537.36",
+        "version 1.2.3.4",
+        "git@github.com:org/repo.git",
+        "codeweaver-api-7d9f8b6c5-x2k4p",
+        "Standard_NC24ads_A100_v4",
+        "849 807 9488 ms",
+        "gpus 0 1 2 3 mem 83623 29942 MiB",
+        "processed 763 094 554 578 rows",
+    ],
+)
+def test_placeholders_versions_names_and_number_lists_stay(text: str) -> None:
+    """Placeholder values, four-part versions, git remotes, generated names and lists of
+    numbers are ordinary telemetry."""
+    assert scrub(text) == text
