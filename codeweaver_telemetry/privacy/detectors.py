@@ -643,9 +643,8 @@ class TokenScanner:
             start, end = run.span()
             while start < end and text[start] in _EDGE:
                 start += 1
-            while end > start and text[end - 1] in _EDGE:
-                end -= 1
-            if end - start >= HEX_MIN_CHARS:
+            # The end stays: a vendor token may end in - or _ (its shape is read without).
+            if len(text[start:end].rstrip(_EDGE)) >= HEX_MIN_CHARS:
                 self._scan_run(text, start, end, found)
         return found
 

@@ -930,7 +930,6 @@ class Scrubber:
         parts: list[str] = []
         last = 0
         glued = False
-        size = len(text)
         rules = self._rules
         for match in regex.finditer(text):
             start, end = match.span()
@@ -940,11 +939,7 @@ class Scrubber:
                 cut_start, cut_end = span
                 if cut_start == cut_end:  # an empty value (password: "") holds no secret
                     continue
-            if not glued and (
-                (cut_start > 0 and text[cut_start - 1] not in _SEPARATORS)
-                or (cut_end < size and text[cut_end] not in _SEPARATORS)
-            ):
-                glued = True
+            glued = glued or _glued(text, cut_start, cut_end)
             parts.append(text[last:cut_start])
             parts.append(marker)
             parts.append(text[cut_end:end])
@@ -955,20 +950,23 @@ class Scrubber:
         return "".join(parts), glued
 
 
+def _glued(text: str, start: int, end: int) -> bool:
+    """Whether a replacement of ``text[start:end]`` touches a character that is no separator
+    (then a second pass may find more: what it joined was hidden from the first)."""
+    return (start > 0 and text[start - 1] not in _SEPARATORS) or (
+        end < len(text) and text[end] not in _SEPARATORS
+    )
+
+
 def _replace(text: str, spans: Sequence[tuple[int, int, str]]) -> tuple[str, bool]:
     """``text`` with each (start, end, marker) span replaced; whether one was glued."""
     parts: list[str] = []
     last = 0
     glued = False
-    size = len(text)
     for start, end, marker in spans:
         if start < last:
             continue
-        if not glued and (
-            (start > 0 and text[start - 1] not in _SEPARATORS)
-            or (end < size and text[end] not in _SEPARATORS)
-        ):
-            glued = True
+        glued = glued or _glued(text, start, end)
         parts.append(text[last:start])
         parts.append(marker)
         last = end
