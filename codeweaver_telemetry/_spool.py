@@ -13,8 +13,10 @@ claim is then either finished (:meth:`Claim.done`, the file is deleted) or what 
 unsent is saved again (``save(..., replacing=claim.path)``, which does not count the
 claimed file against the bound) before the claimed file is deleted. A claim left by a
 process that died (or by an earlier process that had this pid) is taken back into the
-spool by the next :meth:`Spool.claim`. Loaded payloads are held to what the pipeline can
-make: no ``$`` event but ``$feature_flag_called``, no ``$`` property but the library's.
+spool by the next :meth:`Spool.claim`. Lines are written and read by ``_codec``
+(``spool_line``, ``from_spool_line``): loaded payloads are held to what the pipeline can
+make, no ``$`` event but ``$feature_flag_called``, no ``$`` property but the library's; a
+malformed line is skipped.
 
 The spool is bounded: past ``max_bytes`` in all, nothing more is written and the events
 are counted as dropped. The spool never creates the state directory (after
@@ -25,15 +27,15 @@ through a symbolic link and refuses a symlinked spool directory.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from codeweaver_telemetry._codec import from_spool_line, spool_line
 from codeweaver_telemetry._files import ensure_private_dir, read_regular, write_atomic
 from codeweaver_telemetry._internal import in_forked_child
-from codeweaver_telemetry._types import FLAG_CALLED_EVENT, LIBRARY_KEYS, Event
+from codeweaver_telemetry._types import Event
 
 __all__ = ["SPOOL_DIR", "Claim", "Spool"]
 
@@ -112,7 +114,7 @@ class Spool:
         """
         if not events:
             return 0
-        data = "".join(_encode(e) + "\n" for e in events).encode("utf-8")
+        data = "".join(spool_line(e) + "\n" for e in events).encode("utf-8")
         if not self.directory.parent.is_dir():  # the state directory was deleted: keep nothing
             return 0
         ensure_private_dir(self.directory)
@@ -252,20 +254,6 @@ def _mtime(entry: os.DirEntry[str]) -> float:
         return 0.0
 
 
-def _encode(event: Event) -> str:
-    return json.dumps(
-        {
-            "event": event.name,
-            "distinct_id": event.distinct_id,
-            "timestamp": event.timestamp,
-            "uuid": event.uuid,
-            "properties": event.properties,
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-
-
 def _read(path: Path) -> list[Event]:
     try:
         data = read_regular(path, _MAX_FILE_BYTES)
@@ -273,34 +261,7 @@ def _read(path: Path) -> list[Event]:
         return []
     events = []
     for line in data.splitlines():
-        event = _parse(line)
+        event = from_spool_line(line)
         if event is not None:
             events.append(event)
     return events
-
-
-def _parse(line: bytes) -> Event | None:
-    """One spooled payload, held to what the pipeline can have made: a file edited by hand
-    (or by another program) cannot smuggle ``$identify`` or ``$set`` past it."""
-    try:
-        data = json.loads(line)
-        props = data["properties"]
-        name = str(data["event"])
-        if not isinstance(props, dict) or (name.startswith("$") and name != FLAG_CALLED_EVENT):
-            return None
-        props = {
-            k: v
-            for k, v in props.items()
-            if not k.startswith("$") or k in LIBRARY_KEYS or k.startswith("$feature/")
-        }
-        props["$process_person_profile"] = False
-        props["$geoip_disable"] = True
-        return Event(
-            name=name,
-            properties=props,
-            timestamp=float(data["timestamp"]),
-            uuid=str(data["uuid"]),
-            distinct_id=str(data["distinct_id"]),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None

@@ -6,10 +6,10 @@ This module imports nothing else of the package.
 
 from __future__ import annotations
 
-import enum
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, TypeAlias, runtime_checkable
+from typing import Any, ClassVar, NamedTuple, Protocol, TypeAlias, runtime_checkable
 
 __all__ = [
     "ERROR_EVENT",
@@ -106,17 +106,106 @@ Stage: TypeAlias = Callable[[Event], "Event | None"]
 """One step of the privacy pipeline; return None to drop the event."""
 
 
-class ExportResult(enum.Enum):
-    """What a sink did with a batch."""
+class ExportResult:
+    """What a sink did with a batch: one of four kinds, a retry with the host's wait.
 
-    SUCCESS = "success"
+    The kinds are the constants :attr:`SUCCESS`, :attr:`RETRY`, :attr:`DROP` and
+    :attr:`SPLIT`; :meth:`retry` makes a RETRY that carries the host's ``Retry-After``.
+    Results are immutable and compare (and hash) by kind alone, so
+    ``ExportResult.retry(5.0) == ExportResult.RETRY``: compare with ``==``, not ``is``.
+    """
+
+    __slots__ = ("_retry_after", "_value")
+
+    SUCCESS: ClassVar[ExportResult]
     """Delivered (or durably written)."""
-    RETRY = "retry"
+    RETRY: ClassVar[ExportResult]
     """Not delivered, worth trying again later (network down, 5xx, 429)."""
-    DROP = "drop"
+    DROP: ClassVar[ExportResult]
     """Not delivered and never will be (rejected as malformed or unauthorised)."""
-    SPLIT = "split"
+    SPLIT: ClassVar[ExportResult]
     """Rejected as too large as a whole (HTTP 413): send it again in halves."""
+
+    _value: str
+    _retry_after: float | None
+
+    def __new__(cls, value: str, retry_after: float | None = None) -> ExportResult:
+        """The result of kind ``value`` (``"success"``, ``"retry"``, ``"drop"`` or
+        ``"split"``); without a ``retry_after``, the shared constant of that kind."""
+        if value not in _EXPORT_KINDS:
+            raise ValueError(f"{value!r} is not a valid ExportResult")
+        after = _positive_seconds(retry_after)
+        if after is None:
+            known = _EXPORT_CONSTANTS.get(value)
+            if known is not None:
+                return known
+        elif value != "retry":
+            raise ValueError("only a RETRY result carries retry_after")
+        result = object.__new__(cls)
+        object.__setattr__(result, "_value", value)
+        object.__setattr__(result, "_retry_after", after)
+        return result
+
+    @classmethod
+    def retry(cls, after: float | None = None) -> ExportResult:
+        """A RETRY result; ``after``: the seconds the host asked us to wait (its
+        ``Retry-After``), ignored unless positive and finite. Without one it is
+        :attr:`RETRY` itself."""
+        return cls("retry", after)
+
+    @property
+    def value(self) -> str:
+        """The kind: ``"success"``, ``"retry"``, ``"drop"`` or ``"split"``."""
+        return self._value
+
+    @property
+    def name(self) -> str:
+        """The kind's constant name: ``"SUCCESS"``, ``"RETRY"``, ``"DROP"`` or ``"SPLIT"``."""
+        return self._value.upper()
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds the host asked us to wait before trying again (RETRY only), or None."""
+        return self._retry_after
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"ExportResult is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"ExportResult is immutable: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ExportResult):
+            return NotImplemented
+        return self._value == other._value
+
+    def __hash__(self) -> int:
+        return hash((ExportResult, self._value))
+
+    def __repr__(self) -> str:
+        if self._retry_after is not None:
+            return f"ExportResult.retry(after={self._retry_after!r})"
+        return f"ExportResult.{self.name}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ExportResult, (self._value, self._retry_after))
+
+
+_EXPORT_KINDS = ("success", "retry", "drop", "split")
+_EXPORT_CONSTANTS: dict[str, ExportResult] = {}
+
+
+def _positive_seconds(value: float | None) -> float | None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    seconds = float(value)
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
+for _kind in _EXPORT_KINDS:
+    _EXPORT_CONSTANTS[_kind] = ExportResult(_kind)
+    setattr(ExportResult, _kind.upper(), _EXPORT_CONSTANTS[_kind])
+del _kind
 
 
 @runtime_checkable
@@ -124,7 +213,8 @@ class Sink(Protocol):
     """One destination for finished, scrubbed batches. Knows nothing of consent or privacy."""
 
     def export(self, batch: Sequence[Event]) -> ExportResult:
-        """Deliver a batch; never raise for delivery problems, return RETRY or DROP."""
+        """Deliver a batch; never raise for delivery problems: return RETRY (or
+        ``ExportResult.retry(after)`` with the host's Retry-After), DROP or SPLIT."""
         ...
 
     def shutdown(self, timeout_s: float) -> None:

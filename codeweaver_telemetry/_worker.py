@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT OR Apache-2.0
-"""The background worker: a bounded queue, one daemon thread, batching, retry, the spool.
+"""The background worker: a bounded queue, one daemon thread, batching and deadlines.
 
 Queue policy: when the queue is full, the *newest* event is refused and counted
 (``queue_full``); the caller is never blocked. One WARNING is logged when refusing starts
@@ -12,23 +12,19 @@ the parent's events are the parent's to send).
 The worker wakes when ``batch_size`` events are waiting, when ``interval_s`` has passed
 since the oldest one arrived, or when asked to flush (a flush sends up to 100 events per
 request). It runs each event through the privacy pipeline, then hands the batch to the
-sink. An event the sink could not deliver (RETRY) is kept in memory and tried again with
-exponential back-off (1 s doubling to 60 s, longer if the host's Retry-After asks); after
-``max_retries`` failed tries it goes to the disk spool instead. Between live batches, at
-the host's pace, the worker drains the spool: what earlier runs (or this one) could not
-deliver.
-
-Consent is checked again before every export and every write to the spool (``gate``):
-once the user's stored choice no longer allows this install to send (``disable`` in
-another shell, ``delete``, a new install id), everything held is dropped, nothing more is
-sent or spooled, and ``on_revoked`` is told.
+delivery layer (:mod:`codeweaver_telemetry._delivery`), which owns the sink, retry and
+back-off, the host's rate limit, the spool, consent checks and the lost-event counts.
+Between live batches, at the host's pace, the worker has it drain the spool one claimed
+file at a time: what earlier runs (or this one) could not deliver.
 
 Fork safety: the thread's lazy imports (``prepare``, the sink's ``prepare()``) run under a
 lock that ``os.fork()`` waits for (a bounded wait), so a child never inherits a half-done
 import; the queue, locks and thread state are re-created in the child.
 
-At shutdown, what could not be delivered in time is written to the spool (after the
-privacy pipeline, never raw).
+At shutdown (within one bound counted from its entry), what could not be delivered in time
+is written to the spool (after the privacy pipeline, never raw).
+
+Time and waiting come from one injectable clock (``clock``; the real one by default).
 """
 
 from __future__ import annotations
@@ -40,6 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from codeweaver_telemetry._delivery import FLUSH_BATCH, SYSTEM_CLOCK, Clock, Delivery
 from codeweaver_telemetry._internal import (
     fork_safe_imports,
     in_forked_child,
@@ -47,18 +44,15 @@ from codeweaver_telemetry._internal import (
     internal_errors,
     logger,
 )
-from codeweaver_telemetry._types import Event, ExportResult, Sink
+from codeweaver_telemetry._types import Event, Sink
 
 if TYPE_CHECKING:
-    from codeweaver_telemetry._spool import Claim, Spool
+    from codeweaver_telemetry._spool import Spool
 
 __all__ = ["Worker"]
 
-_FLUSH_BATCH = 100  # events per request while flushing or draining the spool
 _YIELD_EVERY_S = 0.001  # how much pipeline work the worker does before yielding the GIL
 _RESERVED_SLOTS = 8  # room beyond the bound for the library's own session events
-_MIN_BACKOFF_S = 1.0
-_MAX_BACKOFF_S = 60.0
 _OVERFLOW_REPORT_S = 60.0  # at most one "queue full" warning (and its summary) a minute
 
 
@@ -78,6 +72,7 @@ class Worker:
         install_id: spooled events made for another install id are dropped, never sent.
         prepare: imports the thread needs, run once per thread before any work.
         on_revoked: told (once) when ``gate`` says no.
+        clock: the time and the waits (a fake one in tests).
     """
 
     def __init__(
@@ -94,54 +89,48 @@ class Worker:
         install_id: str | None = None,
         prepare: Callable[[], None] | None = None,
         on_revoked: Callable[[], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self._sink = sink
         self._spool = spool
         self._owner_pid = os.getpid()
         self._process = process
         self._batch_size = batch_size
         self._interval_s = interval_s
         self._max_queue = max_queue
-        self._max_retries = max_retries
-        self._gate = gate
-        self._install_id = install_id
         self._prepare = prepare
-        self._on_revoked = on_revoked
-        self.dropped: collections.Counter[str] = collections.Counter()
-        self.sent = 0
-        self.consecutive_failures = 0
-        """Exports that failed in a row (0 after a success): the heartbeat's health check."""
-        self.spooled = 0
-        """Events written to the disk spool."""
-        self._revoked = False
+        self._clock = clock
+        self._delivery = Delivery(
+            sink,
+            room=self._room,
+            drop_queued=self._drop_queued,
+            on_spooled=self._spooled,
+            spool=spool,
+            max_retries=max_retries,
+            gate=gate,
+            install_id=install_id,
+            on_revoked=on_revoked,
+            clock=clock,
+        )
         self._init_state()
         in_forked_child(self._after_fork)
 
     def _init_state(self) -> None:
         # Re-entrant: capture() may run in a signal handler on a thread that is already
-        # inside submit(); a plain lock would deadlock it.
+        # inside submit(); a plain lock would deadlock it. Shared with the delivery layer.
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
+        self._delivery.reset(self._lock)
         self._queue: collections.deque[Event] = collections.deque()
-        self._retry: list[Event] = []  # finished events kept after a failed export
-        self._exporting: list[Event] = []  # the finished live batch the sink is working on
-        self._in_flight = 0
         self._flush_gen = 0
         self._done_gen = 0  # last flush generation the worker has fully handled
         self._failed_gen = 0  # last flush generation whose export failed
         self._oldest_at: float | None = None
-        self._backoff_until = 0.0
-        self._backoff_s = _MIN_BACKOFF_S
         self._closed = False
         self._stopping = False
-        self._saved_at_exit = False
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         # The spool drain: only the process that built the worker drains.
         self._spool_pending = False
-        self._spool_saves = 0  # files this process spooled (so a drain knows to look again)
-        self._claim: Claim | None = None
-        self._claim_pos = 0
         # Queue-full reporting: one warning when refusing starts, one summary when it stops.
         self._overflowing = False
         self._overflow_unreported = 0
@@ -150,6 +139,27 @@ class Worker:
 
     def _after_fork(self) -> None:
         self._init_state()
+
+    # -- counts (kept by the delivery layer) ---------------------------------------------------
+    @property
+    def dropped(self) -> collections.Counter[str]:
+        """Events lost, by reason."""
+        return self._delivery.lost
+
+    @property
+    def sent(self) -> int:
+        """Events delivered."""
+        return self._delivery.sent
+
+    @property
+    def consecutive_failures(self) -> int:
+        """Exports that failed in a row (0 after a success): the heartbeat's health check."""
+        return self._delivery.consecutive_failures
+
+    @property
+    def spooled(self) -> int:
+        """Events written to the disk spool."""
+        return self._delivery.spooled
 
     # -- caller side ----------------------------------------------------------------------
     def submit(self, event: Event, *, reserved: bool = False) -> bool:
@@ -161,12 +171,13 @@ class Worker:
         if self._pid != os.getpid():  # a fork without the at-fork hook
             self._init_state()
         with self._lock:
-            if self._closed or self._revoked:
-                self.dropped["shutdown" if self._closed else "consent_off"] += 1
+            delivery = self._delivery
+            if self._closed or delivery.revoked:
+                delivery.record_lost_event("shutdown" if self._closed else "consent_off")
                 return False
             bound = self._max_queue + (_RESERVED_SLOTS if reserved else 0)
-            if len(self._queue) + len(self._retry) + self._in_flight >= bound:
-                self.dropped["queue_full"] += 1
+            if len(self._queue) + delivery.held >= bound:
+                delivery.record_lost_event("queue_full")
                 self._overflow()
                 return False
             if self._overflowing:
@@ -174,7 +185,7 @@ class Worker:
             self._queue.append(event)
             first_of_batch = self._oldest_at is None
             if first_of_batch:
-                self._oldest_at = time.monotonic()
+                self._oldest_at = self._clock.monotonic()
             if self._thread is None:
                 self._start()
             elif first_of_batch or len(self._queue) >= self._batch_size:
@@ -186,7 +197,7 @@ class Worker:
         if self._overflowing:
             return
         self._overflowing = True
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if now >= self._overflow_next_at:
             self._overflow_next_at = now + _OVERFLOW_REPORT_S
             self._overflow_warned = True
@@ -217,7 +228,7 @@ class Worker:
     def pending(self) -> int:
         """Events not yet delivered: waiting, in flight, or kept for retry."""
         with self._lock:
-            return len(self._queue) + len(self._retry) + self._in_flight
+            return len(self._queue) + self._delivery.held
 
     def start_draining(self) -> None:
         """Start sending what the spool holds now, in the background, whatever is captured."""
@@ -237,7 +248,7 @@ class Worker:
     def request_flush(self) -> None:
         """Ask the worker to send what is queued now, without waiting for it."""
         with self._lock:
-            if self._closed or not (self._queue or self._retry):
+            if self._closed or not (self._queue or self._delivery.retrying):
                 return
             self._flush_gen += 1
             if self._thread is None or not self._thread.is_alive():
@@ -245,12 +256,17 @@ class Worker:
             self._cond.notify_all()
 
     def flush(self, timeout_s: float) -> bool:
-        """Ask the worker to send everything now; True if all was delivered in time."""
+        """Ask the worker to send everything now; True if all was delivered in time.
+
+        Returns False at once when the host's rate limit outlasts the timeout: nothing can
+        be sent before it ends (the worker sends once it does).
+        """
         if threading.current_thread() is self._thread:
             return False  # called from inside an export (a sink): it cannot wait on itself
-        deadline = time.monotonic() + max(0.0, timeout_s)
+        clock = self._clock
+        deadline = clock.monotonic() + max(0.0, timeout_s)
         with self._lock:
-            if not self._queue and not self._retry and not self._in_flight:
+            if not self._queue and not self._delivery.held:
                 return True
             if self._thread is None or not self._thread.is_alive():
                 if self._stopping:
@@ -262,10 +278,10 @@ class Worker:
             while True:
                 if self._done_gen >= gen:
                     return self._failed_gen < gen
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                remaining = deadline - clock.monotonic()
+                if remaining <= 0 or self._delivery.disabled_until >= deadline:
                     return False
-                self._cond.wait(remaining)
+                clock.wait(self._cond, remaining)
 
     def shutdown(self, timeout_s: float) -> bool:
         """Flush, stop the thread, spool what is left, shut the sink; all within ``timeout_s``.
@@ -274,159 +290,73 @@ class Worker:
         the undelivered events to disk; the rest goes to the final flush. Idempotent.
         """
         timeout_s = max(0.0, timeout_s)
-        deadline = time.monotonic() + timeout_s
+        deadline = self._clock.monotonic() + timeout_s
+        delivery = self._delivery
         with self._lock:
             if self._closed:
-                return not (self._queue or self._retry)
+                return not (self._queue or delivery.retrying)
             self._closed = True
         reserve = min(0.2, timeout_s / 4) if self._spool is not None else 0.0
         delivered = self.flush(timeout_s - reserve)
         with self._lock:
             self._stopping = True
+            delivery.stop()
             self._cond.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(max(0.0, deadline - reserve - time.monotonic()))
+            thread.join(max(0.0, deadline - reserve - self._clock.monotonic()))
         with self._lock:  # what is still here has not been delivered
             raw, self._queue = list(self._queue), collections.deque()
-            # A batch still in the sink's hands (a hanging host) is spooled too; PostHog
-            # drops an event it already has by its uuid, so a late delivery is harmless.
-            # Keyed by uuid: one half of a split batch can be in both lists.
-            finished = list({e.uuid: e for e in (*self._exporting, *self._retry)}.values())
-            self._retry = []
-            self._saved_at_exit = True  # a late answer for these must not spool them again
-            lost = max(0, self._in_flight - len(self._exporting))
-            claim, self._claim = self._claim, None
-            unsent = claim.events[self._claim_pos :] if claim is not None else []
             if self._overflow_unreported:
                 self._report_overflow()
-        if claim is not None:
-            self._return_claim(claim, unsent)
+        finished, lost = delivery.take_undelivered()
         if raw or finished:
             self._save_undelivered(raw, finished, deadline)
-        with internal_errors("sink shutdown"):
-            self._sink.shutdown(max(0.0, deadline - time.monotonic()))
-        if lost:
-            self._count_drop_n("exit_timeout", lost)
+        delivery.shutdown_sink(deadline - self._clock.monotonic())
+        delivery.record_lost_event("exit_timeout", lost)
         return delivered
 
     def _save_undelivered(self, raw: list[Event], finished: list[Event], deadline: float) -> None:
         """Spool what is left (raw events pass the pipeline first, as time allows)."""
+        delivery = self._delivery
         left = len(raw) + len(finished)
-        if self._spool is not None and self._allowed():
+        if delivery.has_spool and delivery.allowed():
             for index, event in enumerate(raw):
-                if time.monotonic() >= deadline:
+                if self._clock.monotonic() >= deadline:
                     raw = raw[index:]
                     break
-                done = self._process(event, self._count_drop)
+                done = self._process(event, delivery.record_lost_event)
                 if done is not None:
                     finished.append(done)
             else:
                 raw = []
-            self._to_spool(finished)
+            delivery.spool(finished)
             left = len(raw)
-        elif self._revoked:
-            self._count_drop_n("consent_off", left)
+        elif delivery.revoked:
+            delivery.record_lost_event("consent_off", left)
             return
         if left:
-            self._count_drop_n("exit_timeout", left)
+            delivery.record_lost_event("exit_timeout", left)
             logger.info(
                 "codeweaver_telemetry: %d events were not delivered before the exit bound", left
             )
 
-    def _to_spool(self, events: Sequence[Event], *, returned: Claim | None = None) -> None:
-        """Write finished events to the spool; count and explain what it could not keep.
+    # -- told by the delivery layer (under the lock) ---------------------------------------------
+    def _room(self) -> int:
+        return self._max_queue - len(self._queue)
 
-        ``returned``: the claim these events come from (handed back): they are not counted
-        as newly spooled, and its file does not count against the spool's bound.
-        """
-        if not events or self._spool is None:
-            return
-        if not self._allowed():
-            self._count_drop_n("consent_off", len(events))
-            return
-        what = "spooled" if returned else "undelivered"
-        try:
-            saved = self._spool.save(events, replacing=returned.path if returned else None)
-        except OSError as exc:
-            from codeweaver_telemetry._files import describe_os_error
+    def _drop_queued(self) -> int:
+        """Consent was withdrawn: drop what is queued, drain no more, wake any waiter."""
+        dropped = len(self._queue)
+        self._queue.clear()
+        self._oldest_at = None
+        self._spool_pending = False
+        self._cond.notify_all()
+        return dropped
 
-            self._count_drop_n("spool_error", len(events))
-            logger.warning(
-                "codeweaver_telemetry: %d %s events were lost: they could not be written to "
-                "the spool in %s (%s)",
-                len(events),
-                what,
-                self._spool.directory,
-                describe_os_error(exc),
-            )
-            return
-        if len(events) > saved:
-            self._count_drop_n("spool_full", len(events) - saved)
-            logger.warning(
-                "codeweaver_telemetry: %d %s events were dropped: the spool in %s is full "
-                "(%d bytes at most)",
-                len(events) - saved,
-                what,
-                self._spool.directory,
-                self._spool.max_bytes,
-            )
-        if saved:
-            with self._lock:
-                if not returned:
-                    self.spooled += saved
-                self._spool_saves += 1
-                if os.getpid() == self._owner_pid and not self._closed:
-                    self._spool_pending = True
-
-    def _return_claim(self, claim: Claim, unsent: Sequence[Event]) -> None:
-        """Hand a claimed spool file back with what was not sent (nothing once revoked)."""
-        with internal_errors("spool"):
-            try:
-                self._to_spool(unsent, returned=claim)
-            finally:
-                claim.done()
-
-    # -- consent ----------------------------------------------------------------------------
-    def _allowed(self) -> bool:
-        """Ask the gate; on a "no", drop everything held and stop for good."""
-        if self._revoked:
-            return False
-        gate = self._gate
-        if gate is None:
-            return True
-        try:
-            allowed = gate()
-        except Exception:  # a gate that cannot answer fails closed
-            allowed = False
-        if not allowed:
-            self._revoke()
-        return allowed
-
-    def _revoke(self) -> None:
-        with self._lock:
-            if self._revoked:
-                return
-            self._revoked = True
-            held = len(self._queue) + len(self._retry)
-            self._queue.clear()
-            self._retry = []
-            self._oldest_at = None
-            self._spool_pending = False
-            claim, self._claim = self._claim, None
-            self._cond.notify_all()
-        if claim is not None:
-            held += len(claim.events) - self._claim_pos
-            claim.done()  # made for an install that may no longer send: never sent
-        self._count_drop_n("consent_off", held)
-        logger.info(
-            "codeweaver_telemetry: telemetry was turned off (the stored choice changed); "
-            "%d events held were dropped",
-            held,
-        )
-        if self._on_revoked is not None:
-            with internal_errors("consent"):
-                self._on_revoked()
+    def _spooled(self) -> None:
+        if os.getpid() == self._owner_pid and not self._closed:
+            self._spool_pending = True
 
     # -- worker side ----------------------------------------------------------------------
     def _start(self) -> None:
@@ -439,18 +369,16 @@ class Worker:
         with fork_safe_imports(), internal_errors("worker start"):
             if self._prepare is not None:
                 self._prepare()
-            prepare = getattr(self._sink, "prepare", None)
-            if callable(prepare):
-                prepare()
+            self._delivery.prepare()
             if self._spool is not None:
                 import codeweaver_telemetry._files  # noqa: F401  (used on the spool's paths)
 
     def _live_due(self, now: float) -> bool:
-        if self._flush_gen > self._done_gen:
-            return True
-        if now < self._backoff_until:
+        if self._flush_gen > self._done_gen:  # a flush goes before the back-off ends
+            return now >= self._delivery.disabled_until
+        if now < self._delivery.ready_at:
             return False
-        if len(self._queue) >= self._batch_size or self._retry:
+        if len(self._queue) >= self._batch_size or self._delivery.retrying:
             return True
         return self._oldest_at is not None and now - self._oldest_at >= self._interval_s
 
@@ -458,157 +386,79 @@ class Worker:
         return (
             self._spool_pending
             and not self._stopping
-            and not self._revoked
-            and now >= self._backoff_until
+            and not self._delivery.revoked
+            and now >= self._delivery.ready_at
         )
 
     def _wait_time(self, now: float) -> float | None:
-        if self._backoff_until > now:
-            return self._backoff_until - now
+        delivery = self._delivery
+        flushing = self._flush_gen > self._done_gen
+        ready = delivery.disabled_until if flushing else delivery.ready_at
+        if ready > now:
+            return ready - now
         if self._oldest_at is not None:
             return max(0.0, self._oldest_at + self._interval_s - now)
         return None
 
     def _run(self) -> None:
         self._warm_up()
+        clock = self._clock
         while True:
             with self._lock:
                 while True:
-                    now = time.monotonic()
-                    if self._stopping or self._live_due(now) or self._drain_due(now):
+                    now = clock.monotonic()
+                    live = self._live_due(now)
+                    if live or self._stopping or self._drain_due(now):
                         break
-                    self._cond.wait(self._wait_time(now))
-                if self._stopping and self._flush_gen <= self._done_gen:
+                    clock.wait(self._cond, self._wait_time(now))
+                # Stopping: only a flush still under way (and allowed to send) goes on.
+                if self._stopping and (self._flush_gen <= self._done_gen or not live):
                     return
-                live = self._live_due(time.monotonic())
             if live:
                 self._send_live()
             else:
-                try:
-                    self._drain_once()
-                except Exception as exc:  # a spool this process cannot use: stop, never spin
-                    internal_error("spool", exc)
-                    with self._lock:
-                        self._spool_pending = False
+                self._drain()
+
+    def _drain(self) -> None:
+        try:
+            more = self._delivery.drain_once()
+        except Exception as exc:  # a spool this process cannot use: stop, never spin
+            internal_error("spool", exc)
+            more = False
+        if not more:
+            with self._lock:
+                self._spool_pending = False
 
     def _send_live(self) -> None:
         with self._lock:
             gen = self._flush_gen
             flushing = gen > self._done_gen
             # A flush (at exit above all) has little time: fewer, larger requests.
-            size = max(self._batch_size, _FLUSH_BATCH) if flushing else self._batch_size
+            size = max(self._batch_size, FLUSH_BATCH) if flushing else self._batch_size
             raw = [self._queue.popleft() for _ in range(min(len(self._queue), size))]
-            kept, self._retry = self._retry, []
-            self._in_flight = len(raw) + len(kept)
+            kept = self._delivery.take_retry(len(raw))
             # The leftovers keep their age: the next one is due an interval after it
             # was captured (its wall-clock timestamp), not after this batch was taken.
             self._oldest_at = (
-                time.monotonic() - max(0.0, time.time() - self._queue[0].timestamp)
+                self._clock.monotonic() - max(0.0, time.time() - self._queue[0].timestamp)
                 if self._queue
                 else None
             )
-        left: list[Event] = []
+        batch: list[Event] = []
         with internal_errors("worker"):
             batch = kept + self._finish(raw)
-            if batch and not self._allowed():
-                self._count_drop_n("consent_off", len(batch))
-            else:
-                left = self._export(batch)
-        ok = not left and not self._revoked
-        exhausted: list[Event] = []
+        ok = self._delivery.deliver(batch)
         with self._lock:
-            self._in_flight = 0
-            if left and not self._revoked and not self._saved_at_exit:
-                for event in left:
-                    event.attempts += 1
-                if self._spool is not None:
-                    exhausted = [e for e in left if e.attempts > self._max_retries]
-                    left = [e for e in left if e.attempts <= self._max_retries]
-                room = max(0, self._max_queue - len(self._queue) - len(self._retry))
-                self._retry.extend(left[:room])
-                overflow = left[room:]
-                if overflow and self._spool is not None:
-                    exhausted.extend(overflow)
-                elif overflow:
-                    self.dropped["queue_full"] += len(overflow)
-            self._after_export(ok)
-            if flushing and (not ok or (not self._queue and not self._retry)):
+            if flushing and (not ok or (not self._queue and not self._delivery.retrying)):
                 if not ok:
                     self._failed_gen = gen
                 self._done_gen = gen
             self._cond.notify_all()
-        if exhausted:  # tried max_retries times: the disk keeps them, not the memory
-            with internal_errors("spool"):
-                self._to_spool(exhausted)
-
-    def _after_export(self, ok: bool) -> None:
-        """Back-off bookkeeping after one export (under the lock)."""
-        self.consecutive_failures = 0 if ok else self.consecutive_failures + 1
-        if ok:
-            self._backoff_s = _MIN_BACKOFF_S
-            self._backoff_until = 0.0
-            return
-        # The host's Retry-After (a sink may expose it) wins if it asks for longer.
-        asked = getattr(self._sink, "retry_after_s", 0.0)
-        wait = max(self._backoff_s, min(float(asked or 0.0), _MAX_BACKOFF_S))
-        self._backoff_until = time.monotonic() + wait
-        self._backoff_s = min(self._backoff_s * 2, _MAX_BACKOFF_S)
-
-    def _drain_once(self) -> None:
-        """Send one batch from the spool (claiming the next file when needed)."""
-        spool = self._spool
-        if spool is None:
-            return
-        claim = self._claim
-        if claim is None:
-            with self._lock:
-                saves = self._spool_saves
-            install_id = self._install_id
-            claim = spool.claim(
-                keep=None if install_id is None else lambda e: e.distinct_id == install_id
-            )
-            with self._lock:
-                if claim is None:
-                    # Unless this run spooled more meanwhile, the spool is empty for now.
-                    self._spool_pending = self._spool_saves != saves
-                    return
-                take = not (self._stopping or self._revoked)
-                if take:
-                    self._claim, self._claim_pos = claim, 0
-            if not take:  # shutdown came meanwhile: put it back
-                self._return_claim(claim, claim.events)
-                return
-        batch = claim.events[self._claim_pos : self._claim_pos + _FLUSH_BATCH]
-        if not batch:
-            with self._lock:
-                if self._claim is claim:
-                    self._claim = None
-            claim.done()
-            return
-        if not self._allowed():
-            return
-        left = self._export(batch, live=False)
-        finished = False
-        with self._lock:
-            if self._claim is not claim:  # shutdown took the claim back meanwhile
-                return
-            if not left:
-                self._claim_pos += len(batch)
-                finished = self._claim_pos >= len(claim.events)
-                if finished:
-                    self._claim = None
-            else:  # what was delivered of a split batch is not sent twice
-                delivered = {e.uuid for e in batch} - {e.uuid for e in left}
-                rest = [e for e in batch if e.uuid not in delivered]
-                claim.events[self._claim_pos : self._claim_pos + len(batch)] = rest
-            self._after_export(not left)
-            self._cond.notify_all()
-        if finished:
-            claim.done()
 
     def _finish(self, raw: Sequence[Event]) -> list[Event]:
         finished = []
         yielded = time.perf_counter()
+        record = self._delivery.record_lost_event
         for event in raw:
             # The pipeline is pure Python: give the GIL back about every millisecond, so a
             # capturing thread never waits a whole switch interval (5 ms) behind a batch.
@@ -617,62 +467,13 @@ class Worker:
                 time.sleep(0)
                 yielded = time.perf_counter()
             try:
-                done = self._process(event, self._count_drop)
+                done = self._process(event, record)
             except Exception as exc:  # the pipeline drops, it never passes an event on raw
                 logger.warning(
                     "codeweaver_telemetry: an event was dropped (%s)", type(exc).__name__
                 )
-                self._count_drop("stage_error")
+                record("stage_error")
                 continue
             if done is not None:
                 finished.append(done)
         return finished
-
-    def _count_drop(self, reason: str) -> None:
-        with self._lock:
-            self.dropped[reason] += 1
-
-    def _export(self, batch: list[Event], *, live: bool = True) -> list[Event]:
-        """Export ``batch``; returns the events still to deliver (empty when done)."""
-        if not batch:
-            return []
-        if live:
-            with self._lock:
-                self._exporting = batch
-        try:
-            return self._export_part(batch)
-        finally:
-            if live:
-                with self._lock:
-                    self._exporting = []
-
-    def _export_part(self, batch: list[Event]) -> list[Event]:
-        """Export ``batch`` (the whole or a half of a split); returns what is left."""
-        try:
-            result = self._sink.export(batch)
-        except Exception as exc:  # a broken sink must not kill the thread
-            logger.warning(
-                "codeweaver_telemetry: the sink failed (%s); events kept for retry",
-                type(exc).__name__,
-            )
-            result = ExportResult.RETRY
-        if result is ExportResult.SUCCESS:
-            with self._lock:
-                self.sent += len(batch)
-            return []
-        if result is ExportResult.DROP:
-            self._count_drop_n("sink_rejected", len(batch))
-            return []
-        if result is ExportResult.SPLIT:
-            if len(batch) == 1:  # one event alone is too large: it can never be delivered
-                self._count_drop_n("too_large", 1)
-                return []
-            middle = len(batch) // 2
-            return self._export_part(batch[:middle]) + self._export_part(batch[middle:])
-        return list(batch)
-
-    def _count_drop_n(self, reason: str, n: int) -> None:
-        if n <= 0:
-            return
-        with self._lock:
-            self.dropped[reason] += n

@@ -17,6 +17,10 @@ all), so the answer still arrives once the host recovers. A fetch that fails for
 other error, or the last retry) keeps the previous values (or none) and is tried again on
 the next lookup after a back-off of ``refresh_s / 10`` (at least 5 s). No caller ever waits
 for a retry beyond its budget.
+
+:class:`PostHogFlags` is the flag source for a PostHog host (remote ``/flags/`` or local
+evaluation, through ``codeweaver_telemetry._posthog``, the one module that imports
+``posthog``).
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from codeweaver_telemetry._internal import internal_errors, logger
 
-__all__ = ["FlagCache", "FlagFetchError", "FlagSourceClosed", "FlagValue"]
+__all__ = ["FlagCache", "FlagFetchError", "FlagSourceClosed", "FlagValue", "PostHogFlags"]
 
 FlagValue = bool | str
 """A flag's value: its variant key for a multivariate flag, else True/False."""
@@ -272,3 +277,87 @@ class FlagCache:
     def get(self, key: str) -> FlagValue | None:
         """One flag's value, or None when it is unknown (not fetched yet, or not defined)."""
         return self.all().get(key)
+
+
+class PostHogFlags:
+    """Fetch every flag for one distinct id from PostHog, remotely or by local evaluation.
+
+    A failed remote fetch raises :class:`FlagFetchError`, transient for HTTP 5xx, 408 and
+    429, connection errors and timeouts (the flag cache retries those), not for other
+    statuses or a malformed answer. posthog's own retries are off (``max_retries=0``): the
+    cache does the retrying.
+
+    Args:
+        api_key: the project API key.
+        host: the PostHog host.
+        distinct_id: the install id.
+        timeout_s: per-request timeout.
+        personal_api_key: a feature-flags secret key; enables local evaluation.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        host: str,
+        distinct_id: str,
+        timeout_s: float,
+        personal_api_key: str | None = None,
+    ) -> None:
+        self._api_key = api_key
+        self._host = host
+        self._distinct_id = distinct_id
+        self._timeout_s = timeout_s
+        self._personal_api_key = personal_api_key
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __call__(self) -> dict[str, FlagValue]:
+        """One fetch of all flags (blocking; runs on the flag cache's thread).
+
+        After :meth:`shutdown` it raises :class:`FlagSourceClosed` and sends nothing.
+        """
+        from codeweaver_telemetry import _posthog  # it imports this module
+
+        if self._closed:
+            raise FlagSourceClosed
+        client = None
+        if self._personal_api_key:
+            with self._lock:
+                if self._closed:
+                    raise FlagSourceClosed
+                if self._client is None:
+                    self._client = _posthog.local_flags_client(
+                        api_key=self._api_key,
+                        host=self._host,
+                        personal_api_key=self._personal_api_key,
+                        timeout_s=self._timeout_s,
+                    )
+                client = self._client
+        return _posthog.fetch_flags(
+            api_key=self._api_key,
+            host=self._host,
+            distinct_id=self._distinct_id,
+            timeout_s=self._timeout_s,
+            local_client=client,
+        )
+
+    def _after_fork(self) -> None:
+        """In a forked child: a new lock (the parent's may have been held at the fork).
+
+        The local-evaluation client, if any, is kept: posthog re-creates its own threads
+        and connection pools in the child.
+        """
+        self._lock = threading.Lock()
+
+    def shutdown(self) -> None:
+        """Stop the local-evaluation poller, if one was started (without waiting on it);
+        fetch nothing more (a retry the flag cache has scheduled ends quietly)."""
+        with self._lock:
+            self._closed = True
+            client, self._client = self._client, None
+        if client is not None:
+            from codeweaver_telemetry import _posthog
+
+            _posthog.stop_local_client(client)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+
+SLACK_S = float(os.environ.get("CODEWEAVER_TEST_SLACK_S") or 0.5)
+"""Seconds a timing assertion allows beyond the bound it checks; a slow or loaded machine
+can raise it with CODEWEAVER_TEST_SLACK_S."""
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:

@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 from codeweaver_telemetry import TelemetryClient, TelemetrySettings, flags
-from codeweaver_telemetry.flags import FlagCache, FlagFetchError, FlagSourceClosed
-from codeweaver_telemetry.sinks.posthog import PostHogFlags
+from codeweaver_telemetry.flags import FlagCache, FlagFetchError, FlagSourceClosed, PostHogFlags
 from tests.helpers import wait_until
 from tests.receiver import FLAGS, Fault, PostHogReceiver, refusing_url
 

@@ -25,10 +25,17 @@ SECRET_PATH = "/home/alice/private-project/notes.txt"
 
 
 def spool_text(state_dir: Path) -> str:
+    """Everything in the spool now; a file the drain claims or deletes meanwhile is skipped."""
     directory = state_dir / SPOOL_DIR
     if not directory.exists():
         return ""
-    return "".join(p.read_text(encoding="utf-8") for p in sorted(directory.iterdir()))
+    parts = []
+    for path in sorted(directory.iterdir()):
+        try:
+            parts.append(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            continue
+    return "".join(parts)
 
 
 def wire(make_client: Callable[..., TelemetryClient], receiver: PostHogReceiver, **kw: object):

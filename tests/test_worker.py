@@ -1,4 +1,5 @@
-"""The background worker: batching, flush and shutdown deadlines, retry, queue bound, fork."""
+"""The background worker and its delivery layer: batching, flush and shutdown deadlines, retry
+and back-off, the host's rate limit, queue bound, fork."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from codeweaver_telemetry import pipeline
 from codeweaver_telemetry._types import Event, ExportResult, Sink
 from codeweaver_telemetry._worker import Worker
 from codeweaver_telemetry.sinks.memory import FunctionSink, InMemorySink
-from tests.helpers import wait_until
+from tests.helpers import SLACK_S, wait_until
 
 THREAD_NAME = "codeweaver-telemetry"
 HANG_S = 10.0
@@ -40,6 +41,52 @@ def names(batch: Sequence[Event]) -> list[str]:
 
 def telemetry_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name == THREAD_NAME}
+
+
+class FakeClock:
+    """The worker's clock, moved only by the test (:meth:`advance`).
+
+    A wait returns after a short real pause, and the worker then looks at the time again,
+    so a back-off of seconds passes in the milliseconds it takes to advance past it.
+    """
+
+    PAUSE_S = 0.002
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wait(self, waitable: Any, timeout: float | None) -> bool:
+        return bool(waitable.wait(0 if timeout is not None and timeout <= 0 else self.PAUSE_S))
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def settle() -> None:
+    """Let a worker on a fake clock run for a while (real time) without moving the clock."""
+    time.sleep(0.05)
+
+
+class _RetryAfter:
+    """A RETRY that carries the host's Retry-After (for ``_types`` without ExportResult.retry)."""
+
+    def __init__(self, after: float) -> None:
+        self.retry_after = after
+
+    def __eq__(self, other: object) -> bool:
+        return other is ExportResult.RETRY or isinstance(other, _RetryAfter)
+
+    def __hash__(self) -> int:
+        return hash(ExportResult.RETRY)
+
+
+def retry_after(seconds: float) -> Any:
+    """``ExportResult.retry(seconds)``, or a stand-in where ``_types`` has no such thing."""
+    make = getattr(ExportResult, "retry", None)
+    return make(seconds) if callable(make) else _RetryAfter(seconds)
 
 
 @pytest.fixture
@@ -85,7 +132,7 @@ class Recorder:
 
     def __init__(
         self,
-        results: Sequence[ExportResult | type[BaseException]] = (),
+        results: Sequence[Any] = (),
         gate: threading.Event | None = None,
     ) -> None:
         self.results = list(results)
@@ -104,7 +151,7 @@ class Recorder:
             result = self.results.pop(0) if self.results else ExportResult.SUCCESS
             if isinstance(result, type):
                 raise result("the sink broke")
-            if result is ExportResult.SUCCESS:
+            if result == ExportResult.SUCCESS:
                 self.batches.append(names(batch))
             return result
 
@@ -129,10 +176,15 @@ def test_sends_batches_of_batch_size(make_worker: Callable[..., Worker]) -> None
 
 def test_interval_sends_a_partial_batch(make_worker: Callable[..., Worker]) -> None:
     """A partial batch is sent once the interval has passed, without a flush."""
+    clock = FakeClock()
     sink = InMemorySink()
-    worker = make_worker(sink, batch_size=100, interval_s=0.05)
+    worker = make_worker(sink, batch_size=100, interval_s=5.0, clock=clock)
     for i in range(3):
         worker.submit(ev(f"e{i}"))
+    clock.advance(4.9)
+    settle()
+    assert sink.events() == []
+    clock.advance(0.1)
     assert wait_until(lambda: len(sink.events()) == 3)
     assert [e["event"] for e in sink.events()] == ["e0", "e1", "e2"]
     assert worker.pending == 0
@@ -181,7 +233,7 @@ def test_flush_returns_within_its_timeout_when_the_sink_hangs(
     worker.submit(ev())
     start = time.monotonic()
     assert worker.flush(0.3) is False
-    assert time.monotonic() - start < 0.3 + 0.5
+    assert time.monotonic() - start < 0.3 + SLACK_S
 
 
 # -- the queue bound ------------------------------------------------------------------------
@@ -197,7 +249,7 @@ def test_full_queue_refuses_the_newest_event_and_counts_it(
     assert worker.submit(ev("e2"))
     start = time.monotonic()
     refused = [worker.submit(ev("late")) for _ in range(100)]
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < SLACK_S
     assert refused == [False] * 100
     assert worker.dropped["queue_full"] == 100
     gate.set()
@@ -276,6 +328,141 @@ def test_a_sink_that_raises_does_not_kill_the_thread(
     assert sorted(rec.delivered) == ["a", "b", "c", "d"]
 
 
+# -- delivery: back-off, the host's rate limit, 413 splitting -------------------------------
+def test_back_off_starts_at_one_second_and_doubles(make_worker: Callable[..., Worker]) -> None:
+    """After each failed export the next try waits 1 s, then 2 s, then 4 s; a success ends it."""
+    clock = FakeClock()
+    rec = Recorder([ExportResult.RETRY] * 3)
+    worker = make_worker(FunctionSink(rec), batch_size=1, clock=clock)
+    worker.submit(ev("e"))
+    assert wait_until(lambda: rec.calls == 1)
+    for calls, back_off in ((1, 1.0), (2, 2.0), (3, 4.0)):
+        clock.advance(back_off - 0.01)
+        settle()
+        assert rec.calls == calls, f"tried before its {back_off} s back-off ended"
+        assert worker.consecutive_failures == calls
+        clock.advance(0.01)
+        assert wait_until(lambda n=calls: rec.calls == n + 1)
+    assert wait_until(lambda: rec.delivered == ["e"])
+    assert worker.consecutive_failures == 0
+    assert worker.sent == 1
+
+
+@pytest.mark.parametrize("where", ["result", "sink attribute"])
+def test_the_hosts_retry_after_is_honoured(make_worker: Callable[..., Worker], where: str) -> None:
+    """A Retry-After longer than the back-off is waited out, whether the result carries it
+    (``ExportResult.retry(after)``) or, from an older sink, its ``retry_after_s``."""
+    clock = FakeClock()
+    if where == "result":
+        sink: Sink = FunctionSink(rec := Recorder([retry_after(5.0)]))
+    else:
+        rec = Recorder([ExportResult.RETRY])
+
+        class OldSink(FunctionSink):
+            retry_after_s = 0.0
+
+            def export(self, batch: Sequence[Event]) -> ExportResult:
+                result = super().export(batch)
+                self.retry_after_s = 5.0 if result == ExportResult.RETRY else 0.0
+                return result
+
+        sink = OldSink(rec)
+    worker = make_worker(sink, batch_size=1, clock=clock)
+    worker.submit(ev("e"))
+    assert wait_until(lambda: rec.calls == 1)
+    clock.advance(4.9)  # well past the 1 s back-off
+    settle()
+    assert rec.calls == 1, "a request before the host's Retry-After"
+    clock.advance(0.1)
+    assert wait_until(lambda: rec.delivered == ["e"])
+
+
+def test_the_rate_limit_holds_a_flush_and_the_exit_too(
+    make_worker: Callable[..., Worker], tmp_path: Path
+) -> None:
+    """While the host's Retry-After runs, a flush sends nothing (and returns at once when
+    the limit outlasts it), and shutdown spools at once; a plain back-off a flush may skip."""
+    from codeweaver_telemetry._spool import Spool
+
+    (tmp_path / "spool").mkdir()
+    clock = FakeClock()
+    rec = Recorder([retry_after(30.0)])
+    spool = Spool(tmp_path / "spool")
+    worker = make_worker(FunctionSink(rec), batch_size=1, spool=spool, clock=clock)
+    worker.submit(ev("a"))
+    assert wait_until(lambda: rec.calls == 1)
+    assert worker.flush(5) is False
+    settle()
+    assert rec.calls == 1
+    clock.advance(10)
+    worker.submit(ev("b"))
+    settle()
+    assert rec.calls == 1
+    start = time.monotonic()
+    assert worker.shutdown(2) is False
+    assert time.monotonic() - start < SLACK_S
+    assert rec.calls == 1, "no request at exit either"
+    assert worker.spooled == 2
+    assert worker.dropped == {}
+
+
+def test_a_flush_goes_before_the_back_off_ends_once_the_limit_lifts(
+    make_worker: Callable[..., Worker],
+) -> None:
+    """A flush waits out the host's Retry-After (0.5 s here) but not the back-off (1 s): it
+    sends as soon as the limit ends."""
+    clock = FakeClock()
+    rec = Recorder([retry_after(0.5)])
+    worker = make_worker(FunctionSink(rec), batch_size=1, clock=clock)
+    worker.submit(ev("a"))
+    assert wait_until(lambda: rec.calls == 1)
+    box: list[object] = []
+    flushing = threading.Thread(target=lambda: box.append(worker.flush(3)), daemon=True)
+    flushing.start()
+    settle()
+    assert rec.calls == 1
+    clock.advance(0.5)
+    flushing.join(5)
+    assert box == [True]
+    assert rec.delivered == ["a"]
+
+
+def test_a_413_is_sent_again_in_halves(make_worker: Callable[..., Worker]) -> None:
+    """SPLIT (HTTP 413) sends the batch again in halves, down to single events; one event
+    alone that is still too large is dropped (too_large), the rest delivered once."""
+
+    def handler(batch: Sequence[Event]) -> ExportResult:
+        if len(batch) > 2 or any(e.name == "huge" for e in batch):
+            return ExportResult.SPLIT
+        sent.append(names(batch))
+        return ExportResult.SUCCESS
+
+    sent: list[list[str]] = []
+    worker = make_worker(FunctionSink(handler))
+    for name in ("a", "b", "c", "huge", "d"):
+        worker.submit(ev(name))
+    assert worker.flush(5) is True
+    assert sent == [["a", "b"], ["c"], ["d"]]
+    assert worker.sent == 4
+    assert worker.dropped == {"too_large": 1}
+
+
+def test_the_rate_limit_holds_the_other_half_of_a_split(
+    make_worker: Callable[..., Worker],
+) -> None:
+    """A half answered with Retry-After stops the other half's request until it ends."""
+    clock = FakeClock()
+    rec = Recorder([ExportResult.SPLIT, retry_after(10.0)])
+    worker = make_worker(FunctionSink(rec), clock=clock)
+    for i in range(4):
+        worker.submit(ev(f"e{i}"))
+    assert worker.flush(5) is False
+    assert rec.calls == 2
+    assert worker.pending == 4
+    clock.advance(10)
+    assert wait_until(lambda: rec.delivered == ["e0", "e1", "e2", "e3"])
+
+
 # -- shutdown -------------------------------------------------------------------------------
 def test_shutdown_is_idempotent_and_refuses_later_events(
     make_worker: Callable[..., Worker],
@@ -304,11 +491,11 @@ def test_shutdown_is_bounded_by_its_timeout_with_a_hanging_sink(
     worker.submit(ev("b"))
     start = time.monotonic()
     assert worker.shutdown(0.3) is False
-    assert time.monotonic() - start < 0.3 + 0.5
+    assert time.monotonic() - start < 0.3 + SLACK_S
     assert worker.dropped["exit_timeout"] == 2
     start = time.monotonic()
     worker.shutdown(0.3)
-    assert time.monotonic() - start < 0.3 + 0.5
+    assert time.monotonic() - start < 0.3 + SLACK_S
     assert worker.submit(ev("late")) is False
     assert worker.dropped["shutdown"] == 1
 
@@ -447,12 +634,19 @@ def test_the_real_pipeline_finishes_events(make_worker: Callable[..., Worker]) -
 
 def test_an_idle_worker_still_sends_on_the_interval(make_worker: Callable[..., Worker]) -> None:
     """After the worker has gone idle, a new event is still sent once the interval passes."""
+    clock = FakeClock()
     sink = InMemorySink()
-    worker = make_worker(sink, batch_size=100, interval_s=0.1)
+    worker = make_worker(sink, batch_size=100, interval_s=10.0, clock=clock)
     worker.submit(ev("first"))
+    clock.advance(10)
     assert wait_until(lambda: len(sink.events()) == 1)
-    time.sleep(0.3)  # idle: nothing queued
+    clock.advance(300)  # idle: nothing queued
+    settle()
     worker.submit(ev("second"))
+    clock.advance(9.9)
+    settle()
+    assert len(sink.events()) == 1
+    clock.advance(0.1)
     assert wait_until(lambda: len(sink.events()) == 2, timeout=3)
 
 
@@ -512,7 +706,7 @@ def test_flush_from_inside_the_sink_returns_at_once(make_worker: Callable[..., W
     worker.submit(ev("e"))
     assert worker.flush(10)
     assert took
-    assert took[0] < 0.5
+    assert took[0] < SLACK_S
 
 
 # -- hardening: retries end in the spool, drops are reported, consent is re-checked ---------
@@ -524,24 +718,37 @@ def test_after_max_retries_events_go_to_the_spool_not_memory(
     from codeweaver_telemetry._spool import Spool
 
     (tmp_path / "spool").mkdir()
+    clock = FakeClock()
     recorder = Recorder([ExportResult.RETRY] * 2)
     spool = Spool(tmp_path / "spool")
-    worker = make_worker(FunctionSink(recorder), batch_size=3, spool=spool, max_retries=1)
+    worker = make_worker(
+        FunctionSink(recorder), batch_size=3, spool=spool, max_retries=1, clock=clock
+    )
     for i in range(3):
         worker.submit(ev(f"e{i}"))
+    assert wait_until(lambda: recorder.calls == 1)
+    clock.advance(1.0)  # the first back-off
     assert wait_until(lambda: worker.spooled == 3, timeout=5)
     assert recorder.calls == 2, "one try and one retry, then the spool"
     assert worker.pending == 0, "nothing is kept in memory"
-    assert wait_until(lambda: sorted(recorder.delivered) == ["e0", "e1", "e2"], timeout=10)
+    clock.advance(1.9)  # the spool drain waits for the back-off (now 2 s) too
+    settle()
+    assert recorder.calls == 2
+    clock.advance(0.1)
+    assert wait_until(lambda: sorted(recorder.delivered) == ["e0", "e1", "e2"], timeout=5)
     assert wait_until(lambda: not spool.has_files(), timeout=5)
 
 
 def test_without_a_spool_retries_stay_in_memory(make_worker: Callable[..., Worker]) -> None:
     """With no spool to fall back on, a failing batch is kept in memory, never dropped."""
+    clock = FakeClock()
     recorder = Recorder([ExportResult.RETRY])
-    worker = make_worker(FunctionSink(recorder), batch_size=1, max_retries=0)
+    worker = make_worker(FunctionSink(recorder), batch_size=1, max_retries=0, clock=clock)
     worker.submit(ev("kept"))
-    assert wait_until(lambda: recorder.delivered == ["kept"], timeout=15)
+    assert wait_until(lambda: recorder.calls == 1)
+    assert worker.pending == 1
+    clock.advance(1.0)
+    assert wait_until(lambda: recorder.delivered == ["kept"], timeout=5)
     assert worker.dropped == {}
 
 

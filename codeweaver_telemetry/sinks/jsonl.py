@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from codeweaver_telemetry._codec import payload_line
 from codeweaver_telemetry._files import (
     LOCK_FILE,
     append_whole,
@@ -26,7 +27,6 @@ from codeweaver_telemetry._files import (
 )
 from codeweaver_telemetry._internal import logger
 from codeweaver_telemetry._types import Event, ExportResult
-from codeweaver_telemetry.sinks.memory import to_payload
 
 __all__ = ["LOG_FILE", "LocalJSONLSink", "read_log"]
 
@@ -53,10 +53,7 @@ class LocalJSONLSink:
 
     def export(self, batch: Sequence[Event]) -> ExportResult:
         """Append the batch; RETRY (with one warning saying why) if it cannot be written."""
-        data = "".join(
-            json.dumps(to_payload(e), ensure_ascii=False, separators=(",", ":")) + "\n"
-            for e in batch
-        ).encode("utf-8")
+        data = "".join(payload_line(e) + "\n" for e in batch).encode("utf-8")
         directory = self.path.parent
         try:
             ensure_private_dir(directory, parents=True, follow=True)

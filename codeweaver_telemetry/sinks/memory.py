@@ -7,17 +7,18 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from codeweaver_telemetry._codec import to_payload  # re-exported: previews import it here
 from codeweaver_telemetry._internal import in_forked_child
 from codeweaver_telemetry._types import Event, ExportResult
 
-__all__ = ["FunctionSink", "InMemorySink"]
+__all__ = ["FunctionSink", "InMemorySink", "to_payload"]
 
 
 class InMemorySink:
     """Keeps every exported event in memory.
 
-    ``events()`` returns them as the wire would carry them: dicts with ``event``,
-    ``distinct_id``, ``properties``, ``timestamp`` and ``uuid``.
+    ``events()`` returns them as the local log records them (``_codec.to_payload``): dicts
+    with ``event``, ``distinct_id``, ``timestamp``, ``uuid`` and ``properties``.
     """
 
     def __init__(self) -> None:
@@ -67,16 +68,3 @@ class FunctionSink:
 
     def shutdown(self, timeout_s: float) -> None:
         """Nothing to release."""
-
-
-def to_payload(event: Event) -> dict[str, Any]:
-    """The finished event as one JSON-ready dict (the shape the local log and previews use)."""
-    import datetime as dt
-
-    return {
-        "event": event.name,
-        "distinct_id": event.distinct_id,
-        "timestamp": dt.datetime.fromtimestamp(event.timestamp, dt.timezone.utc).isoformat(),
-        "uuid": event.uuid,
-        "properties": event.properties,
-    }

@@ -40,7 +40,7 @@ def test_a_symlinked_log_is_never_appended_through(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
     os.symlink(target, state / LOG_FILE)
-    assert LocalJSONLSink(state).export([ev(1)]) is ExportResult.RETRY
+    assert LocalJSONLSink(state).export([ev(1)]) == ExportResult.RETRY
     assert target.read_text(encoding="utf-8") == "precious\n"
 
 
@@ -48,7 +48,7 @@ def test_a_symlinked_log_is_never_appended_through(tmp_path: Path) -> None:
 def test_a_fifo_at_the_log_never_blocks_a_writer_or_a_reader(tmp_path: Path) -> None:
     """A FIFO at events.jsonl: export answers RETRY and read_log reads nothing, at once."""
     os.mkfifo(tmp_path / LOG_FILE)
-    assert within(lambda: LocalJSONLSink(tmp_path).export([ev(1)])) is ExportResult.RETRY
+    assert within(lambda: LocalJSONLSink(tmp_path).export([ev(1)])) == ExportResult.RETRY
     assert within(lambda: list(read_log(tmp_path))) == []
 
 
@@ -56,7 +56,7 @@ def test_read_log_survives_a_partial_last_line(tmp_path: Path) -> None:
     """A log cut in the middle of its last line (an older version on a full disk) still
     reads: every whole line, and the partial one is skipped."""
     sink = LocalJSONLSink(tmp_path)
-    assert sink.export([ev(1), ev(2)]) is ExportResult.SUCCESS
+    assert sink.export([ev(1), ev(2)]) == ExportResult.SUCCESS
     with (tmp_path / LOG_FILE).open("a", encoding="utf-8") as fh:
         fh.write('{"event":"cut","properties":{"i":')
     assert [e["properties"]["i"] for e in read_log(tmp_path)] == [1, 2]
