@@ -22,7 +22,6 @@ _EXPORTS: dict[str, str] = {
     "DataclassSerializationMixin": "privacy.rules",
     "Event": "_types",
     "ExportResult": "_types",
-    "FileKeyProvider": "privacy.hashing",
     "FilteredKey": "privacy.rules",
     "FlagValue": "flags",
     "FunctionSink": "sinks.memory",
@@ -42,20 +41,26 @@ _EXPORTS: dict[str, str] = {
     "Sink": "_types",
     "TelemetryClient": "client",
     "TelemetryConfigError": "settings",
+    "TelemetryMixin": "privacy.rules",
+    "TelemetryModel": "privacy.rules",
     "TelemetryRuleError": "privacy.rules",
     "TelemetrySettings": "settings",
-    "capture_error": "events",
-    "capture_exceptions": "events",
-    "capture_search_event": "events",
-    "capture_session_event": "events",
+    "capture": "_api",
+    "capture_error": "_api",
+    "capture_exceptions": "_api",
+    "capture_search_event": "_api",
+    "capture_session_event": "_api",
+    "flush": "_api",
     "get_telemetry_client": "client",
-    "install_excepthook": "events",
+    "install_excepthook": "_api",
     "is_secret_key": "privacy.scrubber",
     "read_log": "sinks.jsonl",
-    "record_usage": "events",
+    "record_usage": "_api",
     "scrub": "privacy.scrubber",
     "serialize_for_telemetry": "privacy.rules",
-    "track_usage": "events",
+    "shutdown": "_api",
+    "timer": "_api",
+    "track_usage": "_api",
 }
 
 __all__ = [
@@ -65,7 +70,6 @@ __all__ = [
     "DataclassSerializationMixin",
     "Event",
     "ExportResult",
-    "FileKeyProvider",
     "FilteredKey",
     "FlagValue",
     "FunctionSink",
@@ -85,12 +89,16 @@ __all__ = [
     "Sink",
     "TelemetryClient",
     "TelemetryConfigError",
+    "TelemetryMixin",
+    "TelemetryModel",
     "TelemetryRuleError",
     "TelemetrySettings",
+    "capture",
     "capture_error",
     "capture_exceptions",
     "capture_search_event",
     "capture_session_event",
+    "flush",
     "get_telemetry_client",
     "install_excepthook",
     "is_secret_key",
@@ -98,6 +106,8 @@ __all__ = [
     "record_usage",
     "scrub",
     "serialize_for_telemetry",
+    "shutdown",
+    "timer",
     "track_usage",
 ]
 
@@ -120,6 +130,19 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from codeweaver_telemetry._api import (
+        capture,
+        capture_error,
+        capture_exceptions,
+        capture_search_event,
+        capture_session_event,
+        flush,
+        install_excepthook,
+        record_usage,
+        shutdown,
+        timer,
+        track_usage,
+    )
     from codeweaver_telemetry._types import Event, ExportResult, Sink
     from codeweaver_telemetry.client import (
         PostHogEventLike,
@@ -127,15 +150,6 @@ if TYPE_CHECKING:
         get_telemetry_client,
     )
     from codeweaver_telemetry.consent import ConsentDecision
-    from codeweaver_telemetry.events import (
-        capture_error,
-        capture_exceptions,
-        capture_search_event,
-        capture_session_event,
-        install_excepthook,
-        record_usage,
-        track_usage,
-    )
     from codeweaver_telemetry.events.schemas import (
         IntentType,
         MatchSummary,
@@ -146,16 +160,14 @@ if TYPE_CHECKING:
     )
     from codeweaver_telemetry.events.stats import SessionStatistics
     from codeweaver_telemetry.flags import FlagValue
-    from codeweaver_telemetry.privacy.hashing import (
-        FileKeyProvider,
-        InMemoryKeyProvider,
-        KeyProvider,
-    )
+    from codeweaver_telemetry.privacy.hashing import InMemoryKeyProvider, KeyProvider
     from codeweaver_telemetry.privacy.rules import (
         AnonymityConversion,
         BasedModel,
         DataclassSerializationMixin,
         FilteredKey,
+        TelemetryMixin,
+        TelemetryModel,
         TelemetryRuleError,
         serialize_for_telemetry,
     )

@@ -43,7 +43,8 @@ EXIT_BROKEN_PIPE = 141
 """The exit status when stdout was closed early (128 + SIGPIPE, as a shell reports)."""
 
 # The files the library writes in the state directory: the state file and its lock, the HASH
-# key file (FileKeyProvider), the local log and its rotated copy, and their temp files.
+# key file an earlier version wrote (hash_key), the local log and its rotated copy, and their
+# temp files.
 _OWNED_FILES = (STATE_FILE, _LOCK_FILE, KEY_FILE_NAME, LOG_FILE, LOG_FILE + ".1")
 _OWNED_PATTERNS = (".state.*.tmp", f".{KEY_FILE_NAME}.*")
 

@@ -32,7 +32,6 @@ it on raw). Stages are plain callables ``(Event) -> Event | None``.
 from __future__ import annotations
 
 import json
-import math
 import platform
 import sys
 import uuid
@@ -47,7 +46,12 @@ from codeweaver_telemetry._types import (
     SessionMetadata,
     Stage,
 )
-from codeweaver_telemetry.privacy.conversions import valid_text
+from codeweaver_telemetry.privacy.conversions import (
+    OTHER_KEY,
+    PROPERTY_KEY_LENGTH,
+    finite_float,
+    valid_text,
+)
 from codeweaver_telemetry.privacy.hashing import KeyProvider
 from codeweaver_telemetry.privacy.rules import serialize_for_telemetry
 from codeweaver_telemetry.privacy.scrubber import TRUNCATION_MARK, scrub_cut
@@ -68,7 +72,7 @@ __all__ = [
 ]
 
 MAX_STRING_CHARS = 1000
-MAX_KEY_CHARS = 200
+MAX_KEY_CHARS = PROPERTY_KEY_LENGTH
 MAX_NAME_CHARS = 200
 MAX_ITEMS = 500
 MAX_EVENT_BYTES = 64 * 1024
@@ -202,7 +206,7 @@ def _halve(container: Any) -> None:
     container.clear()
     container.update(items[:keep])
     if counts:
-        container["<other>"] = container.get("<other>", 0) + sum(v for _, v in items[keep:])
+        container[OTHER_KEY] = container.get(OTHER_KEY, 0) + sum(v for _, v in items[keep:])
 
 
 def _shrink(props: dict[str, Any], limit: int) -> bool:
@@ -281,7 +285,9 @@ def _flag_properties(flags: Mapping[Any, Any]) -> dict[str, Any]:
         if isinstance(given, str):
             value: Any = scrub_cut(valid_text(given), MAX_KEY_CHARS)
         elif isinstance(given, bool) or (
-            isinstance(given, (int, float)) and math.isfinite(given) and abs(given) < 2**53
+            isinstance(given, (int, float))
+            and finite_float(given) is not None
+            and abs(given) < 2**53
         ):
             value = given
         else:  # NaN and infinities are not JSON; other types are no flag values

@@ -9,7 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from codeweaver_telemetry import client as _client
+from codeweaver_telemetry._process import PROCESS
+from codeweaver_telemetry.client import TelemetryClient
 from codeweaver_telemetry.consent import ConsentDecision
 from codeweaver_telemetry.settings import TelemetrySettings
 from codeweaver_telemetry.sinks.memory import FunctionSink, InMemorySink
@@ -32,19 +33,17 @@ def capture_events(**settings: object) -> Iterator[InMemorySink]:
     built = TelemetrySettings(**values)  # type: ignore[arg-type]  # bad values raise here
     state_dir = tempfile.mkdtemp(prefix="codeweaver-telemetry-test-")
     sink = InMemorySink()
-    client = _client.TelemetryClient(
+    client = TelemetryClient._decided(
+        ConsentDecision(True, "testing", "codeweaver_telemetry.testing"),
         built.model_copy(update={"state_dir": Path(state_dir)}),
         sink=sink,
-        _force_consent=ConsentDecision(True, "testing", "codeweaver_telemetry.testing"),
     )
-    with _client._CLIENT_LOCK:
-        previous, _client._CLIENT = _client._CLIENT, client
+    previous = PROCESS.install(client)
     try:
         yield sink
     finally:
         client.shutdown(timeout=5)
-        with _client._CLIENT_LOCK:
-            _client._CLIENT = previous
+        PROCESS.install(previous)
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
@@ -54,4 +53,4 @@ def reset_telemetry_client() -> None:
     The next :func:`~codeweaver_telemetry.get_telemetry_client` builds a fresh client from
     the environment as it is then, so tests never share telemetry state.
     """
-    _client._reset_for_tests()
+    PROCESS.reset()

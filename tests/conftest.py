@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from codeweaver_telemetry import TelemetryClient, TelemetrySettings, _internal, client
+from codeweaver_telemetry import TelemetryClient, TelemetrySettings, _internal
+from codeweaver_telemetry._process import PROCESS
 from codeweaver_telemetry.consent import CI_VARIABLES
-from codeweaver_telemetry.privacy.hashing import get_default_key_provider, set_default_key_provider
 from tests.receiver import PostHogReceiver, make_receiver
 
 _CLEARED_PREFIXES = ("CODEWEAVER", "DO_NOT_TRACK", "XDG_")
@@ -37,10 +37,8 @@ def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     work.mkdir()
     monkeypatch.chdir(work)
     _internal._DUPLICATES.reset()
-    provider = get_default_key_provider()
     yield home
-    client._reset_for_tests()
-    set_default_key_provider(provider)
+    PROCESS.reset()
 
 
 @pytest.fixture

@@ -21,13 +21,29 @@ import pytest
 import codeweaver_telemetry
 from codeweaver_telemetry import InMemorySink, TelemetryClient
 from codeweaver_telemetry._internal import env_flag
+from codeweaver_telemetry._types import ConsentVote
 from codeweaver_telemetry.consent import (
+    ENVIRONMENT_SOURCES,
     NOTICE,
+    SOURCES,
     ConsentDecision,
+    ConsentInputs,
+    ShowNotice,
+    ci_vote,
+    config_error_vote,
     consent_sources,
     decide,
+    disable_telemetry_vote,
+    do_not_track_vote,
+    enabled_false_vote,
+    enabled_true_vote,
     environment_decision,
     in_ci,
+    policy_verdict,
+    policy_vote,
+    state_error_vote,
+    stored_disabled_vote,
+    stored_enabled_vote,
 )
 from codeweaver_telemetry.settings import TelemetrySettings, load_settings
 from codeweaver_telemetry.state import STATE_FILE, StateStore
@@ -370,6 +386,178 @@ def test_do_not_track_beats_opt_out_policy(
     decision = _decide(store, on_notice=notices.append)
     assert (decision.allowed, decision.source) == (False, "DO_NOT_TRACK")
     assert notices == []
+
+
+# -- the table of sources, one function each ---------------------------------------------------
+
+
+def test_sources_table_is_in_precedence_order() -> None:
+    """SOURCES lists every source once, off before on, with the names decisions report."""
+    expected = (
+        ("config_error", config_error_vote),
+        ("DO_NOT_TRACK", do_not_track_vote),
+        ("disable_telemetry", disable_telemetry_vote),
+        ("ci", ci_vote),
+        ("state_error", state_error_vote),
+        ("stored_choice", stored_disabled_vote),
+        ("enabled", enabled_false_vote),
+        ("enabled", enabled_true_vote),
+        ("stored_choice", stored_enabled_vote),
+        ("policy", policy_vote),
+    )
+    assert expected == SOURCES
+    names = [name for name, _ in SOURCES]
+    env_names = [name for name, _ in ENVIRONMENT_SOURCES]
+    assert env_names == ["DO_NOT_TRACK", "disable_telemetry", "ci", "enabled"]
+    positions = [names.index(name) for name in env_names]
+    assert positions == sorted(positions), "the environment check keeps the table's order"
+
+
+def test_consent_sources_binds_the_table(store: StateStore) -> None:
+    """consent_sources gives the table's names, in its order, bound to these inputs."""
+    bound = consent_sources(_settings(), store)
+    assert [name for name, _ in bound] == [name for name, _ in SOURCES]
+    assert [source() for _, source in bound][-1] == policy_vote(ConsentInputs(_settings(), store))
+
+
+def _inputs(store: StateStore, **settings: Any) -> ConsentInputs:
+    return ConsentInputs(_settings(**settings), store)
+
+
+def test_each_source_votes_on_its_own(store: StateStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every source function can be asked alone; each says None when it has no opinion."""
+    plain = _inputs(store)
+    for name, source in SOURCES[:-1]:
+        assert source(plain) is None, name
+    assert config_error_vote(ConsentInputs(_settings(), store, "bad")) == ConsentVote(
+        False, "a setting is invalid: bad"
+    )
+    assert disable_telemetry_vote(_inputs(store, disable_telemetry=True)) == ConsentVote(
+        False, "disable_telemetry in the config file or code is true"
+    )
+    assert enabled_true_vote(_inputs(store, enabled=True)) == ConsentVote(
+        True, "enabled in the config file or code is true"
+    )
+    assert enabled_false_vote(_inputs(store, enabled=True)) is None
+    monkeypatch.setenv("GITLAB_CI", "true")
+    assert ci_vote() == ConsentVote(False, "running in CI (GITLAB_CI is set)")
+    monkeypatch.setenv("DO_NOT_TRACK", "1")
+    assert do_not_track_vote() == ConsentVote(False, "DO_NOT_TRACK is set")
+
+
+def test_stored_choice_sources(store: StateStore) -> None:
+    """stored_disabled_vote and stored_enabled_vote read the stored choice, and who made it."""
+    store.set_consent("disabled", by="cli")
+    vote = stored_disabled_vote(_inputs(store))
+    assert vote is not None
+    assert not vote.allowed
+    assert vote.reason.startswith("disabled by cli on ")
+    assert stored_enabled_vote(_inputs(store)) is None
+    store.set_consent("enabled", by="cli")
+    fresh = _inputs(store)
+    assert stored_disabled_vote(fresh) is None
+    assert stored_enabled_vote(fresh) is not None
+
+
+def test_state_file_is_read_once_and_only_when_needed(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inputs read the state file lazily, and once for all the sources."""
+    reads: list[int] = []
+    real_read = StateStore.read
+
+    def counting(self: StateStore) -> Any:
+        reads.append(1)
+        return real_read(self)
+
+    monkeypatch.setattr(StateStore, "read", counting)
+    monkeypatch.setenv("CI", "true")
+    assert _decide(store).source == "ci"
+    assert reads == []
+    monkeypatch.delenv("CI")
+    assert _decide(store).source == "policy"
+    assert reads == [1]
+
+
+def test_unusable_state_file_source(store: StateStore) -> None:
+    """state_error_vote names the file; the stored-choice sources then pass."""
+    store.directory.mkdir(parents=True)
+    store.path.write_text("{broken", encoding="utf-8")
+    inputs = _inputs(store)
+    vote = state_error_vote(inputs)
+    assert vote is not None
+    assert not vote.allowed
+    assert str(store.path) in vote.reason
+    assert stored_disabled_vote(inputs) is None
+    assert stored_enabled_vote(inputs) is None
+
+
+def test_policy_verdict_has_no_side_effects(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under opt-out, the first run's verdict is a ShowNotice action: nothing is shown or
+    written until the action is performed, and performing it records the notice."""
+    monkeypatch.setenv(PREFIX + "CONSENT_POLICY", "opt-out")
+    notices: list[str] = []
+    inputs = ConsentInputs(_settings(), store, on_notice=notices.append)
+    verdict = policy_verdict(inputs)
+    assert verdict == ShowNotice(notices.append, store)
+    assert notices == []
+    assert not store.path.exists()
+    assert isinstance(verdict, ShowNotice)
+    assert verdict.perform() == ConsentVote(
+        False, "opt-out policy; the notice was shown this run, so nothing is sent"
+    )
+    assert notices == [NOTICE]
+    assert store.read().notice_shown_at
+
+
+@pytest.mark.parametrize(
+    ("policy", "on_notice", "record", "reason"),
+    [
+        ("opt-in", print, True, "opt-in policy and not enabled yet"),
+        ("opt-out", None, True, "the app gave no way to show the notice (on_notice)"),
+        ("opt-out", print, False, "opt-out policy; the notice has not been shown yet"),
+    ],
+)
+def test_policy_verdict_without_a_notice_to_show(
+    store: StateStore,
+    monkeypatch: pytest.MonkeyPatch,
+    policy: str,
+    on_notice: Callable[[str], None] | None,
+    record: bool,
+    reason: str,
+) -> None:
+    """Opt-in, opt-out with no on_notice, and a read-only look all vote off at once."""
+    monkeypatch.setenv(PREFIX + "CONSENT_POLICY", policy)
+    verdict = policy_verdict(
+        ConsentInputs(_settings(), store, on_notice=on_notice, record_notice=record)
+    )
+    assert isinstance(verdict, ConsentVote)
+    assert not verdict.allowed
+    assert reason in verdict.reason
+    assert not store.path.exists()
+
+
+def test_show_notice_that_cannot_be_recorded_stays_off(tmp_path: Path) -> None:
+    """Performing ShowNotice when the state file cannot be written: off, "not recorded"."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x", encoding="utf-8")
+    notices: list[str] = []
+    vote = ShowNotice(notices.append, StateStore(blocker / "state")).perform()
+    assert vote == ConsentVote(False, "opt-out policy, but the notice could not be recorded")
+    assert notices == [NOTICE]
+
+
+def test_show_notice_whose_callback_fails_stays_off(store: StateStore) -> None:
+    """Performing ShowNotice with a callback that raises: off, and nothing recorded."""
+
+    def broken(text: str) -> None:
+        raise RuntimeError("no terminal")
+
+    vote = ShowNotice(broken, store).perform()
+    assert vote == ConsentVote(False, "opt-out policy, but showing the notice failed")
+    assert not store.path.exists()
 
 
 # -- an empty value means unset ------------------------------------------------------------------

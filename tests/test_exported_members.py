@@ -68,9 +68,10 @@ def module_name(path: Path) -> str:
 
 
 def test_dependencies_point_one_way() -> None:
-    """Only __init__, flags, testing and the events helpers import the client; privacy and
-    sinks know neither client nor consent; event models import only the privacy core; only
-    _posthog.py imports posthog."""
+    """The layout's import directions: only __init__, _api and testing import the client;
+    events, privacy and sinks never do (nor consent, the worker, settings or state); the
+    client's core, start-up and process modules never import the façade; event models import
+    only the privacy core; only _posthog.py imports posthog."""
     for path in PACKAGE.rglob("*.py"):
         name = module_name(path)
         imported = imports_of(path)
@@ -78,19 +79,30 @@ def test_dependencies_point_one_way() -> None:
         if "codeweaver_telemetry.client" in ours:
             assert name in {
                 "codeweaver_telemetry",
-                "codeweaver_telemetry.flags",
+                "codeweaver_telemetry._api",
                 "codeweaver_telemetry.testing",
-                "codeweaver_telemetry.events",  # the module-level helpers, lazily
             }, name
-        if name.startswith("codeweaver_telemetry.events."):
+        if name.startswith("codeweaver_telemetry.events"):
             allowed = (
                 "codeweaver_telemetry.privacy",
                 "codeweaver_telemetry.events",
                 "codeweaver_telemetry._types",
+                "codeweaver_telemetry._api",  # the helpers' old names, looked up lazily
             )
             assert all(m.startswith(allowed) for m in ours), (name, ours)
+        if name in {
+            "codeweaver_telemetry._core",
+            "codeweaver_telemetry._startup",
+            "codeweaver_telemetry._process",
+            "codeweaver_telemetry._session",
+            "codeweaver_telemetry._snapshot",
+            "codeweaver_telemetry._worker",
+            "codeweaver_telemetry._delivery",
+        }:
+            assert "codeweaver_telemetry.client" not in ours, name
+            assert "codeweaver_telemetry._api" not in ours, name
         if name.startswith(("codeweaver_telemetry.privacy", "codeweaver_telemetry.sinks")):
-            for forbidden in ("client", "consent", "_worker", "settings", "state"):
+            for forbidden in ("client", "consent", "_worker", "settings", "state", "_api"):
                 assert f"codeweaver_telemetry.{forbidden}" not in ours, (name, forbidden)
         if name.startswith("codeweaver_telemetry.sinks"):
             assert "codeweaver_telemetry.pipeline" not in ours

@@ -14,7 +14,6 @@ given (cut to length); scrubbing happens later in the pipeline.
 
 from __future__ import annotations
 
-import decimal
 import enum
 import functools
 import math
@@ -27,6 +26,12 @@ from typing import Any, ParamSpec, cast
 import attrs
 
 from codeweaver_telemetry.events.errors import type_name
+from codeweaver_telemetry.privacy.conversions import (
+    MAX_COUNTED_KEYS,
+    OTHER_KEY,
+    STATISTICS_KEY_LENGTH,
+    finite_float,
+)
 
 __all__ = [
     "MAX_BUCKETS",
@@ -47,14 +52,11 @@ RELATIVE_ACCURACY = 0.01
 MAX_BUCKETS = 2048
 """Most buckets one :class:`LatencySketch` holds; beyond it the lowest buckets are merged."""
 
-MAX_KEYS = 100
+MAX_KEYS = MAX_COUNTED_KEYS
 """Most distinct keys in each string-keyed map of :class:`SessionStatistics`."""
 
-MAX_KEY_CHARS = 64
+MAX_KEY_CHARS = STATISTICS_KEY_LENGTH
 """Keys are cut to this many characters."""
-
-OTHER_KEY = "<other>"
-"""The key counting every new key once a map already holds :data:`MAX_KEYS` keys."""
 
 _GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
 _LOG_GAMMA = math.log(_GAMMA)
@@ -80,20 +82,6 @@ def _as_duration(value: object) -> float | None:
     """``value`` as a finite, non-negative float (a duration), or None."""
     result = finite_float(value)
     return result if result is not None and result >= 0 else None
-
-
-def finite_float(value: object) -> float | None:
-    """``value`` as a finite float: any real number (int, float, Decimal, Fraction, numpy
-    scalars); None for bools, non-numbers, NaN, infinities and numbers too large."""
-    if type(value) is float:  # the common case, first
-        return value if math.isfinite(value) else None
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal)):
-        return None
-    try:
-        result = float(value)
-    except (ArithmeticError, ValueError, TypeError):  # 10**400 overflows
-        return None
-    return result if math.isfinite(result) else None
 
 
 def _as_count(value: object) -> int:
@@ -293,7 +281,7 @@ class LatencySketch:
         avg = self._sum / self._count
         return {
             "count": self._count,
-            "avg": round(avg, 3) if math.isfinite(avg) else None,
+            "avg": None if (finite := finite_float(avg)) is None else round(finite, 3),
             "min": round(self._min, 3),
             "max": round(self._max, 3),
             "p50": None if p50 is None else round(p50, 3),
@@ -495,7 +483,7 @@ class SessionStatistics:
             self._recorded = True
             self._failover_count += 1
             total = self._failover_seconds + max(0.0, duration)
-            if math.isfinite(total):
+            if finite_float(total) is not None:
                 self._failover_seconds = total
 
     @_quiet

@@ -44,6 +44,9 @@ Details:
   it is read). It converts like "other": nothing of a half-read collection is counted or
   summed. HASH still gives hex16: see
   :func:`~codeweaver_telemetry.privacy.hashing.canonical_bytes`.
+- The limits on keys (:data:`MAX_COUNTED_KEYS`, the ``*_KEY_LENGTH`` constants,
+  :data:`OTHER_KEY`) and :func:`finite_float` are defined here once for the whole package:
+  the session statistics and the pipeline's size cap use them too.
 - "huge": an int of more digits than Python writes in decimal (4300 by default) is skipped
   by DISTRIBUTION, like NaN. An AGGREGATE beyond 64 bits (|sum| >= 2**63) is a float, like
   every int of that size in the output, and 0 beyond the float range, like infinity.
@@ -54,17 +57,22 @@ Details:
 
 from __future__ import annotations
 
+import decimal
 import enum
 import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping, Sized
 
 from codeweaver_telemetry.privacy.hashing import keyed_hash
-from codeweaver_telemetry.privacy.scrubber import scrub_cut
 
 __all__ = [
     "DISTRIBUTION_KEY_LENGTH",
     "DISTRIBUTION_MAX_KEYS",
+    "MAX_COUNTED_KEYS",
     "OTHER_KEY",
+    "PROPERTY_KEY_LENGTH",
+    "STATISTICS_KEY_LENGTH",
+    "finite_float",
     "scalar_text",
     "to_aggregate",
     "to_boolean",
@@ -75,11 +83,22 @@ __all__ = [
     "valid_text",
 ]
 
-DISTRIBUTION_MAX_KEYS = 100
+# -- the limits on keys, for the whole package ------------------------------------------------
+OTHER_KEY = "<other>"
+"""The key that sums the counts a capped map had no room for: in a DISTRIBUTION, in each map
+of session statistics, and where the pipeline halves a map of counts to fit an event."""
+MAX_COUNTED_KEYS = 100
+"""At most this many distinct keys (besides :data:`OTHER_KEY`) in a DISTRIBUTION and in each
+string-keyed map of session statistics."""
+DISTRIBUTION_MAX_KEYS = MAX_COUNTED_KEYS
 """At most this many distinct keys in a DISTRIBUTION; the rest are summed under OTHER_KEY."""
 DISTRIBUTION_KEY_LENGTH = 100
 """DISTRIBUTION keys are cut to this many characters."""
-OTHER_KEY = "<other>"
+STATISTICS_KEY_LENGTH = 64
+"""Keys of the session statistics maps (and event labels) are cut to this many characters."""
+PROPERTY_KEY_LENGTH = 200
+"""Event property keys, ``$feature/<key>`` flag keys and flag string values are cut to this
+many characters by the pipeline."""
 
 _COLLECTIONS = (list, tuple, set, frozenset, dict)
 _BINARY = (bytes, bytearray, memoryview)
@@ -104,6 +123,28 @@ def valid_text(text: str) -> str:
         # mark and the decoder takes exactly that one, so a U+FEFF in the text is kept.
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
+
+
+def finite_float(value: object) -> float | None:
+    """``value`` as a finite float, or None.
+
+    Any real number converts (int, float, Decimal, Fraction, numpy scalars); None for
+    bools, non-numbers, NaN, infinities and numbers beyond the float range. A float (or a
+    float subclass) is read as its own value, never through an overridden ``__float__``.
+    The one finite-number check of the package: NaN and infinities are not JSON.
+    """
+    if type(value) is float:  # the common case, first
+        return value if math.isfinite(value) else None
+    if isinstance(value, float):
+        result = float.__float__(value)
+    elif isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal)):
+        return None
+    else:
+        try:
+            result = float(value)
+        except (ArithmeticError, ValueError, TypeError):  # 10**400 overflows
+            return None
+    return result if math.isfinite(result) else None
 
 
 def _unwrap(value: object) -> object:
@@ -184,7 +225,7 @@ def scalar_text(item: object) -> str | None:
 
 def _distribution_key(item: object) -> str | None:
     item = _unwrap(item)
-    if isinstance(item, float) and not math.isfinite(item):
+    if isinstance(item, float) and finite_float(item) is None:  # NaN and infinities
         return None
     return scalar_text(item)
 
@@ -201,6 +242,10 @@ def _items(value: object) -> Iterable[object]:
 
 def to_distribution(value: object, scrub: Callable[[str], str]) -> dict[str, int]:
     """``{item: count}`` over the scalar items of a collection (dict: its values)."""
+    # Imported here: the key limits and finite_float above stay importable (by the session
+    # statistics) without loading the scrubber.
+    from codeweaver_telemetry.privacy.scrubber import scrub_cut
+
     value = _unwrap(value)
     if value is None:
         return {}
@@ -235,8 +280,8 @@ def _number(item: object) -> int | float | None:
     # The base types' own conversions: a subclass's __add__ or __index__ may raise.
     if isinstance(item, int):
         return item if type(item) is int else int.__index__(item)
-    if isinstance(item, float) and math.isfinite(item):
-        return item if type(item) is float else float.__float__(item)
+    if isinstance(item, float):
+        return finite_float(item)  # its own value; NaN and infinities are skipped
     return None
 
 
@@ -250,14 +295,10 @@ def to_aggregate(value: object) -> int | float:
                 total += number
     except Exception:  # unreadable: nothing of a half-read collection is summed
         return 0
-    if isinstance(total, int):
-        if -_INT_LIMIT < total < _INT_LIMIT:
-            return total
-        try:
-            total = float(total)
-        except OverflowError:
-            return 0
-    return total if math.isfinite(total) else 0
+    if isinstance(total, int) and -_INT_LIMIT < total < _INT_LIMIT:
+        return total
+    result = finite_float(total)  # beyond 64 bits: a float; beyond the float range: 0
+    return 0 if result is None else result
 
 
 def to_text_count(value: object) -> int:

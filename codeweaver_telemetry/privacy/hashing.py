@@ -5,43 +5,40 @@ The key never leaves the machine. Without it, a hash cannot be matched against a
 of likely values (paths, repository names, e-mail addresses), and two installs hash the same
 value differently. Output is 16 lowercase hex characters (64 bits): short enough to be a plain
 JSON string, long enough that collisions inside one install are negligible for analytics.
+
+The key is always passed explicitly: the client holds the install's key (kept in
+``state.json``) and hands it to its own pipeline. A direct ``serialize_for_telemetry()``
+call without ``key_provider=`` uses :func:`get_default_key_provider`, a random key of this
+process that nothing can replace, so no client changes what another caller's hashes are.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import hashlib
 import json
-import os
 import secrets
-import tempfile
-import threading
-from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
-
-from codeweaver_telemetry._files import read_regular
-from codeweaver_telemetry._internal import in_forked_child
 
 __all__ = [
     "HASH_HEX_LENGTH",
-    "FileKeyProvider",
     "InMemoryKeyProvider",
     "KeyProvider",
     "KeyedHasher",
     "canonical_bytes",
     "get_default_key_provider",
     "keyed_hash",
-    "set_default_key_provider",
 ]
 
 HASH_HEX_LENGTH = 16
 """Length of every HASH output, in lowercase hex characters."""
 
 _KEY_BYTES = 32
-_MAX_KEY_FILE_BYTES = 4096
 KEY_FILE_NAME = "hash_key"
+"""The key file the removed ``FileKeyProvider`` kept in the state directory. The library
+no longer writes it; the name stays so that ``codeweaver-telemetry`` can still delete one
+left by an earlier version."""
 
 
 @runtime_checkable
@@ -56,8 +53,8 @@ class KeyProvider(Protocol):
 class InMemoryKeyProvider:
     """A key held in memory: random per instance unless one is given.
 
-    This is the default until the client wires the install's stored key: hashes are then
-    stable within the process only, which is the safe failure (never a guessable hash).
+    The client wraps the install's stored key in one. Without a key, hashes are stable
+    within the process only, which is the safe failure (never a guessable hash).
     """
 
     def __init__(self, key: bytes | None = None) -> None:
@@ -73,110 +70,17 @@ class InMemoryKeyProvider:
         return "InMemoryKeyProvider(<secret>)"
 
 
-class FileKeyProvider:
-    """A key kept in ``<state_dir>/hash_key``, created on first use with mode 0600.
-
-    Creation is safe with several processes at once: the key is written to a private temp
-    file and linked into place; if another process won the race, its key is used. Nothing
-    is ever written through a symbolic link planted at the path (a hard link or rename
-    never follows one). The file is read without blocking and at most 4 KiB of it: a FIFO,
-    a device or a larger file at the path makes :meth:`key` raise an ``OSError``.
-
-    Args:
-        state_dir: the directory that holds the key file. It is created (0700) on first use.
-    """
-
-    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
-        self._path = Path(state_dir) / KEY_FILE_NAME
-        self._key: bytes | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def path(self) -> Path:
-        """Where the key lives."""
-        return self._path
-
-    def key(self) -> bytes:
-        """Return the stored key, creating it on first use.
-
-        Raises:
-            OSError: the key file cannot be read or created (not a regular file, too
-                large, permissions...).
-            ValueError: the key file does not hold a key (not hex, or too short).
-        """
-        if self._key is None:
-            with self._lock:
-                if self._key is None:
-                    self._key = self._load_or_create()
-        return self._key
-
-    def _load_or_create(self) -> bytes:
-        existing = self._read()
-        if existing is not None:
-            return existing
-        self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".hash_key.", dir=self._path.parent)
-        try:
-            os.write(fd, secrets.token_hex(_KEY_BYTES).encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.chmod(tmp, 0o600)
-            try:
-                os.link(tmp, self._path)  # atomic, and fails if another process got there first
-            except FileExistsError:
-                pass
-            except OSError:  # no hard links on this file system
-                if not self._path.exists():
-                    os.replace(tmp, self._path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        stored = self._read()
-        if stored is None:
-            raise OSError(f"could not read back the HASH key at {self._path}")
-        return stored
-
-    def _read(self) -> bytes | None:
-        # Bounded and non-blocking: a FIFO or a device planted at the path is refused with
-        # an OSError instead of hanging the worker, and so is a file over 4 KiB.
-        try:
-            data = read_regular(self._path, _MAX_KEY_FILE_BYTES)
-        except FileNotFoundError:
-            return None
-        key = bytes.fromhex(data.decode("ascii").strip())
-        if len(key) < 16:
-            raise ValueError(f"the HASH key file {self._path} is too short; delete it to renew")
-        return key
-
-    def __repr__(self) -> str:
-        return f"FileKeyProvider({str(self._path.parent)!r})"
-
-
-_default_lock = threading.Lock()
-
-
-def _renew_default_lock() -> None:  # a fork may land while another thread holds it
-    global _default_lock
-    _default_lock = threading.Lock()
-
-
-in_forked_child(_renew_default_lock)
-_default_provider: KeyProvider = InMemoryKeyProvider()
+_PROCESS_KEY_PROVIDER: KeyProvider = InMemoryKeyProvider()
 
 
 def get_default_key_provider() -> KeyProvider:
-    """Return the provider used when ``serialize_for_telemetry`` is not given one."""
-    return _default_provider
+    """The provider used when ``serialize_for_telemetry`` is not given one.
 
-
-def set_default_key_provider(provider: KeyProvider) -> KeyProvider:
-    """Install ``provider`` as the process default and return the previous one."""
-    global _default_provider
-    with _default_lock:
-        previous, _default_provider = _default_provider, provider
-    return previous
+    One :class:`InMemoryKeyProvider` per process, with a random key that is never written
+    anywhere: its hashes are stable within the process only. Nothing replaces it; pass
+    ``key_provider=client.key_provider`` for the install's stable hashes.
+    """
+    return _PROCESS_KEY_PROVIDER
 
 
 def _json_default(value: object) -> object:

@@ -29,6 +29,10 @@ Serialization never raises for a value it reads (only :class:`TelemetryRuleError
 rules, and the key provider's error when a HASH key cannot be had): a value that raises
 while it is read (a mapping whose ``items()`` raises, a sequence whose iteration raises, a
 model field whose getter raises) is not sent, as if absent, and logged once per type.
+
+Two bases carry the rules: :class:`TelemetryModel` for pydantic models and
+:class:`TelemetryMixin` for attrs classes and stdlib dataclasses (``BasedModel`` and
+``DataclassSerializationMixin`` are their former names, kept as aliases).
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
-import math
 import threading
 import uuid
 from collections.abc import Callable, Mapping
@@ -48,7 +51,7 @@ from pydantic import BaseModel
 
 from codeweaver_telemetry._internal import in_forked_child, log_once
 from codeweaver_telemetry.privacy import conversions
-from codeweaver_telemetry.privacy.conversions import valid_text
+from codeweaver_telemetry.privacy.conversions import finite_float, valid_text
 from codeweaver_telemetry.privacy.hashing import (
     KeyedHasher,
     KeyProvider,
@@ -65,6 +68,8 @@ __all__ = [
     "BasedModel",
     "DataclassSerializationMixin",
     "FilteredKey",
+    "TelemetryMixin",
+    "TelemetryModel",
     "TelemetryRuleError",
     "serialize_for_telemetry",
 ]
@@ -281,8 +286,7 @@ def _h_int(w: _Walker, v: Any, trusted: bool) -> Any:
 
 
 def _h_float(w: _Walker, v: Any, trusted: bool) -> Any:
-    v = float(v)
-    return v if math.isfinite(v) else None
+    return finite_float(float(v))  # float() first: a __float__ that raises means "not sent"
 
 
 def _h_bool(w: _Walker, v: Any, trusted: bool) -> Any:
@@ -617,7 +621,7 @@ def _sort_key(item: Any) -> tuple[str, str]:
 
 
 class _TelemetryRules:
-    """The rule hooks shared by :class:`BasedModel` and :class:`DataclassSerializationMixin`."""
+    """The rule hooks shared by :class:`TelemetryModel` and :class:`TelemetryMixin`."""
 
     __slots__ = ()
 
@@ -665,8 +669,11 @@ class _TelemetryRules:
 
         Args:
             by_alias: key the output by field aliases instead of field names.
-            key_provider: the HASH key; defaults to the process default (the install's key
-                once the client has consent, otherwise a random per-process key).
+            key_provider: the HASH key. Pass ``key_provider=client.key_provider`` for the
+                install's stable hashes (the ones the client's events carry). Without it,
+                a random key of this process is used
+                (:func:`~codeweaver_telemetry.privacy.hashing.get_default_key_provider`):
+                hashes are then stable within the process only.
             scrubber: the string scrubber; defaults to :func:`scrub`.
 
         Returns:
@@ -695,10 +702,17 @@ def serialize_for_telemetry(
     JSON-safe and scrubbed. Returns None for a value that is not sent at all (bytes, an
     unknown object).
 
+    HASH values depend on the key: pass ``key_provider=client.key_provider`` for the
+    install's stable hashes, the same ones the client's events carry. A call without it
+    hashes under a random key of this process
+    (:func:`~codeweaver_telemetry.privacy.hashing.get_default_key_provider`), never written
+    anywhere: stable within the process only, and never the install's key, whatever
+    clients exist.
+
     Args:
         obj: the value.
         by_alias: key model output by field aliases.
-        key_provider: the HASH key (default: the process default).
+        key_provider: the HASH key (default: the per-process random key, see above).
         scrubber: the string scrubber (default: :func:`scrub`).
         max_string_chars: scrub only the first this many characters of a longer string, cut
             at whitespace and marked as cut (see
@@ -712,8 +726,10 @@ def serialize_for_telemetry(
     return None if result is _ABSENT else result
 
 
-class BasedModel(_TelemetryRules, BaseModel):
+class TelemetryModel(_TelemetryRules, BaseModel):
     """A pydantic v2 model with privacy rules and ``serialize_for_telemetry()``.
+
+    Formerly ``BasedModel`` (still an alias).
 
     Class options (set in the class body):
 
@@ -729,10 +745,18 @@ class BasedModel(_TelemetryRules, BaseModel):
     _telemetry_trusted: ClassVar[frozenset[str]] = frozenset()
 
 
-class DataclassSerializationMixin(_TelemetryRules):
-    """Mix into an attrs class or a stdlib dataclass for ``serialize_for_telemetry()``.
+class TelemetryMixin(_TelemetryRules):
+    """Mix into an attrs class or a stdlib dataclass for privacy rules and
+    ``serialize_for_telemetry()``.
 
-    The same class options as :class:`BasedModel` apply. Works with slotted classes.
+    The same class options as :class:`TelemetryModel` apply. Works with slotted classes.
+    Formerly ``DataclassSerializationMixin`` (still an alias).
     """
 
     __slots__ = ()
+
+
+BasedModel = TelemetryModel
+"""Former name of :class:`TelemetryModel`, kept as an alias."""
+DataclassSerializationMixin = TelemetryMixin
+"""Former name of :class:`TelemetryMixin`, kept as an alias."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import enum
+import fractions
 import math
 from typing import Any
 
@@ -11,9 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codeweaver_telemetry import AnonymityConversion, BasedModel, FilteredKey
+from codeweaver_telemetry import AnonymityConversion, FilteredKey
 from codeweaver_telemetry.privacy import conversions
+from codeweaver_telemetry.privacy.conversions import finite_float
 from codeweaver_telemetry.privacy.hashing import InMemoryKeyProvider, keyed_hash
+from codeweaver_telemetry.privacy.rules import TelemetryModel
 
 KEY = b"k" * 32
 PROVIDER = InMemoryKeyProvider(KEY)
@@ -34,7 +38,7 @@ class Opaque:
     """An arbitrary object with no JSON form."""
 
 
-class Holder(BasedModel):
+class Holder(TelemetryModel):
     model_config = {"arbitrary_types_allowed": True}
     v: Any = None
     conv: Any = None
@@ -163,6 +167,63 @@ def test_aggregate_ignores_bools_and_non_finite() -> None:
     assert run(C.AGGREGATE, [1, True, NAN, math.inf, "3", 2.0])["v"] == 3.0
     assert run(C.AGGREGATE, [1, 2, 3])["v"] == 6
     assert isinstance(run(C.AGGREGATE, [1, 2, 3])["v"], int)
+
+
+def test_key_limits_are_defined_once() -> None:
+    """The limits on keys and the overflow key, as documented (one definition each)."""
+    assert conversions.OTHER_KEY == "<other>"
+    assert conversions.MAX_COUNTED_KEYS == conversions.DISTRIBUTION_MAX_KEYS == 100
+    assert conversions.DISTRIBUTION_KEY_LENGTH == 100
+    assert conversions.STATISTICS_KEY_LENGTH == 64
+    assert conversions.PROPERTY_KEY_LENGTH == 200
+
+
+def test_distribution_keys_are_cut_to_the_key_length() -> None:
+    """A long DISTRIBUTION key is cut to DISTRIBUTION_KEY_LENGTH characters."""
+    (key,) = run(C.DISTRIBUTION, ["x" * 150])["v"]
+    assert key == "x" * conversions.DISTRIBUTION_KEY_LENGTH
+
+
+class LyingFloat(float):
+    def __float__(self) -> float:
+        raise RuntimeError("no float")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1.5, 1.5),
+        (-0.0, -0.0),
+        (3, 3.0),
+        (decimal.Decimal("2.5"), 2.5),
+        (fractions.Fraction(1, 4), 0.25),
+        (LyingFloat(2.0), 2.0),
+        (NAN, None),
+        (math.inf, None),
+        (-math.inf, None),
+        (decimal.Decimal("NaN"), None),
+        (decimal.Decimal("Infinity"), None),
+        (10**400, None),
+        (True, None),
+        (False, None),
+        ("1.5", None),
+        (None, None),
+        ([1.0], None),
+    ],
+)
+def test_finite_float(value: object, expected: float | None) -> None:
+    """finite_float: any real number as a finite float; None for bools, non-numbers, NaN,
+    infinities and numbers beyond the float range; a float subclass read as its value."""
+    result = finite_float(value)
+    assert result == expected
+    assert result is None or type(result) is float
+
+
+def test_aggregate_beyond_the_float_range_is_zero() -> None:
+    """An int AGGREGATE beyond 64 bits is a float, and 0 beyond the float range."""
+    assert run(C.AGGREGATE, [2**63, 1])["v"] == float(2**63 + 1)
+    assert run(C.AGGREGATE, [10**400])["v"] == 0
+    assert run(C.AGGREGATE, [1e308, 1e308])["v"] == 0
 
 
 class BadBool:

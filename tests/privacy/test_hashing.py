@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing
+import json
 import os
-import stat
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from codeweaver_telemetry import FileKeyProvider, InMemoryKeyProvider
+import codeweaver_telemetry
+from codeweaver_telemetry.privacy import hashing
 from codeweaver_telemetry.privacy.hashing import (
+    InMemoryKeyProvider,
     canonical_bytes,
     get_default_key_provider,
     keyed_hash,
-    set_default_key_provider,
 )
-from tests.helpers import within
 
 
 def test_in_memory_keys_differ_per_instance() -> None:
@@ -41,51 +40,55 @@ def test_repr_never_shows_the_key() -> None:
     assert "hunter2" not in repr(p)
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
-def test_file_provider_creates_a_private_key_once(tmp_path: Path) -> None:
-    """The key file is created on first use with mode 0600 and reused afterwards."""
-    state = tmp_path / "state"
-    p = FileKeyProvider(state)
-    assert not state.exists(), "nothing is written before the key is needed"
-    key = p.key()
-    assert stat.S_IMODE(os.stat(p.path).st_mode) == 0o600
-    assert FileKeyProvider(state).key() == key
-    assert len(key) == 32
-    assert list(state.iterdir()) == [p.path], "no temp files are left behind"
+def test_default_provider_is_one_random_key_per_process() -> None:
+    """Without key_provider=, hashing uses one in-memory provider per process: the same on
+    every call, a random key of full length."""
+    provider = get_default_key_provider()
+    assert isinstance(provider, InMemoryKeyProvider)
+    assert get_default_key_provider() is provider
+    assert len(provider.key()) == 32
+    assert provider.key() == provider.key()
 
 
-def _key_in_child(state: str, queue: multiprocessing.Queue[bytes]) -> None:
-    queue.put(FileKeyProvider(state).key())
+def test_default_provider_cannot_be_replaced() -> None:
+    """Nothing installs a process-wide key any more: the key is passed explicitly, so no
+    client decides what another caller's hashes are."""
+    assert not hasattr(hashing, "set_default_key_provider")
+    assert not hasattr(hashing, "FileKeyProvider")
+    assert "set_default_key_provider" not in hashing.__all__
 
 
-def test_file_provider_is_safe_across_processes(tmp_path: Path) -> None:
-    """Several processes creating the key at once all end up with the same key."""
-    ctx = multiprocessing.get_context("spawn")
-    queue: multiprocessing.Queue[bytes] = ctx.Queue()
-    procs = [ctx.Process(target=_key_in_child, args=(str(tmp_path), queue)) for _ in range(4)]
-    for proc in procs:
-        proc.start()
-    keys = {queue.get(timeout=30) for _ in procs}
-    for proc in procs:
-        proc.join(timeout=30)
-    assert keys == {FileKeyProvider(tmp_path).key()}
+_KEY_PROBE = """
+import json, os
+from codeweaver_telemetry.privacy.hashing import get_default_key_provider
+before = set(os.listdir("."))
+key = get_default_key_provider().key().hex()
+print(json.dumps({"key": key, "written": sorted(set(os.listdir(".")) - before)}))
+"""
 
 
-def test_corrupt_key_file_is_an_error_not_a_weak_key(tmp_path: Path) -> None:
-    """A truncated key file is refused rather than used as a weak key."""
-    (tmp_path / "hash_key").write_text("abcd")
-    with pytest.raises(ValueError, match="too short"):
-        FileKeyProvider(tmp_path).key()
-
-
-def test_default_provider_can_be_swapped() -> None:
-    """The process default can be replaced (the client wires the install key this way)."""
-    mine = InMemoryKeyProvider(b"m" * 32)
-    previous = set_default_key_provider(mine)
-    try:
-        assert get_default_key_provider() is mine
-    finally:
-        set_default_key_provider(previous)
+def test_default_key_differs_per_process_and_is_never_written(tmp_path: Path) -> None:
+    """Two processes get two different default keys (hashes stable within a process only),
+    and the key is not written anywhere (not even the working directory)."""
+    root = Path(codeweaver_telemetry.__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "CODEWEAVER_HOME": str(tmp_path / "home")}
+    runs = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", _KEY_PROBE],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            ).stdout
+        )
+        for _ in range(2)
+    ]
+    assert runs[0]["key"] != runs[1]["key"]
+    assert [run["written"] for run in runs] == [[], []]
+    assert not (tmp_path / "home").exists()
 
 
 def test_canonical_bytes_separate_types() -> None:
@@ -104,63 +107,6 @@ def test_keyed_hash_is_standard_hmac_sha256(key: bytes, value: object) -> None:
     expected = hmac.new(key, canonical_bytes(value), hashlib.sha256).hexdigest()[:16]
     assert keyed_hash(value, key) == expected
     assert keyed_hash(value, key) == expected, "the remembered result is the same"
-
-
-# The key file: bounded, non-blocking, never written through a link -----------------------
-posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file system features")
-
-
-@posix_only
-def test_a_fifo_at_the_key_path_raises_at_once(tmp_path: Path) -> None:
-    """A FIFO planted at hash_key makes key() raise an OSError at once, never hang (opening
-    a FIFO for reading would wait for a writer forever)."""
-    fifo = tmp_path / "hash_key"
-    os.mkfifo(fifo)
-    provider = FileKeyProvider(tmp_path)
-    try:
-        outcome = within(provider.key)
-    finally:
-        # If a regression left the reader blocked in open(), a writer lets it go.
-        with contextlib.suppress(OSError):
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-    assert isinstance(outcome, OSError)
-    assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO is left as it was"
-
-
-def test_an_oversized_key_file_is_refused(tmp_path: Path) -> None:
-    """A key file far larger than any real one is refused with an OSError, not read whole."""
-    (tmp_path / "hash_key").write_text("ab" * 8192, encoding="ascii")
-    with pytest.raises(OSError, match="larger than"):
-        FileKeyProvider(tmp_path).key()
-
-
-@posix_only
-def test_a_dangling_symlink_at_the_key_path_is_never_written_through(tmp_path: Path) -> None:
-    """hash_key planted as a link to a file that does not exist: the key is not written
-    through it (the file it names is never created), and key() raises an OSError."""
-    victim = tmp_path / "elsewhere" / "victim"
-    victim.parent.mkdir()
-    state = tmp_path / "state"
-    state.mkdir()
-    os.symlink(victim, state / "hash_key")
-    with pytest.raises(OSError, match="could not read back"):
-        FileKeyProvider(state).key()
-    assert not victim.exists()
-    assert os.path.islink(state / "hash_key")
-    assert [p.name for p in state.iterdir()] == ["hash_key"], "no temp file is left behind"
-
-
-@posix_only
-def test_a_symlink_to_a_file_is_never_written_through(tmp_path: Path) -> None:
-    """hash_key planted as a link to someone else's file: that file is left untouched."""
-    victim = tmp_path / "victim.txt"
-    victim.write_text("precious\n", encoding="utf-8")
-    state = tmp_path / "state"
-    state.mkdir()
-    os.symlink(victim, state / "hash_key")
-    with pytest.raises(ValueError, match="hexadecimal"):  # read through the link: no key
-        FileKeyProvider(state).key()
-    assert victim.read_text(encoding="utf-8") == "precious\n"
 
 
 # canonical_bytes never raises --------------------------------------------------------------

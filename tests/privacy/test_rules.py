@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,15 +21,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ConfigDict, Field
 
+import codeweaver_telemetry
 from codeweaver_telemetry import (
     AnonymityConversion,
-    BasedModel,
-    DataclassSerializationMixin,
     FilteredKey,
+    InMemorySink,
+    TelemetryClient,
     TelemetryRuleError,
 )
-from codeweaver_telemetry.privacy.hashing import InMemoryKeyProvider
-from codeweaver_telemetry.privacy.rules import CYCLE_MARKER, serialize_for_telemetry
+from codeweaver_telemetry.privacy import rules
+from codeweaver_telemetry.privacy.hashing import InMemoryKeyProvider, get_default_key_provider
+from codeweaver_telemetry.privacy.rules import (
+    CYCLE_MARKER,
+    TelemetryMixin,
+    TelemetryModel,
+    serialize_for_telemetry,
+)
 
 C = AnonymityConversion
 K = FilteredKey
@@ -55,7 +63,7 @@ def strict_rules(self: object) -> dict[FilteredKey, AnonymityConversion]:
     return {K("files"): C.COUNT}
 
 
-class PRepo(BasedModel):
+class PRepo(TelemetryModel):
     name: str
     path: str
     files: list[str]
@@ -63,7 +71,7 @@ class PRepo(BasedModel):
     _telemetry_keys = repo_rules  # type: ignore[assignment]
 
 
-class PWorkspace(BasedModel):
+class PWorkspace(TelemetryModel):
     label: str
     repos: list[PRepo]
     by_name: dict[str, PRepo]
@@ -72,7 +80,7 @@ class PWorkspace(BasedModel):
     _telemetry_keys = workspace_rules  # type: ignore[assignment]
 
 
-class PStrict(BasedModel):
+class PStrict(TelemetryModel):
     _telemetry_strict: ClassVar[bool] = True
     _telemetry_allow: ClassVar[frozenset[str]] = frozenset({"version"})
     _telemetry_trusted: ClassVar[frozenset[str]] = frozenset({"mode"})
@@ -84,7 +92,7 @@ class PStrict(BasedModel):
 
 
 @attrs.define
-class ARepo(DataclassSerializationMixin):
+class ARepo(TelemetryMixin):
     name: str
     path: str
     files: list[str]
@@ -93,7 +101,7 @@ class ARepo(DataclassSerializationMixin):
 
 
 @attrs.define
-class AWorkspace(DataclassSerializationMixin):
+class AWorkspace(TelemetryMixin):
     label: str
     repos: list[ARepo]
     by_name: dict[str, ARepo]
@@ -103,7 +111,7 @@ class AWorkspace(DataclassSerializationMixin):
 
 
 @attrs.define
-class AStrict(DataclassSerializationMixin):
+class AStrict(TelemetryMixin):
     _telemetry_strict: ClassVar[bool] = True
     _telemetry_allow: ClassVar[frozenset[str]] = frozenset({"version"})
     _telemetry_trusted: ClassVar[frozenset[str]] = frozenset({"mode"})
@@ -115,7 +123,7 @@ class AStrict(DataclassSerializationMixin):
 
 
 @dataclasses.dataclass
-class DRepo(DataclassSerializationMixin):
+class DRepo(TelemetryMixin):
     name: str
     path: str
     files: list[str]
@@ -124,7 +132,7 @@ class DRepo(DataclassSerializationMixin):
 
 
 @dataclasses.dataclass
-class DWorkspace(DataclassSerializationMixin):
+class DWorkspace(TelemetryMixin):
     label: str
     repos: list[DRepo]
     by_name: dict[str, DRepo]
@@ -134,7 +142,7 @@ class DWorkspace(DataclassSerializationMixin):
 
 
 @dataclasses.dataclass
-class DStrict(DataclassSerializationMixin):
+class DStrict(TelemetryMixin):
     _telemetry_strict: ClassVar[bool] = True
     _telemetry_allow: ClassVar[frozenset[str]] = frozenset({"version"})
     _telemetry_trusted: ClassVar[frozenset[str]] = frozenset({"mode"})
@@ -195,7 +203,7 @@ def test_hash_is_stable_within_an_install(kind: str) -> None:
 
 
 # 2. Alias-aware ------------------------------------------------------------------------
-class PAliased(BasedModel):
+class PAliased(TelemetryModel):
     model_config = ConfigDict(populate_by_name=True)
     query_text: str = Field(alias="queryText")
     user_path: str = Field(serialization_alias="userPath")
@@ -207,7 +215,7 @@ class PAliased(BasedModel):
 
 
 @attrs.define
-class AAliased(DataclassSerializationMixin):
+class AAliased(TelemetryMixin):
     _query_text: str  # attrs alias: query_text
     user_path: str = attrs.field(alias="userPath")
     count: int = 0
@@ -248,19 +256,19 @@ def typo_rules(self: object) -> dict[FilteredKey, AnonymityConversion]:
     return {K("pathh"): C.HASH}
 
 
-class PTypo(BasedModel):
+class PTypo(TelemetryModel):
     path: str = "/home/x"
     _telemetry_keys = typo_rules  # type: ignore[assignment]
 
 
 @attrs.define
-class ATypo(DataclassSerializationMixin):
+class ATypo(TelemetryMixin):
     path: str = "/home/x"
     _telemetry_keys = typo_rules
 
 
 @dataclasses.dataclass
-class DTypo(DataclassSerializationMixin):
+class DTypo(TelemetryMixin):
     path: str = "/home/x"
     _telemetry_keys = typo_rules
 
@@ -275,7 +283,7 @@ def test_rule_naming_no_field_is_an_error(cls: Any) -> None:
 def test_rule_value_must_be_a_conversion() -> None:
     """A rule mapped to something that is not an AnonymityConversion is an error."""
 
-    class Bad(BasedModel):
+    class Bad(TelemetryModel):
         x: int = 1
 
         def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
@@ -349,7 +357,7 @@ def test_serialization_never_mutates(kind: str) -> None:
     assert ws == before
 
 
-class PTypes(BasedModel):
+class PTypes(TelemetryModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
     when: dt.datetime = dt.datetime(2026, 11, 23, 14, 55, tzinfo=dt.timezone.utc)
     day: dt.date = dt.date(2026, 11, 23)
@@ -367,7 +375,7 @@ class PTypes(BasedModel):
 
 
 @attrs.define
-class ATypes(DataclassSerializationMixin):
+class ATypes(TelemetryMixin):
     when: dt.datetime = dt.datetime(2026, 11, 23, 14, 55, tzinfo=dt.timezone.utc)
     day: dt.date = dt.date(2026, 11, 23)
     ident: uuid.UUID = uuid.UUID("123e4567-e89b-12d3-a456-426614174000")
@@ -384,7 +392,7 @@ class ATypes(DataclassSerializationMixin):
 
 
 @dataclasses.dataclass
-class DTypes(DataclassSerializationMixin):
+class DTypes(TelemetryMixin):
     when: dt.datetime = dt.datetime(2026, 11, 23, 14, 55, tzinfo=dt.timezone.utc)
     day: dt.date = dt.date(2026, 11, 23)
     ident: uuid.UUID = uuid.UUID("123e4567-e89b-12d3-a456-426614174000")
@@ -441,7 +449,7 @@ def test_model_cycle_is_cut() -> None:
     """A model reachable from itself is cut with the marker."""
 
     @dataclasses.dataclass
-    class Node(DataclassSerializationMixin):
+    class Node(TelemetryMixin):
         name: str
         nxt: Any = None
 
@@ -483,7 +491,7 @@ def test_trusted_fields_skip_the_scrubber(kind: str) -> None:
 def test_secret_sounding_keys_are_redacted() -> None:
     """Values under secret-sounding dict keys or field names become <secret>."""
 
-    class Cfg(BasedModel):
+    class Cfg(TelemetryModel):
         api_key: str = "abc123"
         token_count: int = 5
         settings: dict[str, Any] = Field(
@@ -512,7 +520,7 @@ def test_plain_dicts_and_models_without_rules_are_safe() -> None:
 def test_pydantic_extra_fields_are_scrubbed_and_dropped_when_strict() -> None:
     """Extra fields of an extra='allow' model are sent scrubbed; strict models drop them."""
 
-    class Loose(BasedModel):
+    class Loose(TelemetryModel):
         model_config = ConfigDict(extra="allow")
         a: int = 1
 
@@ -597,7 +605,7 @@ def test_a_sequence_whose_iteration_raises_is_not_sent() -> None:
     """A list whose iteration raises is left out of its dict or list, and of a model."""
 
     @dataclasses.dataclass
-    class Holder(DataclassSerializationMixin):
+    class Holder(TelemetryMixin):
         items: Any = None
         n: int = 1
 
@@ -610,7 +618,7 @@ def test_a_field_whose_getter_raises_is_left_out() -> None:
     """A computed field that raises costs that field, not the model."""
     from pydantic import computed_field
 
-    class WithComputed(BasedModel):
+    class WithComputed(TelemetryModel):
         a: int = 1
 
         @computed_field  # type: ignore[prop-decorator]
@@ -642,7 +650,7 @@ class Label(enum.Enum):
 
 
 @dataclasses.dataclass
-class Surrogates(DataclassSerializationMixin):
+class Surrogates(TelemetryMixin):
     _telemetry_trusted: ClassVar[frozenset[str]] = frozenset({"trusted"})
     text: str = "a\ud800b"
     trusted: str = "t\udfff"
@@ -707,3 +715,62 @@ def test_any_text_serializes_to_valid_utf8(value: object, trusted: bool) -> None
         {"v": value}, key_provider=PROVIDER, scrubber=(lambda s: s) if trusted else None
     )
     json.dumps(out, ensure_ascii=False).encode("utf-8")
+
+
+# -- the base classes' names -----------------------------------------------------------------
+
+
+def test_former_base_names_are_aliases() -> None:
+    """BasedModel and DataclassSerializationMixin still work: they are TelemetryModel and
+    TelemetryMixin under their former names."""
+    assert rules.BasedModel is TelemetryModel
+    assert rules.DataclassSerializationMixin is TelemetryMixin
+    assert codeweaver_telemetry.BasedModel is TelemetryModel
+    assert codeweaver_telemetry.DataclassSerializationMixin is TelemetryMixin
+
+    @dataclasses.dataclass
+    class Old(rules.DataclassSerializationMixin):
+        files: list[str]
+
+        def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
+            return {K("files"): C.COUNT}
+
+    assert isinstance(Old(["a"]), TelemetryMixin)
+    assert Old(["a", "b"]).serialize_for_telemetry() == {"files": 2}
+
+
+# -- the HASH key is passed explicitly -------------------------------------------------------
+
+
+class Hashed(TelemetryModel):
+    path: str
+
+    def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
+        return {K("path"): C.HASH}
+
+
+def test_without_a_key_provider_hashes_use_the_process_key() -> None:
+    """A direct call without key_provider= hashes under the per-process key: stable within
+    the process, and not the hash a given key gives."""
+    value = Hashed(path="/home/alice/repo")
+    default = value.serialize_for_telemetry()["path"]
+    assert default == value.serialize_for_telemetry(key_provider=get_default_key_provider())["path"]
+    assert default == serialize_for_telemetry(value)["path"]
+    assert default != value.serialize_for_telemetry(key_provider=PROVIDER)["path"]
+
+
+def test_a_client_does_not_change_direct_hashes(
+    make_client: Callable[..., TelemetryClient],
+) -> None:
+    """Starting a client leaves a direct call's hashes as they were (no last-client-wins
+    default); key_provider=client.key_provider gives the hashes the client's events carry."""
+    value = Hashed(path="/home/alice/repo")
+    before = value.serialize_for_telemetry()["path"]
+    sink = InMemorySink()
+    client = make_client(sink=sink)
+    client.capture_with_serialization("hashed", value)
+    client.flush(2.0)
+    sent = sink.events()[0]["properties"]["path"]
+    assert value.serialize_for_telemetry()["path"] == before
+    assert value.serialize_for_telemetry(key_provider=client.key_provider)["path"] == sent
+    assert sent != before

@@ -1,0 +1,194 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
+"""Start-up of a client: the consent decision, the install's identity, and the wiring of
+sink, spool, worker and flags. Imported only once telemetry may be on."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from codeweaver_telemetry._internal import internal_errors, logger
+from codeweaver_telemetry._types import Event, ExportResult, Sink
+from codeweaver_telemetry.consent import ConsentDecision, consent_sources, decide
+from codeweaver_telemetry.state import ConsentWatch, StateError, StateStore
+
+if TYPE_CHECKING:
+    from codeweaver_telemetry._core import Running
+    from codeweaver_telemetry.settings import TelemetrySettings
+
+__all__ = ["AuditedSink", "spool_tag", "start"]
+
+
+def spool_tag(settings: TelemetrySettings, sink: Sink | None) -> str:
+    """Where spooled events may go: this PostHog project, the local log, or this sink type."""
+    if sink is not None:
+        return "sink-" + type(sink).__name__.lower()
+    if settings.posthog_api_key is None:
+        return "local"
+    import hashlib
+
+    destination = f"{settings.posthog_host}\0{settings.posthog_api_key.get_secret_value()}"
+    return hashlib.sha256(destination.encode("utf-8")).hexdigest()[:16]
+
+
+def _prepare_worker() -> None:
+    """What the worker thread imports, done at once when it starts (under the lock that
+    ``os.fork()`` waits for): a child forked at any moment inherits whole modules."""
+    from codeweaver_telemetry import pipeline
+    from codeweaver_telemetry.events import schemas  # noqa: F401  (Deferred events build here)
+
+    pipeline.run(Event(name="warm_up", properties={"k": "v"}, timestamp=0.0, uuid="-"))
+
+
+def _run_pipeline(event: Event, on_drop: Callable[[str], None]) -> Event | None:
+    # Imported here, on the worker thread: the caller never pays for the privacy modules
+    # (pydantic models, the scrubber's regex compilation).
+    from codeweaver_telemetry import pipeline
+
+    return pipeline.run(event, on_drop=on_drop)
+
+
+class AuditedSink:
+    """Deliver to ``remote``; record in the local log what it accepted."""
+
+    def __init__(self, remote: Sink, log: Sink) -> None:
+        self._remote = remote
+        self._log = log
+
+    def export(self, batch: Any) -> Any:
+        result = self._remote.export(batch)
+        if result == ExportResult.SUCCESS:
+            with internal_errors("audit log"):
+                self._log.export(batch)
+        return result
+
+    def shutdown(self, timeout_s: float) -> None:
+        self._remote.shutdown(timeout_s)
+        self._log.shutdown(0)
+
+    def prepare(self) -> None:
+        """The remote's imports, done when the worker thread starts."""
+        prepare = getattr(self._remote, "prepare", None)
+        if callable(prepare):
+            prepare()
+
+    @property
+    def retry_after_s(self) -> float:
+        """The remote's Retry-After, for a worker that reads it from the sink."""
+        return float(getattr(self._remote, "retry_after_s", 0.0) or 0.0)
+
+
+def _default_sink(settings: TelemetrySettings) -> Sink:
+    from codeweaver_telemetry.sinks.jsonl import LocalJSONLSink
+
+    log = LocalJSONLSink(settings.resolved_state_dir)
+    if settings.posthog_api_key is None:
+        return log
+    from codeweaver_telemetry.sinks.posthog import PostHogSink
+
+    remote = PostHogSink(
+        api_key=settings.posthog_api_key.get_secret_value(),
+        host=settings.posthog_host,
+        timeout_s=settings.request_timeout_seconds,
+    )
+    return AuditedSink(remote, log) if settings.audit_log else remote
+
+
+def start(
+    settings: TelemetrySettings,
+    *,
+    sink: Sink | None,
+    config_error: str | None,
+    on_notice: Callable[[str], None] | None,
+    forced: ConsentDecision | None,
+    on_revoked: Callable[[], None],
+) -> tuple[ConsentDecision, Running | None]:
+    """Decide, load the identity and wire a running client; (decision, None) when off."""
+    store = StateStore(settings.resolved_state_dir)
+    decision = forced or decide(
+        consent_sources(settings, store, config_error=config_error, on_notice=on_notice)
+    )
+    if not decision.allowed:
+        # A broken state file is a problem the user should hear about (once); every other
+        # "off" is a choice, logged quietly.
+        level = logging.WARNING if decision.source == "state_error" else logging.DEBUG
+        logger.log(
+            level,
+            "codeweaver_telemetry: telemetry is off (%s: %s)",
+            decision.source,
+            decision.reason,
+        )
+        return decision, None
+    try:
+        install_id, key = store.ensure_identity()
+    except (OSError, StateError) as exc:
+        decision = ConsentDecision(
+            False, "state_error", f"the state directory is not writable ({exc})"
+        )
+        logger.warning("codeweaver_telemetry: %s; telemetry is off", decision.reason)
+        return decision, None
+    from codeweaver_telemetry._core import Running
+    from codeweaver_telemetry._spool import SPOOL_DIR, Spool
+    from codeweaver_telemetry._worker import Worker
+    from codeweaver_telemetry.privacy.hashing import InMemoryKeyProvider
+
+    running: list[Running] = []
+
+    def revoked() -> None:
+        if running:
+            running[0].revoked()
+
+    worker = Worker(
+        sink=_default_sink(settings) if sink is None else sink,
+        process=_run_pipeline,
+        batch_size=settings.batch_size,
+        interval_s=settings.batch_interval_seconds,
+        max_queue=settings.max_queue_size,
+        spool=(
+            Spool(settings.resolved_state_dir / SPOOL_DIR, tag=spool_tag(settings, sink))
+            if forced is None
+            else None
+        ),
+        max_retries=settings.max_retries,
+        # The stored choice is asked again before every send and spool write.
+        gate=ConsentWatch(store, install_id),
+        install_id=install_id,
+        prepare=_prepare_worker,
+        on_revoked=revoked,
+    )
+    flag_source, flag_cache = _flags(settings, install_id)
+    running.append(
+        Running(
+            settings,
+            distinct_id=install_id,
+            # This client's events hash under this install's key, whatever other clients do.
+            key_provider=InMemoryKeyProvider(key),
+            worker=worker,
+            flag_cache=flag_cache,
+            flag_source=flag_source,
+            on_revoked=on_revoked,
+        )
+    )
+    return decision, running[0]
+
+
+def _flags(settings: TelemetrySettings, install_id: str) -> tuple[Any, Any]:
+    """(the flag source, its cache) for a PostHog project; (None, None) without one."""
+    if settings.posthog_api_key is None:
+        return None, None
+    from codeweaver_telemetry.flags import FlagCache
+    from codeweaver_telemetry.sinks.posthog import PostHogFlags
+
+    personal = settings.posthog_personal_api_key
+    source = PostHogFlags(
+        api_key=settings.posthog_api_key.get_secret_value(),
+        host=settings.posthog_host,
+        distinct_id=install_id,
+        timeout_s=settings.request_timeout_seconds,
+        personal_api_key=personal.get_secret_value() if personal else None,
+    )
+    cache = FlagCache(
+        source, budget_s=settings.flag_timeout_seconds, refresh_s=settings.flag_refresh_seconds
+    )
+    return source, cache
