@@ -112,7 +112,14 @@ __all__ = [
 ]
 
 
+# Namespaces published beside the top level: privacy rules and the scrubber, sinks, and the
+# helpers for an app's tests.
+_NAMESPACES = frozenset({"privacy", "sinks", "testing"})
+
+
 def __getattr__(name: str) -> Any:
+    if name in _NAMESPACES:
+        return importlib.import_module(f"codeweaver_telemetry.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'codeweaver_telemetry' has no attribute {name!r}")

@@ -98,6 +98,13 @@ class DuplicateFilter(logging.Filter):
 
 
 _DUPLICATES = DuplicateFilter()
+
+
+def forget_duplicates() -> None:
+    """Forget which warnings were logged, so each may be logged once again."""
+    _DUPLICATES.reset()
+
+
 logger.addHandler(logging.NullHandler())
 logger.addFilter(_DUPLICATES)
 

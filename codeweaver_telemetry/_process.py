@@ -9,6 +9,7 @@ one exit budget that every client's shutdown is handed as a deadline.
 from __future__ import annotations
 
 import atexit
+import sys
 import threading
 import time
 import weakref
@@ -84,12 +85,20 @@ class Process:
         return previous
 
     def reset(self, timeout_s: float = 0.5) -> None:
-        """Shut the process-wide client down (within ``timeout_s``) and forget it: the next
-        ``get_telemetry_client()`` builds a fresh one from the environment as it is then."""
+        """Shut the process-wide client down (within ``timeout_s``) and forget it, with what
+        the process remembers besides (repeated warnings already logged, hashers of earlier
+        keys): the next ``get_telemetry_client()`` builds a fresh client from the
+        environment as it is then, as in a new process."""
         client = self.install(None)
         shutdown = getattr(client, "shutdown", None)
         if callable(shutdown):
             shutdown(timeout=timeout_s)
+        from codeweaver_telemetry._internal import forget_duplicates
+
+        forget_duplicates()
+        hashing = sys.modules.get("codeweaver_telemetry.privacy.hashing")
+        if hashing is not None:
+            hashing.KeyedHasher.forget_all()
 
     # -- live clients and exit --------------------------------------------------------------
     def started(self, client: Exiting) -> None:

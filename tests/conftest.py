@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from codeweaver_telemetry import TelemetryClient, TelemetrySettings, _internal
+from codeweaver_telemetry import TelemetryClient, TelemetrySettings
 from codeweaver_telemetry._process import PROCESS
 from codeweaver_telemetry.consent import CI_VARIABLES
 from tests.receiver import PostHogReceiver, make_receiver
@@ -36,7 +36,7 @@ def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
-    _internal._DUPLICATES.reset()
+    PROCESS.reset()  # what an earlier test left behind, as in a new process
     yield home
     PROCESS.reset()
 

@@ -185,6 +185,11 @@ class KeyedHasher:
         self._memo: dict[object, str] = {}
 
     @classmethod
+    def forget_all(cls) -> None:
+        """Drop every cached hasher (and with it the keys they hold)."""
+        cls._cache.clear()
+
+    @classmethod
     def for_key(cls, key: bytes) -> KeyedHasher:
         """A shared hasher for ``key`` (a few keys per process at most)."""
         hasher = cls._cache.get(key)
