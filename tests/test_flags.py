@@ -16,7 +16,7 @@ import pytest
 
 from codeweaver_telemetry import TelemetryClient, TelemetrySettings, flags
 from codeweaver_telemetry.flags import FlagCache, FlagFetchError, FlagSourceClosed, PostHogFlags
-from tests.helpers import wait_until
+from tests.helpers import SLACK_S, wait_until
 from tests.receiver import FLAGS, Fault, PostHogReceiver, refusing_url
 
 API_KEY = "phc_flagsTestKey0123456789"
@@ -24,7 +24,6 @@ API_KEY = "phc_flagsTestKey0123456789"
 #: The budget of the first lookup when the settings do not say otherwise.
 DEFAULT_BUDGET_S: float = TelemetrySettings.model_fields["flag_timeout_seconds"].default
 #: How late a lookup may come back on a busy machine, beyond its budget.
-SLACK_S = 0.4
 
 MakeCache = Callable[..., tuple[FlagCache, PostHogFlags]]
 

@@ -708,12 +708,27 @@ _GATE_PATH: Final = 64
 _GATE_DRIVE: Final = 128  # C:\ or a file: URL
 _GATE_LABELS: Final = 256  # Telegram's :AA and a manifest's data:
 _GATE_LITERALS: Final = 512  # PEM armour, a JWT's eyJ, Braintree's $, curl's -u
-_SECRET_STEMS: Final = re.compile(
-    "pass|pw|secret|token|key|auth|credential|session|cookie|sig|jwt|srt|otp|pin|mfa"
-    "|identified|mysql"
-    "|mariadb|redis|docker|podman|zip|7z|net |in code|bearer|basic|ldap|ssh-keygen|sqlcmd"
-    "|sqlplus"
+_STEMS: Final = (
+    *("pass", "pw", "secret", "token", "key", "auth", "credential", "session", "cookie"),
+    *("sig", "jwt", "srt", "otp", "pin", "mfa", "identified", "bearer", "basic", "in code"),
+    *("mysql", "mariadb", "redis", "docker", "podman", "zip", "7z", "net ", "ldap"),
+    *("ssh-keygen", "sqlcmd", "sqlplus"),
 )
+
+
+def _stem_trie(stems: Sequence[str]) -> str:
+    """One alternative per first letter, so that the regex engine tries few at a position."""
+    rests: dict[str, list[str]] = {}
+    for stem in stems:
+        rests.setdefault(stem[0], []).append(re.escape(stem[1:]))
+    return "|".join(
+        f"{re.escape(first)}(?:{'|'.join(sorted(rest, key=len, reverse=True))})"
+        for first, rest in rests.items()
+    )
+
+
+# The words the secret patterns start from (lower case), as one regex.
+_SECRET_STEMS: Final = re.compile(_stem_trie(_STEMS))
 _IPV4_GATE: Final = re.compile(r"[0-9]\.[0-9]")
 _IPV6_GATE: Final = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]{1,4}:")
 # Each starts with a character class, so that the regex engine skips ahead in C.
