@@ -592,9 +592,12 @@ class Running:
         """End the session and stop within ``timeout`` (default: what is left of the bound,
         keeping a small share for writing the spool)."""
         started = time.monotonic()  # the bound counts from here, session event included
-        if timeout is None:
-            timeout = max(self.exit_bound()[1], spool_reserve(self._exit_timeout))
-        self.shutdown_by(started + timeout)
+        with internal_errors("shutdown"):
+            if timeout is None:
+                timeout = max(self.exit_bound()[1], spool_reserve(self._exit_timeout))
+            self.shutdown_by(started + float(timeout))
+            return
+        self.shutdown_by(started + self._exit_timeout)  # a timeout that is no number
 
     def shutdown_by(self, deadline: float) -> None:
         """End the session and stop, waiting no later than ``deadline``."""

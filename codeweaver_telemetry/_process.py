@@ -118,9 +118,11 @@ class Process:
         clients = list(self._live)
         if not clients:
             return
-        bounds = [client.exit_bound() for client in clients]
-        reserve = spool_reserve(max(timeout for timeout, _ in bounds))
-        deadline = time.monotonic() + max(reserve, *(left for _, left in bounds))
+        deadline = time.monotonic() + spool_reserve(1.0)
+        with internal_errors("exit"):
+            bounds = [client.exit_bound() for client in clients]
+            reserve = spool_reserve(max(timeout for timeout, _ in bounds))
+            deadline = time.monotonic() + max(reserve, *(left for _, left in bounds))
         for client in clients:
             with internal_errors("exit"):
                 client.shutdown_by(deadline)

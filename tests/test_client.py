@@ -27,6 +27,7 @@ from codeweaver_telemetry import (
     testing,
 )
 from codeweaver_telemetry import client as client_module
+from codeweaver_telemetry.client import ClientState
 from codeweaver_telemetry.pipeline import MAX_STRING_CHARS, TRUNCATION_MARK
 from tests.helpers import SLACK_S, wait_until
 from tests.receiver import PostHogReceiver
@@ -955,3 +956,14 @@ def test_capture_returns_no_uuid_for_an_event_the_full_queue_refused(
     client = make_client(sink=sink, max_queue_size=1, batch_interval_seconds=60.0)
     assert client.capture("first") is not None
     assert client.capture("refused") is None
+
+
+def test_a_timeout_that_is_no_number_never_raises(
+    make_client: Callable[..., TelemetryClient],
+) -> None:
+    """flush("5") and shutdown("5") answer quietly; shutdown still closes the client."""
+    client = make_client()
+    assert client.flush("5") is False  # type: ignore[arg-type]
+    client.shutdown("5")  # type: ignore[arg-type]
+    assert client.state is ClientState.CLOSED
+    assert not client.enabled
