@@ -733,9 +733,7 @@ _IPV4_GATE: Final = re.compile(r"[0-9]\.[0-9]")
 _IPV6_GATE: Final = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]{1,4}:")
 # Each starts with a character class, so that the regex engine skips ahead in C.
 _MAC_GATE: Final = re.compile(r"[:.-](?:(?<=\.)[0-9A-Fa-f]{4}\.|(?<!\.)[0-9A-Fa-f]{2}[:-])")
-_ADDRESS_GATE: Final = re.compile(
-    r"[0-9 ](?:(?<=[0-9])(?:-[0-9]{1,4})?[A-Za-z]?,? [^\W\d_]|(?<= )[0-9])"
-)
+_ADDRESS_GATE: Final = re.compile(r"[0-9](?:(?<= [0-9])|(?:-[0-9]{1,4})?[A-Za-z]?,? [^\W\d_])")
 _GATES: Final[dict[str, int]] = {
     **dict.fromkeys(
         (
