@@ -649,7 +649,7 @@ class TokenScanner:
             while start < end and text[start] in _EDGE:
                 start += 1
             # The end stays: a vendor token may end in - or _ (its shape is read without).
-            if len(text[start:end].rstrip(_EDGE)) >= HEX_MIN_CHARS:
+            if end - start >= HEX_MIN_CHARS:
                 self._scan_run(text, start, end, found)
         return found
 

@@ -658,20 +658,28 @@ _FAST_SAFE: Final = re.compile(r"[A-Za-z_#$]{0,16}|[A-Za-z0-9_#$]{0,11}")
 # detectors: a property test checks that text without a trigger never changes.
 _TRIGGER_CHARS: Final = frozenset("@:=/\\~-")
 _DOTTED: Final = re.compile(r"\d\.\d|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}")
+# What the number detectors need: digits in groups or many, the start of an IBAN, an
+# international number. The token detectors need a run of 17 token characters.
 _CONTEXT_FREE: Final = re.compile(
-    r"[A-Za-z0-9_+.~]{17}|[0-9]{12}|[0-9][A-Za-z]?[ ()]|[A-Z]{2}[0-9]{2}|\+[0-9]"
-    r"|[^\W\d_]\.? [0-9]"
+    r"[0-9]{8}|[0-9][ ()./-]?[0-9]{2}[ ()./-]?[0-9]{2}|[A-Z]{2}[0-9]{2}|\+[0-9]"
 )
+_TOKEN_RUN: Final = re.compile(r"[A-Za-z0-9_+.~]{17}")
+
+
+def _may_hold_token(text: str) -> bool:
+    return _TOKEN_RUN.search(text) is not None
+
+
+# Words (lower case) that patterns without a trigger character start from or need.
 _PREFIXES: Final = (
     "%40",
+    "$",
+    "eyj",
     "earer",
-    "EARER",
     "asic",
-    "ASIC",
     "dentified",
-    "DENTIFIED",
     "assw",
-    "ASSW",
+    "assp",
     "et(",
     "etenv(",
     "etch(",
@@ -682,15 +690,65 @@ _PREFIXES: Final = (
 )
 
 
-def _may_match(text: str) -> bool:
-    """Cheap: False only when no default pattern or detector can match anywhere in ``text``."""
+def _stem_trie(stems: Sequence[str]) -> str:
+    """One alternative per first letter, so that the regex engine tries few at a position."""
+    rests: dict[str, list[str]] = {}
+    for stem in stems:
+        rests.setdefault(stem[0], []).append(re.escape(stem[1:]))
+    return "|".join(
+        f"{re.escape(first)}(?:{'|'.join(sorted(rest, key=len, reverse=True))})"
+        for first, rest in rests.items()
+    )
+
+
+# A street address: a house number before a capitalised word, an ordinal, a direction or a
+# French street type; or a street-first form (``Hauptstraße 5``, ``Via Roma 12``). Three
+# regexes, each starting from a character class or a few literals, so each scan is quick.
+_HOUSE_NUMBER_HINT: Final = re.compile(
+    r"[0-9](?:[A-Za-z]|-[0-9]{1,4}[A-Za-z]?)?,? (?:[NSEW]\.? |North |South |East |West )?"
+    r"(?:[A-Z]|[0-9]{1,3}(?:st|nd|rd|th) |(?:bis |ter )?(?i:rue|avenue|av\.|boulevard|bd|place"
+    r"|chemin|all[ée]e|impasse|quai|cours|route|square) )"
+)
+_STREET_SUFFIXES: Final = (
+    *("straße", "strasse", "str.", "gasse", "weg", "allee", "platz", "ring", "damm", "ufer"),
+    *("straat", "laan", "plein", "gracht", "kade", "steeg", "singel", "gatan", "vägen"),
+    *("gata", "vej", "gade", "katu"),
+)
+_STREET_WORDS: Final = (
+    *("Calle", "Corso", "Carrer", "Rue", "Via", "Viale", "Piazza", "Paseo", "Plaza", "Largo"),
+    *("Avda.", "Avenida", "Rua"),
+)
+_SUFFIX_HINT: Final = re.compile(f"(?:{_stem_trie(_STREET_SUFFIXES)}),? [0-9]")  # lower case
+_STREET_WORD_HINT: Final = re.compile(f"(?:{_stem_trie(_STREET_WORDS)}) ")
+_DIGIT: Final = re.compile(r"[0-9]")
+
+
+def _address_hint(text: str, low: str) -> bool:
+    """Whether ``text`` (``low``: the same in lower case) may hold a street address."""
+    if " " not in text or _DIGIT.search(text) is None:
+        return False
+    return (
+        _HOUSE_NUMBER_HINT.search(text) is not None
+        or _SUFFIX_HINT.search(low) is not None
+        or _STREET_WORD_HINT.search(text) is not None
+    )
+
+
+def _regex_may_match(text: str) -> bool:
+    """Cheap: False only when no default regex pattern can match anywhere in ``text``."""
     if not _TRIGGER_CHARS.isdisjoint(text):
         return True
     if "." in text and _DOTTED.search(text) is not None:
         return True
-    if _CONTEXT_FREE.search(text) is not None:
+    low = text.lower()
+    if any(p in low for p in _PREFIXES):
         return True
-    return any(p in text for p in _PREFIXES)
+    return _address_hint(text, low)
+
+
+def _may_match(text: str) -> bool:
+    """Cheap: False only when no default pattern or detector can match anywhere in ``text``."""
+    return _regex_may_match(text) or _CONTEXT_FREE.search(text) is not None or _may_hold_token(text)
 
 
 # Gates: most default patterns can only match text that passes a cheap test (a character, a
@@ -716,24 +774,15 @@ _STEMS: Final = (
 )
 
 
-def _stem_trie(stems: Sequence[str]) -> str:
-    """One alternative per first letter, so that the regex engine tries few at a position."""
-    rests: dict[str, list[str]] = {}
-    for stem in stems:
-        rests.setdefault(stem[0], []).append(re.escape(stem[1:]))
-    return "|".join(
-        f"{re.escape(first)}(?:{'|'.join(sorted(rest, key=len, reverse=True))})"
-        for first, rest in rests.items()
-    )
-
-
 # The words the secret patterns start from (lower case), as one regex.
 _SECRET_STEMS: Final = re.compile(_stem_trie(_STEMS))
 _IPV4_GATE: Final = re.compile(r"[0-9]\.[0-9]")
+# Broader than _address_hint and cheaper: at this point a wider gate costs less than a
+# precise one.
+_ADDRESS_GATE: Final = re.compile(r"[0-9](?:(?<= [0-9])|(?:-[0-9]{1,4})?[A-Za-z]?,? [^\W\d_])")
 _IPV6_GATE: Final = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]{1,4}:")
 # Each starts with a character class, so that the regex engine skips ahead in C.
 _MAC_GATE: Final = re.compile(r"[:.-](?:(?<=\.)[0-9A-Fa-f]{4}\.|(?<!\.)[0-9A-Fa-f]{2}[:-])")
-_ADDRESS_GATE: Final = re.compile(r"[0-9](?:(?<= [0-9])|(?:-[0-9]{1,4})?[A-Za-z]?,? [^\W\d_])")
 _GATES: Final[dict[str, int]] = {
     **dict.fromkeys(
         (
@@ -776,7 +825,8 @@ _MAX_VARIANTS: Final = 96
 
 def _open_gates(text: str) -> int:
     """The gates ``text`` opens (see _GATES)."""
-    gates = _GATE_SECRET if _SECRET_STEMS.search(text.lower()) is not None else 0
+    low = text.lower()
+    gates = _GATE_SECRET if _SECRET_STEMS.search(low) is not None else 0
     if "@" in text or "%40" in text:
         gates |= _GATE_AT
     if ":" in text:
@@ -889,9 +939,14 @@ class Scrubber:
 
     def _scrub(self, text: str) -> str:
         try:
-            if self._fast and (_FAST_SAFE.fullmatch(text) is not None or not _may_match(text)):
-                return text
-            scrubbed, glued = self._pass(text)
+            regex = True
+            if self._fast:
+                if _FAST_SAFE.fullmatch(text) is not None:
+                    return text
+                regex = _regex_may_match(text)
+                if not regex and _CONTEXT_FREE.search(text) is None and not _may_hold_token(text):
+                    return text
+            scrubbed, glued = self._pass(text, regex=regex)
             # A replacement glued to its neighbours can expose them (``fe80::1eyJ...`` is an
             # address once the JWT is a marker), so then scrub again until nothing changes:
             # that is what makes scrubbing idempotent.
@@ -908,9 +963,16 @@ class Scrubber:
         except Exception:  # fail closed: never let unscrubbed text through
             return _FAIL_CLOSED_MARKER
 
-    def _pass(self, text: str) -> tuple[str, bool]:
-        """One pass of every stage; also tells whether a replacement touched a non-separator."""
-        text, glued = self._regex_pass(text)
+    def _pass(self, text: str, *, regex: bool | None = None) -> tuple[str, bool]:
+        """One pass of every stage; also tells whether a replacement touched a non-separator.
+
+        ``regex``: whether the regex stage may match (None: find out).
+        """
+        glued = False
+        if regex is None:
+            regex = not self._fast or _regex_may_match(text)
+        if regex:
+            text, glued = self._regex_pass(text)
         if self._context_free:
             spans = number_spans(text)
             if spans:
