@@ -658,8 +658,10 @@ _FAST_SAFE: Final = re.compile(r"[A-Za-z_#$]{0,16}|[A-Za-z0-9_#$]{0,11}")
 # detectors: a property test checks that text without a trigger never changes.
 _TRIGGER_CHARS: Final = frozenset("@:=/\\~-")
 _DOTTED: Final = re.compile(r"\d\.\d|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}")
-# What the number detectors need: digits in groups or many, the start of an IBAN, an
-# international number. The token detectors need a run of 17 token characters.
+# What the number detectors need: eight digits in a row, five within seven characters (every
+# card, SSN and telephone form has such a cluster), the start of an IBAN, or an international
+# number (a property test holds the number detectors to it). The token detectors need a run
+# of 17 token characters.
 _CONTEXT_FREE: Final = re.compile(
     r"[0-9]{8}|[0-9][ ()./-]?[0-9]{2}[ ()./-]?[0-9]{2}|[A-Z]{2}[0-9]{2}|\+[0-9]"
 )
@@ -939,14 +941,15 @@ class Scrubber:
 
     def _scrub(self, text: str) -> str:
         try:
-            regex = True
+            regex = numbers = True
             if self._fast:
                 if _FAST_SAFE.fullmatch(text) is not None:
                     return text
                 regex = _regex_may_match(text)
-                if not regex and _CONTEXT_FREE.search(text) is None and not _may_hold_token(text):
+                numbers = _CONTEXT_FREE.search(text) is not None
+                if not (regex or numbers or _may_hold_token(text)):
                     return text
-            scrubbed, glued = self._pass(text, regex=regex)
+            scrubbed, glued = self._pass(text, regex=regex, numbers=numbers)
             # A replacement glued to its neighbours can expose them (``fe80::1eyJ...`` is an
             # address once the JWT is a marker), so then scrub again until nothing changes:
             # that is what makes scrubbing idempotent.
@@ -963,17 +966,21 @@ class Scrubber:
         except Exception:  # fail closed: never let unscrubbed text through
             return _FAIL_CLOSED_MARKER
 
-    def _pass(self, text: str, *, regex: bool | None = None) -> tuple[str, bool]:
+    def _pass(
+        self, text: str, *, regex: bool | None = None, numbers: bool = True
+    ) -> tuple[str, bool]:
         """One pass of every stage; also tells whether a replacement touched a non-separator.
 
-        ``regex``: whether the regex stage may match (None: find out).
+        ``regex``: whether the regex stage may match (None: find out); ``numbers``: whether
+        the text may hold a personal number (False only when ``_CONTEXT_FREE`` found none of
+        the digit groups every form has).
         """
         glued = False
         if regex is None:
             regex = not self._fast or _regex_may_match(text)
         if regex:
             text, glued = self._regex_pass(text)
-        if self._context_free:
+        if self._context_free and numbers:
             spans = number_spans(text)
             if spans:
                 text, again = _replace(text, spans)

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from codeweaver_telemetry.privacy import detectors as detectors_module
 from codeweaver_telemetry.privacy import scrubber as module
 from codeweaver_telemetry.privacy.detectors import (
     VENDOR_TOKENS,
@@ -331,3 +332,38 @@ def test_placeholders_versions_names_and_number_lists_stay(text: str) -> None:
     """Placeholder values, four-part versions, git remotes, generated names and lists of
     numbers are ordinary telemetry."""
     assert scrub(text) == text
+
+
+_NUMBERISH = st.text(alphabet="0123456789 ()+-./ABCDEGHILNRSTXZa", max_size=40)
+
+
+_FORMS = [
+    detectors_module._PHONE_FORMS,
+    detectors_module._TRUNK_SPACED_FORMS,
+    detectors_module._SPACED_PHONE_FORMS,
+    detectors_module._SSN,
+]
+
+
+@PROPERTY
+@given(
+    text=_NUMBERISH
+    | st.sampled_from([e for r in module.NUMBER_RULES for e in r.examples])
+    | st.builds(lambda a, b: a + b, st.sampled_from(["call ", "card ", "iban "]), _NUMBERISH)
+    | st.one_of(*(st.from_regex(form, fullmatch=True) for form in _FORMS)).map(
+        lambda number: f"call {number} now"
+    )
+)
+def test_the_number_pre_check_never_skips_a_number(text: str) -> None:
+    """Text the pre-check says holds no digit groups holds no card, IBAN, SSN or phone."""
+    if module._CONTEXT_FREE.search(text) is None:
+        assert number_spans(text) == []
+
+
+def test_every_number_in_the_corpora_passes_the_pre_check() -> None:
+    """Every personal number the generated corpora hold is seen by the pre-check."""
+    from tests.privacy.corpora import pii_cases
+
+    for case in pii_cases():
+        if case.kind in ("pii_card", "pii_iban", "pii_ssn", "pii_phone"):
+            assert module._CONTEXT_FREE.search(case.text) is not None, case.text
