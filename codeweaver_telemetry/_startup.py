@@ -146,8 +146,12 @@ def start(
         interval_s=settings.batch_interval_seconds,
         max_queue=settings.max_queue_size,
         spool=(
-            Spool(settings.resolved_state_dir / SPOOL_DIR, tag=spool_tag(settings, sink))
-            if forced is None
+            Spool(
+                settings.resolved_state_dir / SPOOL_DIR,
+                tag=spool_tag(settings, sink),
+                max_bytes=settings.spool_max_bytes,
+            )
+            if forced is None and settings.spool_max_bytes > 0
             else None
         ),
         max_retries=settings.max_retries,

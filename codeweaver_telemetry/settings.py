@@ -492,7 +492,7 @@ class TelemetrySettings(BaseSettings):
         default=1000, ge=1, le=100_000, description="a whole number 1-100000"
     )
     exit_timeout_seconds: float = Field(
-        default=1.0, ge=0, le=30, description="seconds the process may wait at exit, 0-30"
+        default=0.5, ge=0, le=30, description="seconds the process may wait at exit, 0-30"
     )
     flag_timeout_seconds: float = Field(
         default=0.5, ge=0, le=10, description="seconds a first flag lookup may wait, 0-10"
@@ -519,6 +519,12 @@ class TelemetrySettings(BaseSettings):
         ge=60,
         le=86_400,
         description="seconds between heartbeat events, 60-86400; unset means no heartbeat",
+    )
+    spool_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        le=16 * 1024**3,
+        description="bytes the disk spool may hold, 0 (no spool) to 16 GiB",
     )
     state_dir: Path | None = Field(
         default=None,

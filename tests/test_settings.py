@@ -76,7 +76,7 @@ def test_defaults() -> None:
     assert settings.batch_size == 10
     assert settings.batch_interval_seconds == 60
     assert settings.posthog_host == "https://us.i.posthog.com" == DEFAULT_HOST
-    assert settings.exit_timeout_seconds == 1.0
+    assert settings.exit_timeout_seconds == 0.5
     assert settings.flag_timeout_seconds == 0.5
     assert settings.consent_policy == "opt-in"
     assert settings.disable_telemetry is False
@@ -522,7 +522,7 @@ def test_config_file_beats_default() -> None:
     _write_toml(Path.cwd() / "codeweaver.toml", "[telemetry]\nbatch_size = 5\n")
     settings = _ok()
     assert settings.batch_size == 5
-    assert settings.exit_timeout_seconds == 1.0
+    assert settings.exit_timeout_seconds == 0.5
 
 
 def test_code_beats_config_file() -> None:
