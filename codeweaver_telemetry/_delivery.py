@@ -9,13 +9,17 @@ The worker hands it finished batches; it owns everything after that:
 * **Retry and back-off.** Events the sink could not deliver are kept in memory (within
   the worker's bound) and tried again after an exponential back-off (1 s doubling to
   60 s); after ``max_retries`` failed tries they go to the disk spool instead. A flush
-  may try before the back-off ends (as an explicit request to send now).
+  may try before the back-off ends (as an explicit request to send now). One WARNING
+  says when the host stops answering and one when it answers again, however long the
+  outage and however many events wait meanwhile.
 * **The host's rate limit, for the whole client.** A RETRY answer can carry the host's
   ``Retry-After`` (``result.retry_after``; or, from sinks that predate it, the sink's
   ``retry_after_s`` attribute). No request of any kind (live batch, flush, the other
   half of a split, spool drain) is made before :attr:`Delivery.disabled_until`.
 * **The spool**: what cannot be delivered is handed to it, and the worker drains it
-  (one claimed file at a time, :meth:`Delivery.drain_once`) between live batches.
+  (one claimed segment per request, :meth:`Delivery.drain_once`) between live batches.
+  When it is full its oldest events make room (counted as ``spool_full``, with one
+  WARNING per episode).
 * **Consent**, asked again before every export and every spool write (``gate``): once
   it says no, everything held is dropped and nothing more is sent or spooled.
 * **Lost-event counts by reason** (:meth:`Delivery.record_lost_event`), which
@@ -42,9 +46,11 @@ from codeweaver_telemetry._types import Event, ExportResult, Sink
 if TYPE_CHECKING:
     from codeweaver_telemetry._spool import Claim, Spool
 
-__all__ = ["FLUSH_BATCH", "SYSTEM_CLOCK", "Clock", "Delivery"]
+__all__ = ["MAX_BATCH", "SYSTEM_CLOCK", "Clock", "Delivery"]
 
-FLUSH_BATCH = 100  # events per request while flushing or draining the spool
+MAX_BATCH = 1000
+"""The most events one request carries (a backlog, a flush, one spool segment); a host
+that answers 413 gets the batch again in halves."""
 _MIN_BACKOFF_S = 1.0
 _MAX_BACKOFF_S = 60.0  # also the longest Retry-After honoured
 
@@ -154,6 +160,8 @@ class Delivery:
         self._spool_saves = 0  # files written (so a drain knows to look again)
         self._claim: Claim | None = None
         self._claim_pos = 0
+        self._outage_since: float | None = None  # when the host stopped answering
+        self._spool_full = False  # an episode of dropping the spool's oldest events
 
     # -- state the worker reads ---------------------------------------------------------------
     @property
@@ -279,11 +287,28 @@ class Delivery:
     def _after_export(self, ok: bool) -> None:
         """Back-off bookkeeping after one export (under the lock)."""
         self.consecutive_failures = 0 if ok else self.consecutive_failures + 1
+        now = self._clock.monotonic()
         if ok:
             self._backoff_s = _MIN_BACKOFF_S
             self.retry_at = 0.0
+            if self._outage_since is not None:
+                logger.warning(
+                    "codeweaver_telemetry: the telemetry host answers again (after %.0f s); "
+                    "the events kept meanwhile are being sent",
+                    now - self._outage_since,
+                )
+                self._outage_since = None
             return
-        self.retry_at = self._clock.monotonic() + self._backoff_s
+        if self._outage_since is None:
+            self._outage_since = now
+            logger.warning(
+                "codeweaver_telemetry: the telemetry host does not answer; events are kept "
+                "(in memory, then in the disk spool) and sent when it does"
+                if self._spool is not None
+                else "codeweaver_telemetry: the telemetry host does not answer; events are "
+                "kept in memory (within the queue's bound) and sent when it does"
+            )
+        self.retry_at = now + self._backoff_s
         self._backoff_s = min(self._backoff_s * 2, _MAX_BACKOFF_S)
 
     # -- the sink -----------------------------------------------------------------------------
@@ -376,7 +401,7 @@ class Delivery:
             if not take:  # shutdown came meanwhile: put it back
                 self._return_claim(claim, claim.events)
                 return True
-        batch = claim.events[self._claim_pos : self._claim_pos + FLUSH_BATCH]
+        batch = claim.events[self._claim_pos : self._claim_pos + MAX_BATCH]
         if not batch:
             with self._lock:
                 if self._claim is claim:
@@ -431,11 +456,12 @@ class Delivery:
                 describe_os_error(exc),
             )
             return
+        self._count_evicted()
         if len(events) > saved:
             self.record_lost_event("spool_full", len(events) - saved)
             logger.warning(
-                "codeweaver_telemetry: %d %s events were dropped: the spool in %s is full "
-                "(%d bytes at most)",
+                "codeweaver_telemetry: %d %s events were dropped: they do not fit in the "
+                "spool in %s (%d bytes at most)",
                 len(events) - saved,
                 what,
                 self._spool.directory,
@@ -447,6 +473,26 @@ class Delivery:
                     self.spooled += saved
                 self._spool_saves += 1
                 self._on_spooled()
+
+    def _count_evicted(self) -> None:
+        """Count the events the spool dropped to make room: one WARNING per episode (an
+        episode ends with the first save that needed no room)."""
+        spool = self._spool
+        if spool is None:
+            return
+        with self._lock:
+            evicted, spool.evicted = spool.evicted, 0
+            if evicted:
+                self.lost["spool_full"] += evicted
+            started = bool(evicted) and not self._spool_full
+            self._spool_full = bool(evicted)
+        if started:
+            logger.warning(
+                "codeweaver_telemetry: the spool in %s is full (%d bytes at most); its oldest "
+                "events are dropped to keep the newest (stats() counts them as spool_full)",
+                spool.directory,
+                spool.max_bytes,
+            )
 
     def _return_claim(self, claim: Claim, unsent: Sequence[Event]) -> None:
         """Hand a claimed spool file back with what was not sent (nothing once revoked)."""

@@ -1,12 +1,13 @@
 # SPDX-License-Identifier: MIT OR Apache-2.0
-"""The only module that imports ``posthog`` (lazily): sending batches and fetching flags.
+"""The only module that imports ``posthog`` (lazily): flags, and the door to sending.
 
-Events go out through the official package's ``/batch/`` request function
-(:func:`send_batch`), called from our own worker thread with a short timeout, so neither
-the caller nor process exit ever waits on PostHog's own queue or its unbounded
-``shutdown()``. Retries and back-off are the worker's. Only what the privacy pipeline
-produced is sent (encoded by ``_codec.to_message``); GeoIP is disabled on every event and
-no ``$ip`` is set.
+Events go out through :func:`send_batch`, which hands them to
+:mod:`codeweaver_telemetry._transport`: PostHog's ``/batch/`` contract, encoded in one C
+pass and posted over one keep-alive session from our own worker thread with a short
+timeout, so neither the caller nor process exit ever waits on PostHog's own queue or its
+unbounded ``shutdown()``. Retries and back-off are the worker's. Only what the privacy
+pipeline produced is sent (encoded by ``_codec.to_message``); GeoIP is disabled on every
+event and no ``$ip`` is set.
 
 Flags are evaluated for the install id (:func:`fetch_flags`): remotely with one
 ``/flags/`` request for all flags, or, with a feature-flags secret key, locally by the
@@ -25,8 +26,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from codeweaver_telemetry._codec import to_message
-from codeweaver_telemetry._internal import fork_safe_imports, in_forked_child, logger
+from codeweaver_telemetry._internal import fork_safe_imports, in_forked_child
 from codeweaver_telemetry._types import Event, ExportResult
 from codeweaver_telemetry.flags import FlagFetchError, FlagValue
 
@@ -37,8 +37,6 @@ __all__ = [
     "send_batch",
     "stop_local_client",
 ]
-
-_DROP_STATUSES = {400, 401, 403, 404, 422}
 
 
 def _quiet_posthog_logger() -> None:
@@ -96,41 +94,11 @@ def prepare() -> Any:
 def send_batch(
     batch: Sequence[Event], *, api_key: str, host: str, timeout_s: float
 ) -> ExportResult:
-    """POST the batch (gzip) to ``<host>/batch/``; never raises for delivery problems.
+    """POST the batch (gzip) to ``<host>/batch/`` (see :func:`_transport.post_batch`);
+    never raises for delivery problems."""
+    from codeweaver_telemetry._transport import post_batch
 
-    Returns SUCCESS; SPLIT for HTTP 413 (too large as a whole); DROP for 400, 401, 403, 404
-    and 422 (it would fail again); RETRY for anything else (5xx, 408, 429, network), as
-    ``ExportResult.retry(after)`` when the host sent a ``Retry-After``.
-    """
-    request = prepare()
-    try:
-        request.batch_post(
-            api_key,
-            host=host,
-            gzip=True,
-            timeout=timeout_s,
-            batch=[to_message(e) for e in batch],
-        )
-    except request.APIError as exc:
-        status = exc.status if isinstance(exc.status, int) else 0
-        retry_after = getattr(exc, "retry_after", None)
-        if status == 413:
-            return ExportResult.SPLIT
-        if status in _DROP_STATUSES:
-            logger.warning(
-                "codeweaver_telemetry: PostHog rejected a batch (HTTP %s); dropped", status
-            )
-            return ExportResult.DROP
-        logger.info("codeweaver_telemetry: PostHog answered HTTP %s; will retry", status)
-        if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool):
-            return ExportResult.retry(float(retry_after))
-        return ExportResult.RETRY
-    except Exception as exc:  # network errors, timeouts, malformed answers
-        logger.info(
-            "codeweaver_telemetry: PostHog unreachable (%s); will retry", type(exc).__name__
-        )
-        return ExportResult.RETRY
-    return ExportResult.SUCCESS
+    return post_batch(batch, api_key=api_key, host=host, timeout_s=timeout_s)
 
 
 # -- flags ------------------------------------------------------------------------------------

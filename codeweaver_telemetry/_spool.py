@@ -2,26 +2,32 @@
 """The disk spool: finished events that could not be delivered yet, kept for later.
 
 Only events that have left the privacy pipeline are ever written (the same payloads the
-local log shows), each with the install id it was made for. Each save writes one file
-``spool-<tag>-<pid>-<random>.jsonl`` (mode 0600) with a temp file and a rename. The tag
-names the destination (a hash of the PostHog host and project key, or ``local``), so
-spooled events only ever go where they were meant to.
+local log shows), each with the install id it was made for. Events are written in
+segments: one gzip-compressed JSON-lines file of at most :data:`SEGMENT_EVENTS` events,
+``spool-<tag>-<time>-<pid>-<random>-<count>.jsonl.gz`` (mode 0600), written to a temp
+file, fsynced once and renamed into place. The tag names the destination (a hash of the
+PostHog host and project key, or ``local``), so spooled events only ever go where they
+were meant to; the time orders segments oldest first, and the count lets a full spool
+say how many events it dropped without reading them.
 
-A run drains the spool one file at a time: :meth:`Spool.claim` renames the oldest file of
-its tag (so two processes never send the same spooled event twice) and reads it; the
+A run drains the spool one segment at a time: :meth:`Spool.claim` renames the oldest file
+of its tag (so two processes never send the same spooled event twice) and reads it; the
 claim is then either finished (:meth:`Claim.done`, the file is deleted) or what is still
 unsent is saved again (``save(..., replacing=claim.path)``, which does not count the
 claimed file against the bound) before the claimed file is deleted. A claim left by a
 process that died (or by an earlier process that had this pid) is taken back into the
-spool by the next :meth:`Spool.claim`. Lines are written and read by ``_codec``
-(``spool_line``, ``from_spool_line``): loaded payloads are held to what the pipeline can
-make, no ``$`` event but ``$feature_flag_called``, no ``$`` property but the library's; a
-malformed line is skipped.
+spool by the next :meth:`Spool.claim`, so a process killed in the middle of sending a
+segment loses nothing: the next run sends the segment again, and PostHog drops what it
+already has by uuid. Lines are written and read by ``_codec`` (``spool_line``,
+``from_spool_line``): loaded payloads are held to what the pipeline can make, no ``$``
+event but ``$feature_flag_called``, no ``$`` property but the library's; a malformed
+line is skipped. Plain ``.jsonl`` files (written by earlier versions) are read too.
 
-The spool is bounded: past ``max_bytes`` in all, nothing more is written and the events
-are counted as dropped. The spool never creates the state directory (after
-``codeweaver-telemetry delete``, a process still running writes nothing), never writes
-through a symbolic link and refuses a symlinked spool directory.
+The spool is bounded: a save that would take it past ``max_bytes`` first deletes the
+oldest unclaimed segments of its tag (their events are counted in :attr:`Spool.evicted`);
+a save that cannot fit even then keeps nothing. The spool never creates the state
+directory (after ``codeweaver-telemetry delete``, a process still running writes
+nothing), never writes through a symbolic link and refuses a symlinked spool directory.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import threading
+import time
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -37,12 +46,16 @@ from codeweaver_telemetry._files import ensure_private_dir, read_regular, write_
 from codeweaver_telemetry._internal import in_forked_child
 from codeweaver_telemetry._types import Event
 
-__all__ = ["SPOOL_DIR", "Claim", "Spool"]
+__all__ = ["SEGMENT_EVENTS", "SPOOL_DIR", "Claim", "Spool"]
 
 SPOOL_DIR = "spool"
+SEGMENT_EVENTS = 1000
+"""The most events one spool file holds (and one drain request sends)."""
 _PREFIX = "spool-"
 _CLAIMED = ".claimed-"
+_SUFFIX = ".jsonl.gz"
 _MAX_FILE_BYTES = 64 * 1024 * 1024  # a claimed file larger than this is not read
+_MAX_TEXT_BYTES = 256 * 1024 * 1024  # nor one that inflates past this (a damaged file)
 
 
 class Claim:
@@ -91,38 +104,78 @@ class Spool:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self._prefix = f"{_PREFIX}{tag}-"
-
-    def _size(self, leaving_out: Path | None = None) -> int:
-        total = 0
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(self.directory):
-                if leaving_out is not None and entry.name == leaving_out.name:
-                    continue
-                with contextlib.suppress(OSError):
-                    total += entry.stat(follow_symlinks=False).st_size
-        return total
+        self._lock = threading.Lock()  # the worker and a capturing thread may both save
+        self.evicted = 0
+        """Events of old segments deleted to make room (read and reset by the owner)."""
 
     def save(self, events: Sequence[Event], *, replacing: Path | None = None) -> int:
-        """Write ``events``; returns how many were kept (0 when the spool is full).
+        """Write ``events`` in segments; returns how many were kept.
 
-        ``replacing``: a claimed file these events come from, deleted right after; it does
-        not count against the bound (handing a claim back never loses it to its own size).
+        To make room, the oldest unclaimed segments of this tag are deleted (counted in
+        :attr:`evicted`); events that cannot fit even then (a bound smaller than one
+        segment) are not kept. ``replacing``: a claimed file these events come from,
+        deleted right after; it does not count against the bound (handing a claim back
+        never loses it to its own size).
 
         Raises:
-            OSError: the file could not be written (a full disk, a symlinked directory);
-                nothing was kept.
+            OSError: a segment could not be written (a full disk, a symlinked directory);
+                the events of that segment and the ones after it were not kept.
         """
         if not events:
             return 0
-        data = "".join(spool_line(e) + "\n" for e in events).encode("utf-8")
         if not self.directory.parent.is_dir():  # the state directory was deleted: keep nothing
             return 0
         ensure_private_dir(self.directory)
-        if self._size(replacing) + len(data) > self.max_bytes:
-            return 0
-        name = f"{self._prefix}{os.getpid()}-{secrets.token_hex(4)}.jsonl"
-        write_atomic(self.directory, name, data)
-        return len(events)
+        kept = 0
+        for start in range(0, len(events), SEGMENT_EVENTS):
+            part = events[start : start + SEGMENT_EVENTS]
+            data = _encode(part)
+            with self._lock:
+                if not self._make_room(len(data), replacing):
+                    continue
+                name = (
+                    f"{self._prefix}{time.time_ns():020d}-{os.getpid()}-"
+                    f"{secrets.token_hex(4)}-{len(part)}{_SUFFIX}"
+                )
+                write_atomic(self.directory, name, data)
+            kept += len(part)
+        return kept
+
+    def _make_room(self, need: int, replacing: Path | None) -> bool:
+        """Delete the oldest unclaimed segments of this tag until ``need`` more bytes fit
+        (under the lock); False when they cannot."""
+        if need > self.max_bytes:
+            return False
+        sizes: list[tuple[float, str, int]] = []
+        total = 0
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.directory):
+                if replacing is not None and entry.name == replacing.name:
+                    continue
+                try:
+                    size = entry.stat(follow_symlinks=False).st_size
+                except OSError:
+                    continue
+                total += size
+                if entry.name.startswith(self._prefix):
+                    sizes.append((_order(entry), entry.name, size))
+        if total + need <= self.max_bytes:
+            return True
+        for _, name, size in sorted(sizes):
+            path = self.directory / name
+            count = _count_of(name) if name.endswith(_SUFFIX) else len(_read(path))
+            try:
+                os.unlink(path)
+            except FileNotFoundError:  # drained by another process meanwhile
+                pass
+            except OSError:
+                return False
+            else:
+                self.evicted += count
+            total -= size
+            if total + need <= self.max_bytes:
+                return True
+        return False
 
     def has_files(self) -> bool:
         """Whether any file of this tag waits (claimed by a dead process included)."""
@@ -150,7 +203,7 @@ class Spool:
             try:
                 with os.scandir(self.directory) as entries:
                     found = [
-                        (_mtime(e), e.name) for e in entries if e.name.startswith(self._prefix)
+                        (_order(e), e.name) for e in entries if e.name.startswith(self._prefix)
                     ]
             except OSError:
                 return None
@@ -247,11 +300,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _mtime(entry: os.DirEntry[str]) -> float:
+def _order(entry: os.DirEntry[str]) -> float:
+    """When a spool file was written: the time in its name, else its mtime."""
+    parts = entry.name.split("-")
+    if len(parts) >= 6 and parts[2].isdigit() and len(parts[2]) == 20:
+        return int(parts[2]) / 1e9
     try:
         return entry.stat(follow_symlinks=False).st_mtime
     except OSError:
         return 0.0
+
+
+def _count_of(name: str) -> int:
+    """The event count a segment's name ends with (0 when it has none)."""
+    tail = name[: -len(_SUFFIX)].rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _encode(events: Sequence[Event]) -> bytes:
+    text = "".join([spool_line(e) + "\n" for e in events]).encode("utf-8")
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # gzip framing: `zcat` reads a segment
+    return packer.compress(text) + packer.flush()
 
 
 def _read(path: Path) -> list[Event]:
@@ -259,6 +328,12 @@ def _read(path: Path) -> list[Event]:
         data = read_regular(path, _MAX_FILE_BYTES)
     except OSError:
         return []
+    if data[:2] == b"\x1f\x8b":
+        unpacker = zlib.decompressobj(47)
+        try:
+            data = unpacker.decompress(data, _MAX_TEXT_BYTES)
+        except zlib.error:  # damaged: none of it is read
+            data = b""
     events = []
     for line in data.splitlines():
         event = from_spool_line(line)

@@ -1,21 +1,28 @@
 # SPDX-License-Identifier: MIT OR Apache-2.0
 """The background worker: a bounded queue, one daemon thread, batching and deadlines.
 
-Queue policy: when the queue is full, the *newest* event is refused and counted
-(``queue_full``); the caller is never blocked. One WARNING is logged when refusing starts
-and one summary with the count when it stops, at most one pair a minute. A few slots
+Queue policy, with a disk spool (the default): nothing is dropped short of the spool's
+own bound. When the queue is full, the capturing thread runs the privacy pipeline on its
+event itself (it never waits on the network or on the worker) and adds the finished event
+to an overflow list; the worker sends that list with its next batch, and a full list
+(:data:`~codeweaver_telemetry._delivery.MAX_BATCH` events) is written to the spool as
+one segment. While the host is backing off (down, or rate limiting), the worker moves
+queued events through the pipeline into the spool before the queue fills. Without a
+spool, the *newest* event is refused and counted (``queue_full``), with one WARNING when
+refusing starts and one summary when it stops, at most one pair a minute. A few slots
 beyond the bound are kept for the library's session summary. The thread starts on the
 first event (or at once when the spool holds events), is a daemon (it never keeps the
 process alive), and is recreated in a forked child (the child starts with an empty queue:
 the parent's events are the parent's to send).
 
 The worker wakes when ``batch_size`` events are waiting, when ``interval_s`` has passed
-since the oldest one arrived, or when asked to flush (a flush sends up to 100 events per
-request). It runs each event through the privacy pipeline, then hands the batch to the
-delivery layer (:mod:`codeweaver_telemetry._delivery`), which owns the sink, retry and
-back-off, the host's rate limit, the spool, consent checks and the lost-event counts.
-Between live batches, at the host's pace, the worker has it drain the spool one claimed
-file at a time: what earlier runs (or this one) could not deliver.
+since the oldest one arrived, or when asked to flush; it then sends everything waiting,
+up to ``MAX_BATCH`` events per request. It runs each event through the privacy pipeline,
+then hands the batch to the delivery layer (:mod:`codeweaver_telemetry._delivery`), which
+owns the sink, retry and back-off, the host's rate limit, the spool, consent checks and
+the lost-event counts. Between live batches, at the host's pace, the worker has it drain
+the spool one claimed segment per request: what earlier runs (or this one) could not
+deliver.
 
 Fork safety: the thread's lazy imports (``prepare``, the sink's ``prepare()``) run under a
 lock that ``os.fork()`` waits for (a bounded wait), so a child never inherits a half-done
@@ -36,7 +43,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from codeweaver_telemetry._delivery import FLUSH_BATCH, SYSTEM_CLOCK, Clock, Delivery
+from codeweaver_telemetry._delivery import MAX_BATCH, SYSTEM_CLOCK, Clock, Delivery
 from codeweaver_telemetry._internal import (
     fork_safe_imports,
     in_forked_child,
@@ -121,6 +128,8 @@ class Worker:
         self._cond = threading.Condition(self._lock)
         self._delivery.reset(self._lock)
         self._queue: collections.deque[Event] = collections.deque()
+        # Finished events from capturing threads that found the queue full (spool only).
+        self._overflow_events: list[Event] = []
         self._flush_gen = 0
         self._done_gen = 0  # last flush generation the worker has fully handled
         self._failed_gen = 0  # last flush generation whose export failed
@@ -128,6 +137,7 @@ class Worker:
         self._closed = False
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._warm = False  # the thread's imports are done
         self._pid = os.getpid()
         # The spool drain: only the process that built the worker drains.
         self._spool_pending = False
@@ -163,7 +173,8 @@ class Worker:
 
     # -- caller side ----------------------------------------------------------------------
     def submit(self, event: Event, *, reserved: bool = False) -> bool:
-        """Queue an event without blocking; False if it was refused (full or closed).
+        """Queue an event without waiting on the network; False if it was refused (closed,
+        or full without a spool).
 
         ``reserved`` events (the library's session summary) may use a few slots beyond the
         bound, so a queue filled by the app never costs the session its summary.
@@ -176,20 +187,52 @@ class Worker:
                 delivery.record_lost_event("shutdown" if self._closed else "consent_off")
                 return False
             bound = self._max_queue + (_RESERVED_SLOTS if reserved else 0)
-            if len(self._queue) + delivery.held >= bound:
+            if len(self._queue) + delivery.held < bound:
+                if self._overflowing:
+                    self._overflow_ended()
+                self._queue.append(event)
+                first_of_batch = self._oldest_at is None
+                if first_of_batch:
+                    self._oldest_at = self._clock.monotonic()
+                if self._thread is None:
+                    self._start()
+                elif first_of_batch or len(self._queue) >= self._batch_size:
+                    self._cond.notify()  # an idle worker learns when this batch falls due
+                return True
+            if self._spool is None:
                 delivery.record_lost_event("queue_full")
                 self._overflow()
                 return False
-            if self._overflowing:
-                self._overflow_ended()
-            self._queue.append(event)
-            first_of_batch = self._oldest_at is None
-            if first_of_batch:
-                self._oldest_at = self._clock.monotonic()
-            if self._thread is None:
-                self._start()
-            elif first_of_batch or len(self._queue) >= self._batch_size:
-                self._cond.notify()  # an idle worker learns when this batch falls due
+        return self._finish_here(event)
+
+    def _finish_here(self, event: Event) -> bool:
+        """The queue is full: run the pipeline on this thread and keep the finished event
+        for the worker's next batch; a full overflow list goes to the spool as a segment."""
+        delivery = self._delivery
+        if not self._warm:  # the pipeline's imports, as the worker does them
+            with fork_safe_imports(), internal_errors("worker start"):
+                if self._prepare is not None:
+                    self._prepare()
+        try:
+            done = self._process(event, delivery.record_lost_event)
+        except Exception as exc:  # the pipeline drops, it never passes an event on raw
+            logger.warning("codeweaver_telemetry: an event was dropped (%s)", type(exc).__name__)
+            delivery.record_lost_event("stage_error")
+            return True
+        if done is None:
+            return True
+        with self._lock:
+            if self._closed or delivery.revoked:  # shut or turned off meanwhile
+                delivery.record_lost_event("shutdown" if self._closed else "consent_off")
+                return False
+            self._overflow_events.append(done)
+            if len(self._overflow_events) < MAX_BATCH:
+                if len(self._overflow_events) == 1:
+                    self._cond.notify()  # a worker backing off may spool them
+                return True
+            segment, self._overflow_events = self._overflow_events, []
+        with internal_errors("spool"):
+            delivery.spool(segment)
         return True
 
     def _overflow(self) -> None:
@@ -228,7 +271,7 @@ class Worker:
     def pending(self) -> int:
         """Events not yet delivered: waiting, in flight, or kept for retry."""
         with self._lock:
-            return len(self._queue) + self._delivery.held
+            return len(self._queue) + self._delivery.held + len(self._overflow_events)
 
     def start_draining(self) -> None:
         """Start sending what the spool holds now, in the background, whatever is captured."""
@@ -248,7 +291,9 @@ class Worker:
     def request_flush(self) -> None:
         """Ask the worker to send what is queued now, without waiting for it."""
         with self._lock:
-            if self._closed or not (self._queue or self._delivery.retrying):
+            if self._closed or not (
+                self._queue or self._delivery.retrying or self._overflow_events
+            ):
                 return
             self._flush_gen += 1
             if self._thread is None or not self._thread.is_alive():
@@ -266,7 +311,7 @@ class Worker:
         clock = self._clock
         deadline = clock.monotonic() + max(0.0, timeout_s)
         with self._lock:
-            if not self._queue and not self._delivery.held:
+            if not self._queue and not self._delivery.held and not self._overflow_events:
                 return True
             if self._thread is None or not self._thread.is_alive():
                 if self._stopping:
@@ -294,7 +339,7 @@ class Worker:
         delivery = self._delivery
         with self._lock:
             if self._closed:
-                return not (self._queue or delivery.retrying)
+                return not (self._queue or delivery.retrying or self._overflow_events)
             self._closed = True
         reserve = min(0.2, timeout_s / 4) if self._spool is not None else 0.0
         delivered = self.flush(timeout_s - reserve)
@@ -307,9 +352,11 @@ class Worker:
             thread.join(max(0.0, deadline - reserve - self._clock.monotonic()))
         with self._lock:  # what is still here has not been delivered
             raw, self._queue = list(self._queue), collections.deque()
+            overflow, self._overflow_events = self._overflow_events, []
             if self._overflow_unreported:
                 self._report_overflow()
         finished, lost = delivery.take_undelivered()
+        finished.extend(overflow)
         if raw or finished:
             self._save_undelivered(raw, finished, deadline)
         delivery.shutdown_sink(deadline - self._clock.monotonic())
@@ -347,8 +394,9 @@ class Worker:
 
     def _drop_queued(self) -> int:
         """Consent was withdrawn: drop what is queued, drain no more, wake any waiter."""
-        dropped = len(self._queue)
+        dropped = len(self._queue) + len(self._overflow_events)
         self._queue.clear()
+        self._overflow_events = []
         self._oldest_at = None
         self._spool_pending = False
         self._cond.notify_all()
@@ -372,15 +420,28 @@ class Worker:
             self._delivery.prepare()
             if self._spool is not None:
                 import codeweaver_telemetry._files  # noqa: F401  (used on the spool's paths)
+        self._warm = True
 
     def _live_due(self, now: float) -> bool:
         if self._flush_gen > self._done_gen:  # a flush goes before the back-off ends
             return now >= self._delivery.disabled_until
         if now < self._delivery.ready_at:
             return False
-        if len(self._queue) >= self._batch_size or self._delivery.retrying:
+        if len(self._queue) >= self._batch_size or self._delivery.retrying or self._overflow_events:
             return True
         return self._oldest_at is not None and now - self._oldest_at >= self._interval_s
+
+    def _spill_due(self, now: float) -> bool:
+        """The host is backing off and the queue is half full: move events to the spool
+        before the capturing threads have to."""
+        return (
+            self._spool is not None
+            and not self._stopping
+            and now < self._delivery.ready_at
+            and self._flush_gen <= self._done_gen
+            and len(self._queue) >= max(self._batch_size, self._max_queue // 2)
+            and not self._delivery.revoked
+        )
 
     def _drain_due(self, now: float) -> bool:
         return (
@@ -408,7 +469,8 @@ class Worker:
                 while True:
                     now = clock.monotonic()
                     live = self._live_due(now)
-                    if live or self._stopping or self._drain_due(now):
+                    spill = not live and self._spill_due(now)
+                    if live or spill or self._stopping or self._drain_due(now):
                         break
                     clock.wait(self._cond, self._wait_time(now))
                 # Stopping: only a flush still under way (and allowed to send) goes on.
@@ -416,8 +478,19 @@ class Worker:
                     return
             if live:
                 self._send_live()
+            elif spill:
+                self._spill()
             else:
                 self._drain()
+
+    def _spill(self) -> None:
+        """Run a batch of queued events through the pipeline into the spool."""
+        with self._lock:
+            raw = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
+            if not self._queue:
+                self._oldest_at = None
+        with internal_errors("spool"):
+            self._delivery.spool(self._finish(raw))
 
     def _drain(self) -> None:
         try:
@@ -433,10 +506,12 @@ class Worker:
         with self._lock:
             gen = self._flush_gen
             flushing = gen > self._done_gen
-            # A flush (at exit above all) has little time: fewer, larger requests.
-            size = max(self._batch_size, FLUSH_BATCH) if flushing else self._batch_size
+            # Everything waiting goes, up to MAX_BATCH a request: fewer, larger requests.
+            overflow = self._overflow_events[:MAX_BATCH]
+            del self._overflow_events[:MAX_BATCH]
+            size = max(0, MAX_BATCH - len(overflow))
             raw = [self._queue.popleft() for _ in range(min(len(self._queue), size))]
-            kept = self._delivery.take_retry(len(raw))
+            kept = self._delivery.take_retry(len(raw) + len(overflow))
             # The leftovers keep their age: the next one is due an interval after it
             # was captured (its wall-clock timestamp), not after this batch was taken.
             self._oldest_at = (
@@ -444,9 +519,9 @@ class Worker:
                 if self._queue
                 else None
             )
-        batch: list[Event] = []
+        batch: list[Event] = kept + overflow
         with internal_errors("worker"):
-            batch = kept + self._finish(raw)
+            batch += self._finish(raw)
         ok = self._delivery.deliver(batch)
         with self._lock:
             if flushing and (not ok or (not self._queue and not self._delivery.retrying)):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import io
 import json
 import os
@@ -32,9 +34,12 @@ def spool_text(state_dir: Path) -> str:
     parts = []
     for path in sorted(directory.iterdir()):
         try:
-            parts.append(path.read_text(encoding="utf-8"))
+            data = path.read_bytes()
         except FileNotFoundError:
             continue
+        if path.name.endswith(".gz"):
+            data = gzip.decompress(data)
+        parts.append(data.decode("utf-8"))
     return "".join(parts)
 
 
@@ -94,13 +99,24 @@ def test_spool_files_are_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(files[0]).st_mode) == 0o600
 
 
-def test_spool_is_bounded(tmp_path: Path) -> None:
-    """Past max_bytes nothing more is written; save says how many it kept."""
-    spool = Spool(tmp_path / "spool", max_bytes=400)
-    event = Event("e", {"pad": "x" * 100}, 0.0, "u", "d")
-    assert spool.save([event]) == 1
-    assert spool.save([event] * 10) == 0
-    assert len(spool.load()) == 1
+def test_a_full_spool_drops_its_oldest_events_and_counts_them(tmp_path: Path) -> None:
+    """Past max_bytes the oldest segments make room for the new ones (counted in
+    ``evicted``); a save larger than the whole bound keeps nothing."""
+    spool = Spool(tmp_path / "spool", max_bytes=4000)
+
+    def event(i: int) -> Event:  # random padding: about 800 bytes even compressed
+        return Event(
+            "e", {"i": i, "pad": base64.b64encode(os.urandom(750)).decode()}, 0.0, f"u{i}", "d"
+        )
+
+    for i in range(10):
+        assert spool.save([event(i)]) == 1
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "spool").iterdir())
+    assert on_disk <= 4000
+    kept = [e.properties["i"] for e in spool.load()]
+    assert kept == list(range(10 - len(kept), 10)), "the newest are kept, in order"
+    assert spool.evicted == 10 - len(kept) > 0
+    assert spool.save([event(i) for i in range(20)]) == 0  # one segment past the bound
 
 
 def test_each_spooled_event_is_loaded_once(tmp_path: Path) -> None:

@@ -162,16 +162,37 @@ class Recorder:
 
 
 # -- batching -------------------------------------------------------------------------------
-def test_sends_batches_of_batch_size(make_worker: Callable[..., Worker]) -> None:
-    """Full batches go out on their own; a flush sends the partial rest as one batch."""
+def test_a_full_batch_starts_a_send_that_takes_everything_waiting(
+    make_worker: Callable[..., Worker],
+) -> None:
+    """batch_size events waiting start a send, which takes every event waiting (fewer,
+    larger requests); a flush sends the partial rest."""
     rec = Recorder()
     worker = make_worker(FunctionSink(rec), batch_size=5)
-    for i in range(12):
+    for i in range(4):
+        assert worker.submit(ev(f"e{i}"))
+    time.sleep(0.2)
+    assert rec.batches == [], "fewer than batch_size events wait for the interval"
+    for i in range(4, 12):
         assert worker.submit(ev(f"e{i}"))
     assert wait_until(lambda: len(rec.delivered) >= 10)
     assert worker.flush(5)
-    assert [len(b) for b in rec.batches] == [5, 5, 2]
+    sizes = [len(b) for b in rec.batches]
+    assert sum(sizes) == 12
+    assert all(size >= 5 for size in sizes[:-1]), sizes
     assert rec.delivered == [f"e{i}" for i in range(12)]
+
+
+def test_a_backlog_goes_out_in_requests_of_max_batch(make_worker: Callable[..., Worker]) -> None:
+    """A backlog larger than one request is sent in requests of MAX_BATCH events."""
+    from codeweaver_telemetry._delivery import MAX_BATCH
+
+    rec = Recorder()
+    worker = make_worker(FunctionSink(rec), batch_size=10_000, max_queue=5000)
+    for i in range(2500):
+        assert worker.submit(ev(f"e{i}"))
+    assert worker.flush(10)
+    assert [len(b) for b in rec.batches] == [MAX_BATCH, MAX_BATCH, 500]
 
 
 def test_interval_sends_a_partial_batch(make_worker: Callable[..., Worker]) -> None:

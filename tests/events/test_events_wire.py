@@ -134,7 +134,7 @@ def run_realistic_session(client: TelemetryClient, receiver: PostHogReceiver) ->
     client.record_failover(2.5)
     time.sleep(0.01)
     client.end_session()
-    receiver.wait_for_events(20 + 2 + 1, timeout=10)
+    receiver.wait_for_events(20 + 2 + 1 + 1, timeout=10)  # with the flag exposure
     return {"latencies": latencies}
 
 
