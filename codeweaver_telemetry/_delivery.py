@@ -442,7 +442,7 @@ class Delivery:
             return
         what = "spooled" if returned else "undelivered"
         try:
-            saved = self._spool.save(events, replacing=returned.path if returned else None)
+            stored = self._spool.store(events, replacing=returned.path if returned else None)
         except OSError as exc:
             from codeweaver_telemetry._files import describe_os_error
 
@@ -456,16 +456,15 @@ class Delivery:
                 describe_os_error(exc),
             )
             return
-        self._count_evicted()
-        if len(events) > saved:
-            self.record_lost_event("spool_full", len(events) - saved)
-            logger.warning(
-                "codeweaver_telemetry: %d %s events were dropped: they do not fit in the "
-                "spool in %s (%d bytes at most)",
-                len(events) - saved,
+        saved = stored.kept
+        self._count_evicted(stored.refused + stored.evicted)
+        gone = len(events) - saved - stored.refused
+        if gone:  # the state directory was deleted (the user ran `delete`)
+            self.record_lost_event("spool_error", gone)
+            logger.info(
+                "codeweaver_telemetry: %d %s events were dropped: the state directory is gone",
+                gone,
                 what,
-                self._spool.directory,
-                self._spool.max_bytes,
             )
         if saved:
             with self._lock:
@@ -474,14 +473,13 @@ class Delivery:
                 self._spool_saves += 1
                 self._on_spooled()
 
-    def _count_evicted(self) -> None:
-        """Count the events the spool dropped to make room: one WARNING per episode (an
-        episode ends with the first save that needed no room)."""
+    def _count_evicted(self, evicted: int) -> None:
+        """Count the events the spool's bound cost: one WARNING per episode (an episode
+        ends with the first save that cost nothing)."""
         spool = self._spool
         if spool is None:
             return
         with self._lock:
-            evicted, spool.evicted = spool.evicted, 0
             if evicted:
                 self.lost["spool_full"] += evicted
             started = bool(evicted) and not self._spool_full

@@ -7,8 +7,9 @@ segments: one gzip-compressed JSON-lines file of at most :data:`SEGMENT_EVENTS` 
 ``spool-<tag>-<time>-<pid>-<random>-<count>.jsonl.gz`` (mode 0600), written to a temp
 file, fsynced once and renamed into place. The tag names the destination (a hash of the
 PostHog host and project key, or ``local``), so spooled events only ever go where they
-were meant to; the time orders segments oldest first, and the count lets a full spool
-say how many events it dropped without reading them.
+were meant to; the time (when the segment's oldest event was captured) orders segments
+oldest first, for draining and for dropping, and the count lets a full spool say how
+many events it dropped without reading them.
 
 A run drains the spool one segment at a time: :meth:`Spool.claim` renames the oldest file
 of its tag (so two processes never send the same spooled event twice) and reads it; the
@@ -23,9 +24,10 @@ already has by uuid. Lines are written and read by ``_codec`` (``spool_line``,
 event but ``$feature_flag_called``, no ``$`` property but the library's; a malformed
 line is skipped. Plain ``.jsonl`` files (written by earlier versions) are read too.
 
-The spool is bounded: a save that would take it past ``max_bytes`` first deletes the
-oldest unclaimed segments of its tag (their events are counted in :attr:`Spool.evicted`);
-a save that cannot fit even then keeps nothing. The spool never creates the state
+The spool is bounded and keeps the newest events: a save that would take it past
+``max_bytes`` first deletes the unclaimed segments of its tag whose events are oldest, and
+a segment older than those is itself not written (:meth:`Spool.store` says how many of
+each). The spool never creates the state
 directory (after ``codeweaver-telemetry delete``, a process still running writes
 nothing), never writes through a symbolic link and refuses a symlinked spool directory.
 """
@@ -40,13 +42,14 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from codeweaver_telemetry._codec import from_spool_line, spool_line
 from codeweaver_telemetry._files import ensure_private_dir, read_regular, write_atomic
 from codeweaver_telemetry._internal import in_forked_child
 from codeweaver_telemetry._types import Event
 
-__all__ = ["SEGMENT_EVENTS", "SPOOL_DIR", "Claim", "Spool"]
+__all__ = ["SEGMENT_EVENTS", "SPOOL_DIR", "Claim", "Spool", "Stored"]
 
 SPOOL_DIR = "spool"
 SEGMENT_EVENTS = 1000
@@ -56,6 +59,17 @@ _CLAIMED = ".claimed-"
 _SUFFIX = ".jsonl.gz"
 _MAX_FILE_BYTES = 64 * 1024 * 1024  # a claimed file larger than this is not read
 _MAX_TEXT_BYTES = 256 * 1024 * 1024  # nor one that inflates past this (a damaged file)
+
+
+class Stored(NamedTuple):
+    """What :meth:`Spool.store` did with the events it was given."""
+
+    kept: int
+    """Events written."""
+    refused: int
+    """Events not written: older than everything the bound would have had to drop."""
+    evicted: int
+    """Events of older segments deleted to make room."""
 
 
 class Claim:
@@ -109,44 +123,64 @@ class Spool:
         """Events of old segments deleted to make room (read and reset by the owner)."""
 
     def save(self, events: Sequence[Event], *, replacing: Path | None = None) -> int:
-        """Write ``events`` in segments; returns how many were kept.
+        """Write ``events`` in segments; returns how many were kept (see :meth:`store`).
 
-        To make room, the oldest unclaimed segments of this tag are deleted (counted in
-        :attr:`evicted`); events that cannot fit even then (a bound smaller than one
-        segment) are not kept. ``replacing``: a claimed file these events come from,
-        deleted right after; it does not count against the bound (handing a claim back
-        never loses it to its own size).
+        The events the bound cost (older ones deleted, or these refused) are added to
+        :attr:`evicted`.
+
+        Raises:
+            OSError: as :meth:`store`.
+        """
+        stored = self.store(events, replacing=replacing)
+        with self._lock:
+            self.evicted += stored.refused + stored.evicted
+        return stored.kept
+
+    def store(self, events: Sequence[Event], *, replacing: Path | None = None) -> Stored:
+        """Write ``events`` in segments of at most :data:`SEGMENT_EVENTS`.
+
+        The spool keeps the newest events: to make room, the segments whose events are
+        oldest are deleted first, and a segment older than all that would have to go for
+        it is not written (``refused``). ``replacing``: a claimed file these events come
+        from, deleted right after; it does not count against the bound (handing a claim
+        back never loses it to its own size). Nothing is written when the state directory
+        is gone.
 
         Raises:
             OSError: a segment could not be written (a full disk, a symlinked directory);
                 the events of that segment and the ones after it were not kept.
         """
+        kept = refused = evicted = 0
         if not events:
-            return 0
+            return Stored(0, 0, 0)
         if not self.directory.parent.is_dir():  # the state directory was deleted: keep nothing
-            return 0
+            return Stored(0, 0, 0)
         ensure_private_dir(self.directory)
-        kept = 0
+        events = sorted(events, key=_capture_time)  # segments of like age: old ones go first
         for start in range(0, len(events), SEGMENT_EVENTS):
             part = events[start : start + SEGMENT_EVENTS]
             data = _encode(part)
+            oldest = _oldest_ns(part)
             with self._lock:
-                if not self._make_room(len(data), replacing):
+                room, freed = self._make_room(len(data), oldest, replacing)
+                evicted += freed
+                if not room:
+                    refused += len(part)
                     continue
                 name = (
-                    f"{self._prefix}{time.time_ns():020d}-{os.getpid()}-"
+                    f"{self._prefix}{oldest:020d}-{os.getpid()}-"
                     f"{secrets.token_hex(4)}-{len(part)}{_SUFFIX}"
                 )
                 write_atomic(self.directory, name, data)
             kept += len(part)
-        return kept
+        return Stored(kept, refused, evicted)
 
-    def _make_room(self, need: int, replacing: Path | None) -> bool:
-        """Delete the oldest unclaimed segments of this tag until ``need`` more bytes fit
-        (under the lock); False when they cannot."""
+    def _make_room(self, need: int, oldest_ns: int, replacing: Path | None) -> tuple[bool, int]:
+        """Make room for a segment of ``need`` bytes whose oldest event is ``oldest_ns``
+        (under the lock): (whether it may be written, events deleted for it)."""
         if need > self.max_bytes:
-            return False
-        sizes: list[tuple[float, str, int]] = []
+            return False, 0
+        segments: list[tuple[float, int, str, int]] = []  # (age, 0, name, size)
         total = 0
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.directory):
@@ -158,24 +192,32 @@ class Spool:
                     continue
                 total += size
                 if entry.name.startswith(self._prefix):
-                    sizes.append((_order(entry), entry.name, size))
-        if total + need <= self.max_bytes:
-            return True
-        for _, name, size in sorted(sizes):
+                    segments.append((_order(entry), 0, entry.name, size))
+        victims: list[str] = []
+        fits = True
+        # The new segment (rank 1) counts as newer than a stored one of the same age.
+        for _, _, name, size in sorted([*segments, (oldest_ns / 1e9, 1, "", need)]):
+            if total + need <= self.max_bytes:
+                break
+            if not name:  # the new segment is the oldest left: it is the one that goes
+                fits = False
+                break
+            victims.append(name)
+            total -= size
+        else:
+            fits = total + need <= self.max_bytes
+        freed = 0
+        for name in victims:
             path = self.directory / name
             count = _count_of(name) if name.endswith(_SUFFIX) else len(_read(path))
             try:
                 os.unlink(path)
             except FileNotFoundError:  # drained by another process meanwhile
-                pass
+                continue
             except OSError:
-                return False
-            else:
-                self.evicted += count
-            total -= size
-            if total + need <= self.max_bytes:
-                return True
-        return False
+                return False, freed
+            freed += count
+        return fits, freed
 
     def has_files(self) -> bool:
         """Whether any file of this tag waits (claimed by a dead process included)."""
@@ -301,7 +343,8 @@ def _alive(pid: int) -> bool:
 
 
 def _order(entry: os.DirEntry[str]) -> float:
-    """When a spool file was written: the time in its name, else its mtime."""
+    """How old a spool file's events are: the capture time of its oldest event (in its
+    name), else the file's mtime."""
     parts = entry.name.split("-")
     if len(parts) >= 6 and parts[2].isdigit() and len(parts[2]) == 20:
         return int(parts[2]) / 1e9
@@ -309,6 +352,18 @@ def _order(entry: os.DirEntry[str]) -> float:
         return entry.stat(follow_symlinks=False).st_mtime
     except OSError:
         return 0.0
+
+
+def _capture_time(event: Event) -> float:
+    return event.timestamp
+
+
+def _oldest_ns(events: Sequence[Event]) -> int:
+    """When the oldest of ``events`` was captured, in nanoseconds (now, if none can say)."""
+    try:
+        return max(0, min(int(min(e.timestamp for e in events) * 1e9), 10**20 - 1))
+    except (OverflowError, ValueError):
+        return time.time_ns()
 
 
 def _count_of(name: str) -> int:

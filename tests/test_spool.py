@@ -106,7 +106,7 @@ def test_a_full_spool_drops_its_oldest_events_and_counts_them(tmp_path: Path) ->
 
     def event(i: int) -> Event:  # random padding: about 800 bytes even compressed
         return Event(
-            "e", {"i": i, "pad": base64.b64encode(os.urandom(750)).decode()}, 0.0, f"u{i}", "d"
+            "e", {"i": i, "pad": base64.b64encode(os.urandom(750)).decode()}, float(i), f"u{i}", "d"
         )
 
     for i in range(10):
