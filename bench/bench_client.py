@@ -38,6 +38,12 @@ def clean_env(home: str, **extra: str) -> dict[str, str]:
         if not k.startswith("CODEWEAVER") and k not in ("CI", "DO_NOT_TRACK")
     }
     env.update({"CODEWEAVER_HOME": home, "PYTHONPATH": str(ROOT)}, **extra)
+    # Bytecode as an installed package has it (pip compiles it at install). A checkout run
+    # with PYTHONDONTWRITEBYTECODE=1 would compile our modules from source in every fresh
+    # interpreter, while posthog's come precompiled from site-packages. Each timing below
+    # warms this cache with one unmeasured run first.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(Path(home) / "pycache")
     return env
 
 
@@ -113,6 +119,7 @@ def bench_capture(receiver: PostHogReceiver, home: str) -> None:
 def import_time_ms(module: str, home: str) -> tuple[float, float]:
     """Median wall time of `import module` in a fresh interpreter, and its -X importtime total."""
     walls, totals = [], []
+    subprocess.run([sys.executable, "-c", f"import {module}"], env=clean_env(home), check=True)
     for _ in range(5):
         out = subprocess.run(
             [sys.executable, "-X", "importtime", "-c", f"import {module}"],
@@ -131,14 +138,20 @@ def import_time_ms(module: str, home: str) -> tuple[float, float]:
     return statistics.median(totals), statistics.median(walls)
 
 
-def start_ms(code: str, env: dict[str, str]) -> float:
-    """Median wall time of a fresh interpreter running ``code`` (5 runs)."""
-    walls = []
-    for _ in range(5):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], env=env, check=True)
-        walls.append((time.perf_counter() - start) * 1000)
-    return statistics.median(walls)
+def start_ms(runs: dict[str, tuple[str, dict[str, str]]], rounds: int = 7) -> dict[str, float]:
+    """Median wall time of a fresh interpreter running each ``(code, env)`` of ``runs``.
+
+    The runs take turns, round by round, so a change in the machine's load during the
+    bench weighs on every row alike; one unmeasured round first warms the bytecode cache.
+    """
+    walls: dict[str, list[float]] = {name: [] for name in runs}
+    for round_index in range(rounds + 1):
+        for name, (code, env) in runs.items():
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], env=env, check=True)
+            if round_index:
+                walls[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(values) for name, values in walls.items()}
 
 
 def bench_import(home: str) -> None:
@@ -147,28 +160,27 @@ def bench_import(home: str) -> None:
     header("import time (python -X importtime, cumulative; median of 5 fresh interpreters)")
     row("import (importtime cumulative)", ours_total, raw_total, "ms")
     row("whole interpreter run (python -c import)", ours_wall, raw_wall, "ms")
-    raw_client = start_ms(
-        "import posthog; posthog.Client('phc_x', host='http://127.0.0.1:9')", clean_env(home)
-    )
     first_client = "import codeweaver_telemetry as t; t.get_telemetry_client()"
-    for label, extra in (
-        ("off (DO_NOT_TRACK=1)", {"DO_NOT_TRACK": "1"}),
-        ("on, local log", {"CODEWEAVER__TELEMETRY__ENABLED": "1"}),
-        (
-            "on, PostHog key",
-            {
-                "CODEWEAVER__TELEMETRY__ENABLED": "1",
-                "CODEWEAVER__TELEMETRY__POSTHOG_API_KEY": "phc_x",
-                "CODEWEAVER__TELEMETRY__POSTHOG_HOST": "http://127.0.0.1:9",
-            },
+    variants = {
+        "off (DO_NOT_TRACK=1)": {"DO_NOT_TRACK": "1"},
+        "on, local log": {"CODEWEAVER__TELEMETRY__ENABLED": "1"},
+        "on, PostHog key": {
+            "CODEWEAVER__TELEMETRY__ENABLED": "1",
+            "CODEWEAVER__TELEMETRY__POSTHOG_API_KEY": "phc_x",
+            "CODEWEAVER__TELEMETRY__POSTHOG_HOST": "http://127.0.0.1:9",
+        },
+    }
+    runs = {
+        "posthog": (
+            "import posthog; posthog.Client('phc_x', host='http://127.0.0.1:9')",
+            clean_env(home),
         ),
-    ):
-        row(
-            f"import + first client, {label}",
-            start_ms(first_client, clean_env(home, **extra)),
-            raw_client,
-            "ms",
-        )
+        **{label: (first_client, clean_env(home, **extra)) for label, extra in variants.items()},
+    }
+    medians = start_ms(runs)
+    header("import + first client (median of 7 fresh interpreters, taking turns)")
+    for label in variants:
+        row(f"import + first client, {label}", medians[label], medians["posthog"], "ms")
     probe = subprocess.run(
         [
             sys.executable,
@@ -251,34 +263,58 @@ def bench_flags(receiver: PostHogReceiver, home: str) -> None:
     from codeweaver_telemetry import TelemetryClient, TelemetrySettings
 
     receiver.set_flags({"exp": "variant_b"})
-    header("feature flag lookup")
-    for state in ("healthy", "hanging"):
+    # Both clients send /flags/ through posthog's one module-level session: whichever asked
+    # first would also pay the TCP connect (and the receiver's new connection thread), and
+    # the other would reuse that connection. Open it first, so both first lookups are alike.
+    warm = posthog.Client("phc_bench", host=receiver.url, disable_geoip=True)
+    warm.get_feature_flag("warm", "warm-up", send_feature_flag_events=False)
+    warm.shutdown()
+    rounds = 7
+    header(f"feature flag lookup (first lookups: median of {rounds} pairs of fresh clients)")
+    cases = (
+        # (label, host state, exposure events on both sides, rounds)
+        ("healthy: first lookup", "healthy", True, rounds),
+        ("healthy: first lookup, no exposure events", "healthy", False, rounds),
+        ("hanging: first lookup", "hanging", True, 1),
+    )
+    for label, state, events, count in cases:
         if state == "hanging":
             receiver.hang(route="flags")
-        ours = TelemetryClient(
-            TelemetrySettings(
-                enabled=True,
-                posthog_api_key="phc_bench",
-                posthog_host=receiver.url,
-                state_dir=Path(home) / f"flags-{state}",
+        firsts: dict[str, list[float]] = {"ours": [], "raw": []}
+        for index in range(count):
+            ours = TelemetryClient(
+                TelemetrySettings(
+                    enabled=True,
+                    posthog_api_key="phc_bench",
+                    posthog_host=receiver.url,
+                    state_dir=Path(home) / f"flags-{state}-{events}-{index}",
+                    send_feature_flag_events=events,
+                )
             )
-        )
-        raw = posthog.Client("phc_bench", host=receiver.url, disable_geoip=True)
+            raw = posthog.Client("phc_bench", host=receiver.url, disable_geoip=True)
 
-        def ours_lookup(i: int, c: TelemetryClient = ours) -> object:
-            return c.get_feature_flag("exp")
+            def ours_lookup(i: int, c: TelemetryClient = ours) -> object:
+                return c.get_feature_flag("exp")
 
-        def raw_lookup(i: int, c: posthog.Client = raw) -> object:
-            return c.get_feature_flag("exp", "bench", send_feature_flag_events=False)
+            def raw_lookup(i: int, c: posthog.Client = raw, e: bool = events) -> object:
+                return c.get_feature_flag("exp", "bench", send_feature_flag_events=e)
 
-        first_ours = time_calls(ours_lookup, 1)[0]
-        first_raw = time_calls(raw_lookup, 1)[0]
-        cached_ours = statistics.median(time_calls(ours_lookup, 200))
-        cached_raw = statistics.median(time_calls(raw_lookup, 3 if state == "hanging" else 200))
-        row(f"{state}: first lookup", first_ours / 1000, first_raw / 1000, "ms")
-        row(f"{state}: later lookups (median)", cached_ours / 1000, cached_raw / 1000, "ms")
-        ours.shutdown(timeout=0.2)
-        raw.shutdown()
+            order = [("ours", ours_lookup), ("raw", raw_lookup)]
+            if index % 2:  # alternate who goes first
+                order.reverse()
+            for name, lookup in order:
+                firsts[name].append(time_calls(lookup, 1)[0])
+            if index == count - 1 and events:
+                cached_ours = statistics.median(time_calls(ours_lookup, 200))
+                cached_raw = statistics.median(
+                    time_calls(raw_lookup, 3 if state == "hanging" else 200)
+                )
+            ours.shutdown(timeout=0.2)
+            raw.shutdown()
+        first_ours, first_raw = (statistics.median(firsts[n]) for n in ("ours", "raw"))
+        row(label, first_ours / 1000, first_raw / 1000, "ms")
+        if events:
+            row(f"{state}: later lookups (median)", cached_ours / 1000, cached_raw / 1000, "ms")
     receiver.heal()
 
 

@@ -172,7 +172,7 @@ assert client.enabled, client.state
 mode = sys.argv[3]
 start = time.time()
 for i in range(N):
-    client.capture("search", PROPS)
+    client.capture("search", dict(PROPS, execution_time_ms=i % 997 * 0.5))
 caller_s = time.time() - start
 if mode == "wait":  # stay until the receiver has them all (the parent decides)
     client.flush(60)
@@ -189,7 +189,7 @@ client = posthog.Client("phc_bench", host=URL, disable_geoip=True)
 mode = sys.argv[3]
 start = time.time()
 for i in range(N):
-    client.capture("search", distinct_id="bench", properties=PROPS)
+    client.capture("search", distinct_id="bench", properties=dict(PROPS, execution_time_ms=i % 997 * 0.5))
 caller_s = time.time() - start
 if mode == "wait":
     client.flush()
@@ -209,7 +209,7 @@ threads = [t for t in threading.enumerate() if t.name == "codeweaver-telemetry"]
 warm_cpu_s = sum(thread_cpu_s(t) for t in threads)
 start = time.time()
 for i in range(N):
-    client.capture("search", PROPS)
+    client.capture("search", dict(PROPS, execution_time_ms=i % 997 * 0.5))
 caller_s = time.time() - start
 client.flush(120)
 sys.stdin.readline()
@@ -228,7 +228,7 @@ client.flush()
 warm_cpu_s = sum(thread_cpu_s(t) for t in client.consumers or [])
 start = time.time()
 for i in range(N):
-    client.capture("search", distinct_id="bench", properties=PROPS)
+    client.capture("search", distinct_id="bench", properties=dict(PROPS, execution_time_ms=i % 997 * 0.5))
 caller_s = time.time() - start
 client.flush()
 sys.stdin.readline()

@@ -40,7 +40,7 @@ _EXPORTS: dict[str, str] = {
     "SessionStatistics": "events.stats",
     "Sink": "_types",
     "TelemetryClient": "client",
-    "TelemetryConfigError": "settings",
+    "TelemetryConfigError": "_config",
     "TelemetryMixin": "privacy.rules",
     "TelemetryModel": "privacy.rules",
     "TelemetryRuleError": "privacy.rules",
@@ -150,6 +150,7 @@ if TYPE_CHECKING:
         timer,
         track_usage,
     )
+    from codeweaver_telemetry._config import TelemetryConfigError
     from codeweaver_telemetry._types import Event, ExportResult, Sink
     from codeweaver_telemetry.client import (
         PostHogEventLike,
@@ -179,6 +180,6 @@ if TYPE_CHECKING:
         serialize_for_telemetry,
     )
     from codeweaver_telemetry.privacy.scrubber import Scrubber, is_secret_key, scrub
-    from codeweaver_telemetry.settings import TelemetryConfigError, TelemetrySettings
+    from codeweaver_telemetry.settings import TelemetrySettings
     from codeweaver_telemetry.sinks.jsonl import LocalJSONLSink, read_log
     from codeweaver_telemetry.sinks.memory import FunctionSink, InMemorySink

@@ -32,12 +32,12 @@ from codeweaver_telemetry._types import (
 )
 
 if TYPE_CHECKING:
+    from codeweaver_telemetry._config import SettingsView
     from codeweaver_telemetry._heartbeat import Heartbeat
     from codeweaver_telemetry._worker import Worker
     from codeweaver_telemetry.events.stats import SessionStatistics
     from codeweaver_telemetry.flags import FlagCache, FlagValue
     from codeweaver_telemetry.privacy.hashing import KeyProvider
-    from codeweaver_telemetry.settings import TelemetrySettings
 
 __all__ = ["OFF", "Off", "Running"]
 
@@ -141,7 +141,7 @@ class Running:
 
     def __init__(
         self,
-        settings: TelemetrySettings,
+        settings: SettingsView,
         *,
         distinct_id: str,
         key_provider: KeyProvider,
@@ -177,6 +177,8 @@ class Running:
     def go(self) -> None:
         """Start: flush at exit, beat if asked to, drain what earlier runs left."""
         PROCESS.started(self)
+        if self._flag_cache is not None:
+            self._flag_cache.start()  # its thread waits idle: a first lookup creates none
         interval = self._settings.heartbeat_interval_seconds
         if interval is not None:
             self.start_heartbeat(interval)
@@ -612,6 +614,8 @@ class Running:
             self._worker.shutdown(max(0.0, deadline - time.monotonic()))
             if self._flag_source is not None:
                 self._flag_source.shutdown()
+            if self._flag_cache is not None:
+                self._flag_cache.close()
         PROCESS.stopped(self)
 
     def after_fork(self) -> None:

@@ -19,7 +19,6 @@ import contextlib
 import errno
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,6 +204,8 @@ def write_atomic(directory: str | os.PathLike[str], name: str, data: bytes) -> P
 
     The rename replaces a symbolic link at ``name`` rather than writing through it.
     """
+    import tempfile  # only when writing: reading and appending never need it
+
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
     try:
         try:

@@ -4,14 +4,12 @@ data (later mutation cannot change what is sent), its uuid and its timestamp."""
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
-import decimal
 import enum
 import itertools
 import secrets
+import sys
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import PurePath
 from typing import Any
@@ -30,10 +28,11 @@ _IMMUTABLE = (
     dt.date,
     dt.time,
     dt.timedelta,
-    uuid.UUID,
-    decimal.Decimal,
     PurePath,
 )
+# Immutable too, checked only when their module is loaded (a value can be one only then):
+# importing uuid and decimal would cost every client's start-up a few milliseconds.
+_LATE_IMMUTABLE = (("uuid", "UUID"), ("decimal", "Decimal"))
 _SNAPSHOT_DEPTH = 32
 
 
@@ -52,7 +51,11 @@ def snapshot(value: Any, depth: int = 0) -> Any:
         return tuple(snapshot(v, depth + 1) for v in value)
     if isinstance(value, (set, frozenset)):
         return frozenset(value)
+    if _late_immutable(value):
+        return value
     try:
+        import copy
+
         return copy.deepcopy(value)
     except Exception:  # what cannot be copied is serialized now (rules and scrubber apply)
         from codeweaver_telemetry.privacy.rules import serialize_for_telemetry
@@ -64,6 +67,15 @@ def snapshot(value: Any, depth: int = 0) -> Any:
         if "v" in wrapped:
             return wrapped["v"]
         return UncopyableValue()  # no JSON-safe form either: it is not sent
+
+
+def _late_immutable(value: object) -> bool:
+    """Whether ``value`` is a ``uuid.UUID`` or a ``decimal.Decimal``."""
+    for module_name, name in _LATE_IMMUTABLE:
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(value, getattr(module, name)):
+            return True
+    return False
 
 
 def metadata_snapshot(metadata: object) -> dict[str, Any]:
@@ -157,4 +169,5 @@ def uuid7() -> str:
     value = (ms & ((1 << 48) - 1)) << 80 | rand & ((1 << 80) - 1)
     value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"  # the canonical form, as str(uuid.UUID(int=value)) writes it
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

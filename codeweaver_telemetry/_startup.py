@@ -5,6 +5,7 @@ sink, spool, worker and flags. Imported only once telemetry may be on."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -14,13 +15,15 @@ from codeweaver_telemetry.consent import ConsentDecision, consent_sources, decid
 from codeweaver_telemetry.state import ConsentWatch, StateError, StateStore
 
 if TYPE_CHECKING:
+    from codeweaver_telemetry._config import SettingsView
     from codeweaver_telemetry._core import Running
-    from codeweaver_telemetry.settings import TelemetrySettings
 
 __all__ = ["AuditedSink", "spool_tag", "start"]
 
+_YIELD_S = 0.001  # long enough for the starting thread to wake and take the GIL
 
-def spool_tag(settings: TelemetrySettings, sink: Sink | None) -> str:
+
+def spool_tag(settings: SettingsView, sink: Sink | None) -> str:
     """Where spooled events may go: this PostHog project, the local log, or this sink type."""
     if sink is not None:
         return "sink-" + type(sink).__name__.lower()
@@ -34,7 +37,13 @@ def spool_tag(settings: TelemetrySettings, sink: Sink | None) -> str:
 
 def _prepare_worker() -> None:
     """What the worker thread imports, done at once when it starts (under the lock that
-    ``os.fork()`` waits for): a child forked at any moment inherits whole modules."""
+    ``os.fork()`` waits for): a child forked at any moment inherits whole modules.
+
+    It first gives the GIL back for a moment: the thread that started the worker (the app's
+    first capture, or a first flag lookup's exposure event) returns at once, instead of
+    waiting out the interpreter's switch interval (5 ms) behind this warm-up.
+    """
+    time.sleep(_YIELD_S)
     from codeweaver_telemetry import pipeline
     from codeweaver_telemetry.events import schemas  # noqa: F401  (Deferred events build here)
 
@@ -79,7 +88,7 @@ class AuditedSink:
         return float(getattr(self._remote, "retry_after_s", 0.0) or 0.0)
 
 
-def _default_sink(settings: TelemetrySettings) -> Sink:
+def _default_sink(settings: SettingsView) -> Sink:
     from codeweaver_telemetry.sinks.jsonl import LocalJSONLSink
 
     log = LocalJSONLSink(settings.resolved_state_dir)
@@ -96,7 +105,7 @@ def _default_sink(settings: TelemetrySettings) -> Sink:
 
 
 def start(
-    settings: TelemetrySettings,
+    settings: SettingsView,
     *,
     sink: Sink | None,
     config_error: str | None,
@@ -177,12 +186,11 @@ def start(
     return decision, running[0]
 
 
-def _flags(settings: TelemetrySettings, install_id: str) -> tuple[Any, Any]:
+def _flags(settings: SettingsView, install_id: str) -> tuple[Any, Any]:
     """(the flag source, its cache) for a PostHog project; (None, None) without one."""
     if settings.posthog_api_key is None:
         return None, None
-    from codeweaver_telemetry.flags import FlagCache
-    from codeweaver_telemetry.sinks.posthog import PostHogFlags
+    from codeweaver_telemetry.flags import FlagCache, PostHogFlags
 
     personal = settings.posthog_personal_api_key
     source = PostHogFlags(

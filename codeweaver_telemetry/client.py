@@ -30,6 +30,7 @@ from codeweaver_telemetry.consent import ConsentDecision, environment_decision
 if TYPE_CHECKING:
     import datetime as dt
 
+    from codeweaver_telemetry._config import SettingsView
     from codeweaver_telemetry._core import Running
     from codeweaver_telemetry._heartbeat import Heartbeat
     from codeweaver_telemetry.events.stats import SessionStatistics
@@ -109,6 +110,9 @@ class TelemetryClient:
         forced: ConsentDecision | None,
     ) -> None:
         self._settings = settings
+        # What start-up read: the settings given, or those the quick resolver read (the
+        # TelemetrySettings model is then built only when asked for, see `settings`).
+        self._view: SettingsView | None = settings
         self._core: Off | Running = OFF
         self._running: Running | None = None
         self._closed = False
@@ -125,18 +129,26 @@ class TelemetryClient:
                 return
         if self.decision.source != "init":
             return
-        if settings is None:
+        view: SettingsView | None = settings
+        if view is None:
+            from codeweaver_telemetry._config import resolve
+
+            # Plain settings are read without pydantic; anything else (a bad value among
+            # them) goes through the model, which reports it.
+            view = resolve()
+        if view is None:
             # Outside the guard on purpose: load_settings never raises, except in strict
             # mode, where the developer asked for the TelemetryConfigError.
             from codeweaver_telemetry.settings import load_settings
 
-            settings, config_error = load_settings()
-            self._settings = settings
+            view, config_error = load_settings()
+            self._settings = view
+        self._view = view
         with internal_errors("client start"):
             from codeweaver_telemetry._startup import start
 
             self.decision, running = start(
-                settings,
+                view,
                 sink=sink,
                 config_error=config_error,
                 on_notice=on_notice,
@@ -150,11 +162,18 @@ class TelemetryClient:
 
     @property
     def settings(self) -> TelemetrySettings:
-        """The settings in use (loaded on first access when telemetry was off at once)."""
+        """The settings in use (built on first access: the values the client started with,
+        or, when telemetry was off at once, loaded then)."""
         if self._settings is None:
-            from codeweaver_telemetry.settings import load_settings
+            from codeweaver_telemetry._config import ResolvedSettings
 
-            self._settings = load_settings()[0]
+            view = self._view
+            if isinstance(view, ResolvedSettings):
+                self._settings = view.to_settings()
+            else:
+                from codeweaver_telemetry.settings import load_settings
+
+                self._settings = load_settings()[0]
         return self._settings
 
     @classmethod

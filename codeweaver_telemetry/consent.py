@@ -29,7 +29,7 @@ from codeweaver_telemetry._types import ConsentSource, ConsentVote
 from codeweaver_telemetry.state import StateError, StateStore, TelemetryState
 
 if TYPE_CHECKING:  # settings pull in pydantic-settings; the off path never needs them
-    from codeweaver_telemetry.settings import TelemetrySettings
+    from codeweaver_telemetry._config import SettingsView
 
 __all__ = [
     "CI_VARIABLES",
@@ -124,7 +124,7 @@ class ConsentInputs:
             (``codeweaver-telemetry status``).
     """
 
-    settings: TelemetrySettings
+    settings: SettingsView
     store: StateStore
     config_error: str | None = None
     on_notice: Callable[[str], None] | None = None
@@ -343,7 +343,7 @@ def environment_decision() -> ConsentDecision | None:
 
 
 def consent_sources(
-    settings: TelemetrySettings,
+    settings: SettingsView,
     store: StateStore,
     *,
     config_error: str | None = None,

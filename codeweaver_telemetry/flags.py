@@ -43,6 +43,9 @@ _QUICK_FIRST_DELAY_S = 0.05
 #: Waits before the background retries, once the quick ones are over (about 30 s in all).
 _BACKGROUND_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
 
+#: A fetch thread with no fetch to do for this long ends (the next fetch starts another).
+_IDLE_S = 60.0
+
 
 class FlagFetchError(Exception):
     """A flag fetch failed; ``transient`` tells whether trying again soon may succeed.
@@ -109,6 +112,32 @@ class FlagCache:
         self._again = False
         # The first lookup started waiting: a retry sleeping in its back-off goes now.
         self._hurry = False
+        # A fetch thread is alive (fetching, or idle and waiting for a fetch to do); its
+        # generation changes in a forked child, where the parent's thread does not exist.
+        self._serving = False
+        self._generation = 0
+        self._closed = False
+
+    def start(self) -> None:
+        """Start the fetch thread now, idle until a fetch is asked for; never blocks.
+
+        A client calls this when it starts, so that its first lookup hands the fetch to a
+        running thread instead of waiting for one to be created (on a busy machine that
+        can take milliseconds). Nothing is fetched; the thread ends after a minute idle.
+        """
+        with internal_errors("feature flag thread"):
+            with self._lock:
+                if self._serving or self._closed:
+                    return
+                self._serving = True
+                generation = self._generation
+            self._spawn(generation)
+
+    def close(self) -> None:
+        """End the fetch thread once it is idle; fetch nothing more after the running one."""
+        with self._lock:
+            self._closed = True
+            self._wake.notify_all()
 
     def prefetch(self, *, force: bool = False) -> None:
         """Start a background fetch if none is running and the cache is empty or stale.
@@ -163,6 +192,8 @@ class FlagCache:
         self._fetching = False
         self._again = False
         self._hurry = False
+        self._serving = False
+        self._generation += 1
 
     def _claim_locked(self, now: float) -> None:
         self._fetching = True
@@ -171,20 +202,61 @@ class FlagCache:
         self._quick_until = max(self._quick_until, now + self._budget_s)
 
     def _start(self) -> bool:
+        """Have the claimed fetch run: on the fetch thread if one is alive, else on a new one."""
+        with self._lock:
+            if self._serving:
+                self._wake.notify_all()  # an idle thread takes it; a busy one on its next turn
+                return True
+            self._serving = True
+            generation = self._generation
+        return self._spawn(generation)
+
+    def _spawn(self, generation: int) -> bool:
         try:
             threading.Thread(
-                target=self._run, name="codeweaver-telemetry-flags", daemon=True
+                target=self._serve,
+                args=(generation,),
+                name="codeweaver-telemetry-flags",
+                daemon=True,
             ).start()
         except Exception as exc:  # no thread to be had (interpreter exiting, limits)
             with self._lock:
-                self._fetching = False
-                self._failed_at = time.monotonic()
-            logger.warning(
-                "codeweaver_telemetry: feature flags could not be fetched (%s); defaults are used",
-                type(exc).__name__,
-            )
+                claimed = self._fetching
+                if self._generation == generation:
+                    self._serving = False
+                    self._fetching = False
+                    if claimed:
+                        self._failed_at = time.monotonic()
+            if claimed:
+                logger.warning(
+                    "codeweaver_telemetry: feature flags could not be fetched (%s); "
+                    "defaults are used",
+                    type(exc).__name__,
+                )
             return False
         return True
+
+    def _serve(self, generation: int) -> None:
+        """The fetch thread: run each fetch claimed, wait idle between them, end after
+        :data:`_IDLE_S` idle, on :meth:`close`, or when a fork made it another's."""
+        try:
+            while True:
+                with self._lock:
+                    self._wake.wait_for(
+                        lambda: self._fetching or self._closed or self._generation != generation,
+                        _IDLE_S,
+                    )
+                    if self._generation != generation:
+                        return  # reset for a forked child: the cache has a thread of its own
+                    if not self._fetching:  # idle too long, or closed
+                        self._serving = False
+                        return
+                self._run()
+        except BaseException:
+            with self._lock:
+                if self._generation == generation:
+                    self._serving = False
+            raise
 
     def _run(self) -> None:
         with internal_errors("feature flag fetch"):

@@ -48,13 +48,10 @@ from __future__ import annotations
 
 import contextvars
 import difflib
-import ipaddress
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -71,20 +68,27 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from codeweaver_telemetry._files import (
-    NotRegularFileError,
-    TooLargeError,
-    describe_os_error,
-    read_regular,
+from codeweaver_telemetry._config import (
+    API_KEY_ENV_NAMES,
+    CONFIG_FILE_MAX_BYTES,
+    CONFIG_FILE_NAME,
+    DEFAULT_HOST,
+    TelemetryConfigError,
+    config_file_candidates,
+    default_state_dir,
 )
+from codeweaver_telemetry._config import UNTRUSTED_FALSE_ONLY_KEYS as _UNTRUSTED_FALSE_ONLY_KEYS
+from codeweaver_telemetry._config import UNTRUSTED_FILE_KEYS as _UNTRUSTED_FILE_KEYS
+from codeweaver_telemetry._config import env_value as _env_value
+from codeweaver_telemetry._config import host_problem as _host_problem
+from codeweaver_telemetry._config import is_blank as _is_text_blank
+from codeweaver_telemetry._config import read_config_table as _read_config_table
+from codeweaver_telemetry._config import user_config_file as _user_config_file
 from codeweaver_telemetry._internal import ENV_PREFIX, logger
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
-
 __all__ = [
+    "CONFIG_FILE_MAX_BYTES",
+    "CONFIG_FILE_NAME",
     "DEFAULT_HOST",
     "ENV_PREFIX",
     "TelemetryConfigError",
@@ -94,32 +98,8 @@ __all__ = [
     "load_settings",
 ]
 
-DEFAULT_HOST = "https://us.i.posthog.com"
-CONFIG_FILE_NAME = "codeweaver.toml"
-CONFIG_FILE_MAX_BYTES = 1 << 20
-"""The largest config file read (1 MiB); a larger one is a configuration error."""
-_FILE_ALIASES = {"tools_above_privacy": "tools_over_privacy"}
-
-# What a codeweaver.toml found in the working directory (an untrusted repository file) may set:
-# only settings that reduce collection or tune timing and size.
-_UNTRUSTED_FILE_KEYS = frozenset(
-    {
-        "disable_telemetry",
-        "strict",
-        "batch_size",
-        "batch_interval_seconds",
-        "max_queue_size",
-        "exit_timeout_seconds",
-        "flag_timeout_seconds",
-        "flag_refresh_seconds",
-        "request_timeout_seconds",
-        "max_retries",
-    }
-)
-_UNTRUSTED_FALSE_ONLY_KEYS = frozenset(
-    {"enabled", "tools_over_privacy", "send_feature_flag_events"}
-)
 _BOOL = TypeAdapter(bool)
+
 
 # The config file read while building settings in this thread/context (for error messages).
 _CONFIG_PATH: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
@@ -127,152 +107,16 @@ _CONFIG_PATH: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
 )
 
 
-class TelemetryConfigError(ValueError):
-    """A telemetry setting is invalid.
-
-    :func:`load_settings` raises it only in strict mode (otherwise it logs the message once);
-    ``TelemetrySettings(...)`` built directly always raises it, with pydantic's
-    ``ValidationError`` (inputs hidden) as ``__cause__``.
-    """
-
-
 def _is_blank(value: object) -> bool:
     """Whether a setting's value is empty or whitespace only, which means unset."""
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
-    return isinstance(value, str) and not value.strip()
+    return _is_text_blank(value)
 
 
 def _given(values: Mapping[str, Any]) -> dict[str, Any]:
     """Settings given in code, without the empty ones (an empty value means unset)."""
     return {key: value for key, value in values.items() if not _is_blank(value)}
-
-
-def _env_value(name: str) -> str | None:
-    """The environment variable ``name`` (matched as the settings match it, whatever the case),
-    or None when it is unset or empty."""
-    value = os.environ.get(name)
-    if value is None:
-        upper = name.upper()
-        value = next((v for k, v in os.environ.items() if k.upper() == upper), None)
-    return None if value is None or _is_blank(value) else value
-
-
-def _platform_dir(kind: Literal["data", "config"]) -> Path:
-    home = Path.home()
-    if sys.platform == "win32":
-        var = "LOCALAPPDATA" if kind == "data" else "APPDATA"
-        base = os.environ.get(var)
-        return Path(base) if base else home / "AppData" / ("Local" if kind == "data" else "Roaming")
-    if sys.platform == "darwin":
-        return home / "Library" / "Application Support"
-    var = "XDG_DATA_HOME" if kind == "data" else "XDG_CONFIG_HOME"
-    base = os.environ.get(var)
-    if base and Path(base).is_absolute():
-        return Path(base)
-    return home / (".local/share" if kind == "data" else ".config")
-
-
-def default_state_dir() -> Path:
-    """``$CODEWEAVER_HOME/telemetry`` if set, else ``<user data dir>/codeweaver/telemetry``."""
-    home = os.environ.get("CODEWEAVER_HOME")
-    if home:
-        return Path(home).expanduser() / "telemetry"
-    return _platform_dir("data") / "codeweaver" / "telemetry"
-
-
-def config_file_candidates(explicit: str | os.PathLike[str] | None = None) -> list[Path]:
-    """The config files looked for, in order; the first that exists is read.
-
-    An empty ``explicit`` (or ``CONFIG_FILE`` variable) means unset: the default search.
-    """
-    if explicit is not None and _is_blank(os.fspath(explicit)):
-        explicit = None
-    if explicit is None:
-        explicit = _env_value(ENV_PREFIX + "CONFIG_FILE")
-    if explicit is not None:
-        return [Path(explicit).expanduser()]
-    return [
-        Path.cwd() / CONFIG_FILE_NAME,
-        _platform_dir("config") / "codeweaver" / CONFIG_FILE_NAME,
-    ]
-
-
-def _user_config_file() -> Path:
-    return _platform_dir("config") / "codeweaver" / CONFIG_FILE_NAME
-
-
-def _same_path(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve()
-    except (OSError, RuntimeError):
-        return False
-
-
-def _read_config_table(
-    explicit: str | os.PathLike[str] | None,
-) -> tuple[Path | None, dict[str, Any], bool]:
-    """``(path, [telemetry] table, trusted)`` of the first config file found.
-
-    ``trusted`` is False only for ``codeweaver.toml`` found in the working directory (unless
-    that is the user config file itself): such a file comes with whatever repository the user
-    is in. Keys whose value is an empty string are left out (an empty value means unset).
-
-    The file is read with :func:`~codeweaver_telemetry._files.read_regular`: never blocking
-    on open, only a regular file, at most :data:`CONFIG_FILE_MAX_BYTES`.
-    """
-    if explicit is not None and _is_blank(os.fspath(explicit)):
-        explicit = None
-    in_code = explicit is not None
-    named = in_code or _env_value(ENV_PREFIX + "CONFIG_FILE") is not None
-    if in_code:
-        unset = "fix the path given as config_file in code"
-    else:
-        unset = f"fix the path or unset {ENV_PREFIX}CONFIG_FILE"
-    for index, path in enumerate(config_file_candidates(explicit)):
-        try:
-            raw = read_regular(path, CONFIG_FILE_MAX_BYTES)
-        except (FileNotFoundError, NotADirectoryError):
-            if named:
-                raise TelemetryConfigError(
-                    f"config_file: {path} does not exist or is not a file; {unset}"
-                ) from None
-            continue
-        except NotRegularFileError:
-            fix = unset if named else "replace it with a regular TOML file, or remove it"
-            raise TelemetryConfigError(
-                f"config_file: {path} is not a regular file (a FIFO, a device or a directory); "
-                f"{fix}"
-            ) from None
-        except TooLargeError:
-            raise TelemetryConfigError(
-                f"config_file: {path} is larger than {CONFIG_FILE_MAX_BYTES // (1 << 20)} MiB; "
-                "keep only the [telemetry] table there, or remove the file"
-            ) from None
-        except OSError as exc:
-            raise TelemetryConfigError(
-                f"config_file: {path} could not be read ({describe_os_error(exc)}); "
-                "fix its permissions or remove the file"
-            ) from None
-        try:
-            data = tomllib.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise TelemetryConfigError(
-                f"config_file: {path} could not be read ({type(exc).__name__}: {exc}); "
-                "fix or remove the file"
-            ) from None
-        table = data.get("telemetry", {})
-        if not isinstance(table, dict):
-            raise TelemetryConfigError(
-                f"config_file: [telemetry] in {path} must be a table; fix or remove it"
-            )
-        trusted = named or index > 0 or _same_path(path, _user_config_file())
-        return (
-            path,
-            {_FILE_ALIASES.get(str(k), str(k)): v for k, v in table.items() if not _is_blank(v)},
-            trusted,
-        )
-    return None, {}, True
 
 
 def _is_false(value: object) -> bool:
@@ -310,6 +154,10 @@ class _ConfigFileSource:
                     f"{key}: unknown setting in [telemetry] of {self.path}"
                     f"{_did_you_mean(key, known)}; fix or remove it"
                 )
+        if "posthog_api_key" in table and any(_env_value(n) for n in API_KEY_ENV_NAMES):
+            # The environment wins; passed on too, the file's key would be a second input
+            # for the one field, which pydantic refuses as an extra input.
+            table = {key: value for key, value in table.items() if key != "posthog_api_key"}
         if trusted:
             return table
         ignored = [key for key, value in table.items() if not _untrusted_may_set(key, value)]
@@ -330,94 +178,6 @@ class _ConfigFileSource:
 def _did_you_mean(name: str, known: set[str]) -> str:
     close = difflib.get_close_matches(name.lower(), sorted(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-_IPV6_LOOPBACK = ipaddress.IPv6Address("::1")
-
-
-def _is_loopback(host: str) -> bool:
-    """``localhost``, 127.0.0.0/8 in dotted-quad form, or ``::1`` (host as parsed, no brackets)."""
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)  # strict: "0x7f.1" or "2130706433" are refused
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv4Address):
-        return address.is_loopback
-    return address == _IPV6_LOOPBACK and address.scope_id is None
-
-
-class _HostError(ValueError):
-    """Why a PostHog host URL is refused (the message never holds the URL itself)."""
-
-
-def _url_parts(url: str) -> tuple[str, str, int | None, str]:
-    """``(scheme, host, port, path)`` of ``url``, as both the HTTP stack and urlsplit read it.
-
-    urllib3's ``parse_url`` is what ``requests`` (and so the posthog SDK) uses to decide where
-    to connect; ``urlsplit`` is what most other code uses. The URL is accepted only when they
-    agree on the scheme, the host and the port.
-    """
-    from urllib3.util import parse_url  # lazy: only when a host is validated
-
-    try:
-        split = urlsplit(url)
-        split_port = split.port
-        parsed = parse_url(url)
-    except ValueError:  # urllib3's LocationParseError is a ValueError too
-        raise _HostError("is not a valid URL (or its port is not a number 1-65535)") from None
-    split_host = split.hostname or ""
-    parsed_host = (parsed.host or "").lower()
-    if parsed_host.startswith("[") and parsed_host.endswith("]"):
-        parsed_host = parsed_host[1:-1]
-    if (
-        (parsed.scheme or "") != split.scheme.lower()
-        or parsed_host != split_host
-        or parsed.port != split_port
-    ):
-        raise _HostError(
-            "is ambiguous: URL parsers disagree on its host or port (write a plain "
-            "scheme://host[:port][/path], with an ASCII host name)"
-        )
-    return split.scheme.lower(), split_host, split_port, parsed.path or ""
-
-
-def _host_problem(value: str) -> str | None:
-    """Why ``value`` (already stripped) may not be the PostHog host, or None when it may."""
-    if not value:
-        return "is empty"
-    if any(ch.isspace() or not ch.isprintable() for ch in value):
-        return "must not contain spaces or control characters"
-    if "\\" in value:
-        return "must not contain a backslash"
-    if "@" in value:
-        return "must not contain user-info (user:password@)"
-    if "?" in value or "#" in value:
-        return "must not contain a query (?) or a fragment (#)"
-    try:
-        scheme, host, port, path = _url_parts(value)
-        if scheme not in {"http", "https"}:
-            return "must be an https:// URL (http:// is allowed only for loopback)"
-        if not host:
-            return "has no host name"
-        if "%" in host:
-            return "must not contain a percent-encoded host or an IPv6 zone"
-        if port is not None and not 1 <= port <= 65535:
-            return "has a port outside 1-65535"
-        # Round trip: the URL rebuilt from its parts reads the same way again.
-        netloc = f"[{host}]" if ":" in host else host
-        rebuilt = f"{scheme}://{netloc}{'' if port is None else f':{port}'}{path}"
-        if _url_parts(rebuilt)[:3] != (scheme, host, port):
-            return "does not read the same once normalised; write a plain scheme://host[:port]"
-    except _HostError as exc:
-        return str(exc)
-    if scheme == "http" and not _is_loopback(host):
-        return (
-            "must be an https:// URL (http:// is allowed only for loopback: localhost, "
-            "127.x.x.x or [::1])"
-        )
-    return None
 
 
 class TelemetrySettings(BaseSettings):
@@ -473,7 +233,7 @@ class TelemetrySettings(BaseSettings):
         default=None,
         # Only the two documented environment names: a bare POSTHOG_API_KEY belongs to
         # some other app. In code and in the config file the field name is used.
-        validation_alias=AliasChoices(ENV_PREFIX + "POSTHOG_API_KEY", "CODEWEAVER_POSTHOG_API_KEY"),
+        validation_alias=AliasChoices(*API_KEY_ENV_NAMES),
         description="a PostHog project API key (phc_...); unset means the local log only",
     )
     posthog_personal_api_key: SecretStr | None = Field(

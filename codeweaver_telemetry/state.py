@@ -12,8 +12,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import secrets
-import uuid
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -77,14 +76,15 @@ class TelemetryState:
         return cls(**values)
 
 
+_CANONICAL_UUID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", re.ASCII
+)
+
+
 def _is_uuid(value: str) -> bool:
-    """True for a UUID in its canonical 36-character form (any case)."""
-    if len(value) != 36:
-        return False
-    try:
-        return str(uuid.UUID(value)) == value.lower()
-    except ValueError:
-        return False
+    """True for a UUID in its canonical 36-character form (any case): what
+    ``str(uuid.UUID(value)) == value.lower()`` accepts, without importing uuid."""
+    return _CANONICAL_UUID.fullmatch(value) is not None
 
 
 def _now() -> str:
@@ -166,6 +166,9 @@ class StateStore:
         def change(state: TelemetryState) -> TelemetryState:
             if state.install_id and state.hash_key:
                 return state
+            import secrets
+            import uuid
+
             return dataclasses.replace(
                 state,
                 install_id=state.install_id or str(uuid.uuid4()),

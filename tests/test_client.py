@@ -952,8 +952,11 @@ def test_event_uuids_do_not_follow_the_apps_random_seed(
 def test_capture_returns_no_uuid_for_an_event_the_full_queue_refused(
     make_client: MakeClient, sink: InMemorySink
 ) -> None:
-    """The uuid comes back only for an event that was queued."""
-    client = make_client(sink=sink, max_queue_size=1, batch_interval_seconds=60.0)
+    """The uuid comes back only for an event that was queued (without a spool, a full
+    queue refuses)."""
+    client = make_client(
+        sink=sink, max_queue_size=1, batch_interval_seconds=60.0, spool_max_bytes=0
+    )
     assert client.capture("first") is not None
     assert client.capture("refused") is None
 
@@ -967,3 +970,36 @@ def test_a_timeout_that_is_no_number_never_raises(
     client.shutdown("5")  # type: ignore[arg-type]
     assert client.state is ClientState.CLOSED
     assert not client.enabled
+
+
+def test_session_id_is_a_canonical_uuid7(make_client: MakeClient) -> None:
+    """$session_id is a UUID version 7 (RFC 4122 variant) in its canonical form."""
+    import uuid
+
+    client = make_client(sink=InMemorySink())
+    first = client.start_session()
+    assert first is not None
+    client.end_session()
+    second = client.start_session()
+    assert second is not None
+    for session_id in (first, second):
+        parsed = uuid.UUID(session_id)
+        assert str(parsed) == session_id
+        assert parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
+    assert first != second
+
+
+def test_snapshot_keeps_uuids_and_decimals_as_they_are() -> None:
+    """UUID and Decimal values are immutable: the snapshot keeps the very object (the
+    snapshot module checks for them without importing uuid or decimal itself)."""
+    import decimal
+    import uuid
+
+    from codeweaver_telemetry._snapshot import snapshot
+
+    value = uuid.uuid4()
+    amount = decimal.Decimal("1.25")
+    copied = snapshot({"id": value, "amounts": [amount]})
+    assert copied["id"] is value
+    assert copied["amounts"][0] is amount

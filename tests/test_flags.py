@@ -61,6 +61,7 @@ def make_cache(receiver: PostHogReceiver) -> Iterator[MakeCache]:
         cache.refresh()  # wakes a retry sleeping in its back-off: it ends at once
     for cache, _ in made:
         assert wait_until(lambda cache=cache: not cache._fetching, 5.0), "a fetch outlived its test"
+        cache.close()
 
 
 def _timed_get(cache: FlagCache, key: str) -> tuple[Any, float]:
@@ -417,3 +418,74 @@ def test_concurrent_lookups_and_refreshes_start_one_fetch_at_a_time(
     for earlier, later in itertools.pairwise(requests):
         assert later.received_at >= earlier.received_at + 0.04, "fetches overlapped"
     assert cache.get("exp") == "a"
+
+
+# -- the fetch thread ----------------------------------------------------------------------------
+
+
+def _flag_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "codeweaver-telemetry-flags"}
+
+
+def test_started_cache_hands_the_first_fetch_to_its_running_thread(
+    receiver: PostHogReceiver, make_cache: MakeCache
+) -> None:
+    """start() runs the fetch thread idle (nothing is fetched); the first lookup hands it
+    the fetch, so no thread is created while the caller waits."""
+    receiver.set_flags({"exp": "a"})
+    cache, _ = make_cache()
+    before = _flag_threads()
+    cache.start()
+    started = _flag_threads() - before
+    assert len(started) == 1
+    time.sleep(0.05)
+    assert receiver.flag_requests() == []  # idle: no request until a lookup asks
+    assert cache.get("exp") == "a"
+    assert _flag_threads() - before == started  # the same thread fetched
+    cache.refresh()
+    assert wait_until(lambda: len(receiver.flag_requests()) == 2)
+    assert _flag_threads() - before == started
+
+
+def test_close_ends_the_idle_fetch_thread(receiver: PostHogReceiver, make_cache: MakeCache) -> None:
+    """close() ends the fetch thread once it is idle."""
+    receiver.set_flags({"exp": "a"})
+    cache, _ = make_cache()
+    before = _flag_threads()
+    assert cache.get("exp") == "a"
+    (thread,) = _flag_threads() - before
+    cache.close()
+    thread.join(5.0)
+    assert not thread.is_alive()
+
+
+def test_an_idle_fetch_thread_ends_and_the_next_fetch_starts_another(
+    receiver: PostHogReceiver, make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch thread idle for _IDLE_S ends; the next fetch runs on a new one."""
+    monkeypatch.setattr(flags, "_IDLE_S", 0.05)
+    receiver.set_flags({"exp": "a"})
+    cache, _ = make_cache()
+    before = _flag_threads()
+    assert cache.get("exp") == "a"
+    (first,) = _flag_threads() - before
+    first.join(5.0)
+    assert not first.is_alive()
+    receiver.set_flags({"exp": "b"})
+    cache.refresh()
+    assert wait_until(lambda: cache.get("exp") == "b")
+
+
+def test_a_client_starts_its_flag_thread_and_ends_it_at_shutdown(
+    receiver: PostHogReceiver, make_client: Callable[..., TelemetryClient]
+) -> None:
+    """A client with a PostHog key starts its idle flag thread with it and ends it when
+    it shuts down."""
+    before = _flag_threads()
+    client = make_client(posthog_api_key=API_KEY, posthog_host=receiver.url)
+    assert client.enabled
+    (thread,) = _flag_threads() - before
+    client.shutdown(timeout=0.5)
+    thread.join(5.0)
+    assert not thread.is_alive()
+    assert receiver.flag_requests() == []

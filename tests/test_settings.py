@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
+from hypothesis import event, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
 import codeweaver_telemetry
-from codeweaver_telemetry import Event, FunctionSink, InMemorySink, TelemetryClient
+from codeweaver_telemetry import Event, FunctionSink, InMemorySink, TelemetryClient, _config
 from codeweaver_telemetry.settings import (
     DEFAULT_HOST,
     TelemetryConfigError,
@@ -192,6 +199,21 @@ def test_api_key_in_code_beats_env(env: Callable[..., None]) -> None:
     assert settings.posthog_api_key.get_secret_value() == "phc_from_code"
 
 
+@pytest.mark.parametrize("name", [PREFIX + "POSTHOG_API_KEY", "CODEWEAVER_POSTHOG_API_KEY"])
+def test_api_key_in_env_beats_the_config_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str
+) -> None:
+    """An API key in the environment (under either name) is used ahead of one in the config
+    file, without a configuration error."""
+    path = _write_toml(tmp_path / "c.toml", '[telemetry]\nposthog_api_key = "phc_from_file"\n')
+    monkeypatch.setenv(PREFIX + "CONFIG_FILE", str(path))
+    monkeypatch.setenv(name, "phc_from_env")
+    settings, error = load_settings()
+    assert error is None
+    assert settings.posthog_api_key is not None
+    assert settings.posthog_api_key.get_secret_value() == "phc_from_env"
+
+
 def test_unprefixed_posthog_api_key_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
     """A POSTHOG_API_KEY set for some other app is not picked up (only the documented names)."""
     monkeypatch.setenv("POSTHOG_API_KEY", "phc_someone_elses_project")
@@ -251,12 +273,21 @@ def test_env_batch_interval_seconds(
 def test_env_max_queue_size(
     build: Callable[..., TelemetryClient], env: Callable[..., None]
 ) -> None:
-    """MAX_QUEUE_SIZE bounds memory: events beyond it are dropped and counted."""
+    """MAX_QUEUE_SIZE bounds memory: without a spool (SPOOL_MAX_BYTES=0), events beyond
+    it are dropped and counted; with one, they overflow to it and none is lost."""
     env(ENABLED="1", MAX_QUEUE_SIZE="2", BATCH_SIZE="100", BATCH_INTERVAL_SECONDS="3600")
+    kept = build(_ok(), sink=InMemorySink())
+    for i in range(5):
+        kept.capture("e", {"i": i})
+    assert kept.stats()["dropped"] == {}
+    assert kept.stats()["pending"] == 5
+    kept.shutdown(timeout=0.5)
+    env(SPOOL_MAX_BYTES="0")
     client = build(_ok(), sink=InMemorySink())
     for i in range(5):
         client.capture("e", {"i": i})
     assert client.settings.max_queue_size == 2
+    assert client.settings.spool_max_bytes == 0
     assert client.stats()["dropped"].get("queue_full") == 3
 
 
@@ -1452,3 +1483,314 @@ def test_env_request_timeout_bounds_each_request(
     client = build()
     client.capture("timed", {})
     assert client.flush(3) is (not fails)
+
+
+# -- the quick resolver (settings read without pydantic at client start) -----------------------
+
+_ENV_WORDS = [
+    "",
+    " ",
+    "1",
+    "0",
+    "true",
+    "FALSE",
+    "Yes",
+    "t",
+    "n",
+    "maybe",
+    "2",
+    "10",
+    "0.5",
+    "60",
+    "600",
+    "3.0",
+    "-1",
+    "+5",
+    "010",
+    "1e3",
+    "1_000",
+    " 5",
+    "5 ",
+    "100000",
+    "100001",
+    "3600.5",
+    "86400",
+    "opt-in",
+    "opt-out",
+    "Opt-In",
+    "https://eu.i.posthog.com",
+    "https://EU.i.posthog.com/",
+    "http://127.0.0.1:9",
+    "http://localhost:8000/",
+    "http://[::1]:80",
+    "http://example.com",
+    "https://h.example.com:8443/x/",
+    " https://a.example.com ",
+    "https://a.example.com:0",
+    "https://a.example.com:70000",
+    "https://1.2.3.4",
+    "http://127.1",
+    "https://a_b.example.com",
+    "ftp://x.example.com",
+    "phc_x",
+    "/tmp/cw-state",
+    "~/state",
+    "inf",
+    "nan",
+    "65",
+    "0.0",
+    "17179869184",
+]
+_ENV_NAMES = [*(PREFIX + name.upper() for name in _config.FIELDS), "CODEWEAVER_POSTHOG_API_KEY"]
+_ENV_NAMES += [PREFIX + "BOGUS", PREFIX + "ENABLE", PREFIX.lower() + "batch_size"]
+_KIND_WORDS = {
+    "bool": ["1", "0", "true", "FALSE", "Yes", "t", "n", "on", "OFF", "maybe", " 1"],
+    "int": ["1", "10", "0", "1000", "100000", "3", "010", "+5", "-1", "1_000", "17179869184"],
+    "float": ["0", "0.5", "60", "600", "3.0", "3600", "3600.5", "86400", "1e3", "inf", "30"],
+    "policy": ["opt-in", "opt-out", "Opt-In", "opt_in"],
+}
+_env_text = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8
+)
+
+
+def _env_value_for(name: str) -> st.SearchStrategy[str]:
+    field = _config.FIELDS.get(name.upper().removeprefix(PREFIX).lower())
+    kind = field.kind.removeprefix("opt_") if field is not None else ""
+    typed = st.sampled_from(_KIND_WORDS.get(kind, _ENV_WORDS))
+    return st.one_of(typed, typed, typed, typed, st.sampled_from(_ENV_WORDS), _env_text)
+
+
+_environments = st.lists(st.sampled_from(_ENV_NAMES), unique=True, max_size=5).flatmap(
+    lambda names: st.fixed_dictionaries({name: _env_value_for(name) for name in names})
+)
+_FILE_KEYS = [*_config.FIELDS, "tools_above_privacy", "bogus"]
+
+
+def _file_value_for(key: str) -> st.SearchStrategy[object]:
+    field = _config.FIELDS.get(key)
+    kind = field.kind.removeprefix("opt_") if field is not None else ""
+    typed: st.SearchStrategy[object] = {
+        "bool": st.booleans(),
+        "int": st.integers(min_value=-3, max_value=200_000),
+        "float": st.floats(allow_nan=True, allow_infinity=True) | st.integers(-1, 100_000),
+    }.get(kind, st.sampled_from(_ENV_WORDS))
+    return st.one_of(typed, typed, typed, typed, st.sampled_from(_ENV_WORDS), st.text(max_size=6))
+
+
+_tables = st.lists(st.sampled_from(_FILE_KEYS), unique=True, max_size=4).flatmap(
+    lambda keys: st.fixed_dictionaries({key: _file_value_for(key) for key in keys})
+)
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if abs(value) == float("inf"):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(value)
+
+
+_plain_environments = st.lists(st.sampled_from(_ENV_NAMES[:-3]), unique=True, max_size=5).flatmap(
+    lambda names: st.fixed_dictionaries(
+        {name: st.sampled_from(_plain_words(name)) for name in names}
+    )
+)
+
+
+def _plain_words(name: str) -> list[str]:
+    field = _config.FIELDS.get(name.upper().removeprefix(PREFIX).lower())
+    kind = field.kind.removeprefix("opt_") if field is not None else ""
+    return _KIND_WORDS.get(kind, _ENV_WORDS)
+
+
+@given(
+    environment=_environments,
+    table=st.none() | _tables,
+    trusted=st.booleans(),
+)
+@hypothesis_settings(max_examples=400, deadline=None)
+def test_quick_resolver_agrees_with_the_model(
+    environment: dict[str, str], table: dict[str, object] | None, trusted: bool
+) -> None:
+    """On any environment and config file, the quick resolver either gives exactly the
+    settings load_settings() gives (values, their types, which were set), or steps aside
+    (None) so that the model reads them; it never accepts what the model refuses."""
+    _check_agreement(environment, table, trusted)
+
+
+@given(environment=_plain_environments, table=st.none() | _tables, trusted=st.booleans())
+@hypothesis_settings(max_examples=300, deadline=None)
+def test_quick_resolver_agrees_on_mostly_valid_settings(
+    environment: dict[str, str], table: dict[str, object] | None, trusted: bool
+) -> None:
+    """The same agreement, on environments of mostly valid words for each setting."""
+    _check_agreement(environment, table, trusted)
+
+
+def _check_agreement(
+    environment: dict[str, str], table: dict[str, object] | None, trusted: bool
+) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.upper().startswith("CODEWEAVER__")}
+    with tempfile.TemporaryDirectory() as folder:
+        if table is not None:
+            text = "[telemetry]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items())
+            if trusted:
+                path = Path(folder) / "named.toml"
+                environment = {**environment, PREFIX + "CONFIG_FILE": str(path)}
+            else:
+                path = Path(folder) / "codeweaver.toml"  # in the working directory
+            path.write_text(text, encoding="utf-8")
+        cwd = os.getcwd()
+        os.chdir(folder)
+        try:
+            with mock.patch.dict(os.environ, {**base, **environment}, clear=True):
+                quick = _config.resolve()
+                try:
+                    model, error = load_settings()
+                except TelemetryConfigError:  # strict mode asked for, and a bad value
+                    model, error = None, "strict"
+        finally:
+            os.chdir(cwd)
+    event("quick path" if quick is not None else "the model decides")
+    if quick is None:
+        return
+    assert error is None
+    assert model is not None
+    built = quick.to_settings()
+    assert built == model
+    assert quick.model_fields_set == model.model_fields_set == built.model_fields_set
+    for name in _config.FIELDS:
+        ours, theirs = getattr(quick, name), getattr(model, name)
+        if isinstance(theirs, SecretStr):
+            assert ours is not None
+            assert ours.get_secret_value() == theirs.get_secret_value()
+        else:
+            assert ours == theirs, name
+            assert type(ours) is type(theirs), name
+    assert quick.resolved_state_dir == model.resolved_state_dir
+
+
+def test_quick_resolver_reads_plain_settings() -> None:
+    """Plain values, from the environment and a trusted config file, take the quick path."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "c.toml"
+        path.write_text(
+            "[telemetry]\nbatch_size = 20\nexit_timeout_seconds = 1\ntools_above_privacy = true\n",
+            encoding="utf-8",
+        )
+        values = {
+            PREFIX + "ENABLED": "1",
+            PREFIX + "POSTHOG_API_KEY": SECRET,
+            PREFIX + "POSTHOG_HOST": "http://127.0.0.1:9",
+            PREFIX + "CONFIG_FILE": str(path),
+            PREFIX + "FLAG_TIMEOUT_SECONDS": "0.25",
+        }
+        with mock.patch.dict(os.environ, values):
+            quick = _config.resolve()
+            model = TelemetrySettings()
+    assert quick is not None
+    assert quick.to_settings() == model
+    assert (quick.enabled, quick.batch_size, quick.tools_over_privacy) == (True, 20, True)
+    assert (quick.exit_timeout_seconds, quick.flag_timeout_seconds) == (1.0, 0.25)
+    assert SECRET not in repr(quick)
+
+
+def test_quick_resolver_fields_match_the_model() -> None:
+    """The resolver's table of fields has the model's fields, defaults and bounds."""
+    import annotated_types
+
+    assert list(_config.FIELDS) == list(TelemetrySettings.model_fields)
+    for name, field in _config.FIELDS.items():
+        info = TelemetrySettings.model_fields[name]
+        assert field.default == info.default, name
+        bounds = {"ge": None, "gt": None, "le": None}
+        for meta in info.metadata:
+            for kind, cls in (("ge", annotated_types.Ge), ("gt", annotated_types.Gt)):
+                if isinstance(meta, cls):
+                    bounds[kind] = getattr(meta, kind)
+            if isinstance(meta, annotated_types.Le):
+                bounds["le"] = meta.le
+        assert (field.ge, field.gt, field.le) == (bounds["ge"], bounds["gt"], bounds["le"]), name
+
+
+_hosts = st.builds(
+    lambda scheme, host, port, path: f"{scheme}://{host}{port}{path}",
+    st.sampled_from(["http", "https", "HTTPS", "ftp", "http:"]),
+    st.one_of(
+        st.sampled_from(
+            [
+                "localhost",
+                "127.0.0.1",
+                "127.1",
+                "[::1]",
+                "::1",
+                "0x7f.0.0.1",
+                "2130706433",
+                "a.example.com",
+                "EU.I.POSTHOG.COM",
+                "1.2.3.4",
+                "256.1.1.1",
+                "01.2.3.4",
+                "a..b",
+                "-a.com",
+                "a-.com",
+                "xn--bcher-kva.example",
+                "bücher.example",
+                "a.b.c.d.e",
+                "1a.b2",
+            ]
+        ),
+        st.from_regex(r"[a-zA-Z0-9.\-\[\]:_%]{0,20}", fullmatch=True),
+    ),
+    st.one_of(st.just(""), st.from_regex(r":[0-9]{0,6}", fullmatch=True)),
+    st.one_of(st.just(""), st.from_regex(r"/[a-zA-Z0-9._~/\-%]{0,10}", fullmatch=True)),
+)
+
+
+@given(url=_hosts)
+@hypothesis_settings(max_examples=500, deadline=None)
+def test_plain_host_check_agrees_with_the_full_check(url: str) -> None:
+    """The host check without urllib3 accepts only hosts the full check accepts."""
+    if _config.plain_host_ok(url):
+        assert _config.checked_host_problem(url) is None, url
+
+
+def test_enabled_client_starts_without_pydantic(tmp_path: Path) -> None:
+    """A client started from plain settings (on, with a key and a loopback host) loads
+    neither pydantic, pydantic-settings nor urllib3 (so not posthog's transport either);
+    `client.settings` then builds the model, with the values the client runs with."""
+    code = (
+        "import sys, codeweaver_telemetry as t; c = t.get_telemetry_client(); "
+        "assert c.enabled, c.decision; "
+        "print(sorted(m for m in ('pydantic', 'pydantic_settings', 'urllib3', 'posthog') "
+        "if m in sys.modules)); "
+        "s = c.settings; print(type(s).__name__, s.posthog_host, s.batch_size); c.shutdown(0)"
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.upper().startswith("CODEWEAVER__")}
+    environ.update(
+        {
+            "PYTHONPATH": str(REPO_ROOT),
+            "CODEWEAVER_HOME": str(tmp_path / "home"),
+            PREFIX + "ENABLED": "1",
+            PREFIX + "POSTHOG_API_KEY": "phc_x",
+            PREFIX + "POSTHOG_HOST": "http://127.0.0.1:9/",
+            PREFIX + "BATCH_SIZE": "7",
+        }
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[]", "TelemetrySettings http://127.0.0.1:9 7"]

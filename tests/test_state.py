@@ -8,11 +8,14 @@ import os
 import runpy
 import stat
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from codeweaver_telemetry import InMemorySink, TelemetryClient
 from codeweaver_telemetry import state as state_module
@@ -350,3 +353,25 @@ def test_the_consent_watch_follows_the_stored_choice(store: StateStore) -> None:
     assert second()
     store.path.unlink()  # codeweaver-telemetry delete
     assert not second()
+
+
+_uuid_like = st.one_of(
+    st.uuids().map(str),
+    st.uuids().map(lambda u: str(u).upper()),
+    st.uuids().map(lambda u: "{" + str(u) + "}"),
+    st.uuids().map(lambda u: u.hex),
+    st.uuids().map(lambda u: "urn:uuid:" + str(u)),
+    st.from_regex(r"[0-9a-fA-F_\-]{30,40}", fullmatch=True),
+    st.text(max_size=40),
+)
+
+
+@given(_uuid_like)
+def test_install_id_check_is_the_canonical_uuid_form(value: str) -> None:
+    """An install id is accepted exactly when it is a UUID in its canonical form, as
+    ``str(uuid.UUID(value)) == value.lower()`` decides (the check imports no uuid)."""
+    try:
+        canonical = len(value) == 36 and str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        canonical = False
+    assert state_module._is_uuid(value) is canonical

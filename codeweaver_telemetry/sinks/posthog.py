@@ -11,10 +11,12 @@ re-exported here for older imports.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from codeweaver_telemetry import _posthog
-from codeweaver_telemetry._types import Event, ExportResult
 from codeweaver_telemetry.flags import PostHogFlags  # moved to flags; re-exported
+
+if TYPE_CHECKING:
+    from codeweaver_telemetry._types import Event, ExportResult
 
 __all__ = ["PostHogFlags", "PostHogSink"]
 
@@ -39,6 +41,8 @@ class PostHogSink:
     def prepare(self) -> None:
         """Import the posthog transport (~200 ms); the worker calls this when its thread
         starts, under the lock ``os.fork()`` waits for."""
+        from codeweaver_telemetry import _posthog  # on the worker thread, never at start-up
+
         _posthog.prepare()
 
     def export(self, batch: Sequence[Event]) -> ExportResult:
@@ -48,6 +52,8 @@ class PostHogSink:
         404 and 422 (it would fail again); RETRY for anything else (5xx, 408, 429, network),
         as ``ExportResult.retry(after)`` when the host sent a ``Retry-After``.
         """
+        from codeweaver_telemetry import _posthog
+
         self.retry_after_s = 0.0
         result = _posthog.send_batch(
             batch, api_key=self._api_key, host=self._host, timeout_s=self._timeout_s
