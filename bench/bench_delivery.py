@@ -189,7 +189,8 @@ client = posthog.Client("phc_bench", host=URL, disable_geoip=True)
 mode = sys.argv[3]
 start = time.time()
 for i in range(N):
-    client.capture("search", distinct_id="bench", properties=dict(PROPS, execution_time_ms=i % 997 * 0.5))
+    props = dict(PROPS, execution_time_ms=i % 997 * 0.5)
+    client.capture("search", distinct_id="bench", properties=props)
 caller_s = time.time() - start
 if mode == "wait":
     client.flush()
@@ -228,7 +229,8 @@ client.flush()
 warm_cpu_s = sum(thread_cpu_s(t) for t in client.consumers or [])
 start = time.time()
 for i in range(N):
-    client.capture("search", distinct_id="bench", properties=dict(PROPS, execution_time_ms=i % 997 * 0.5))
+    props = dict(PROPS, execution_time_ms=i % 997 * 0.5)
+    client.capture("search", distinct_id="bench", properties=props)
 caller_s = time.time() - start
 client.flush()
 sys.stdin.readline()

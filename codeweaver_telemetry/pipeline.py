@@ -27,6 +27,10 @@ step 2.
 
 A stage returns None to drop the event; a stage that raises drops the event too (never passes
 it on raw). Stages are plain callables ``(Event) -> Event | None``.
+
+:func:`run` with ``DEFAULT_STAGES`` walks the properties once: the serializer also measures
+what it writes (:func:`~codeweaver_telemetry.privacy.rules.serialize_measured`), and an
+event it shows to be within every limit skips step 2, which would leave it as it is.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from codeweaver_telemetry.privacy.conversions import (
     valid_text,
 )
 from codeweaver_telemetry.privacy.hashing import KeyProvider
-from codeweaver_telemetry.privacy.rules import serialize_for_telemetry
+from codeweaver_telemetry.privacy.rules import serialize_for_telemetry, serialize_measured
 from codeweaver_telemetry.privacy.scrubber import TRUNCATION_MARK, scrub_cut
 
 __all__ = [
@@ -88,33 +92,62 @@ def serialize_stage(event: Event) -> Event | None:
     the client when the app reads a flag; an app cannot send it itself).
     Hashes use the key of the client that captured the event (``context["key_provider"]``).
     """
+    return _serialize(event)[0]
+
+
+def _serialize(event: Event) -> tuple[Event | None, int | None]:
+    """:func:`serialize_stage`, and a bound on the size of the properties as compact JSON
+    (None when the serializer cannot vouch for them being within the limits, see
+    :func:`~codeweaver_telemetry.privacy.rules.serialize_measured`)."""
     name = scrub_cut(valid_text(event.name), 2 * MAX_NAME_CHARS)[:MAX_NAME_CHARS]
     if not name or (name.startswith("$") and not _library_exposure(event)):
         logger.warning("codeweaver_telemetry: an event with a reserved or empty name was dropped")
-        return None
+        return None, None
     keys = event.context.get("key_provider")
     metadata = event.context.get("metadata")
-    props: dict[str, Any] = dict(_session_metadata(metadata, keys)) if metadata else {}
+    props: dict[str, Any] = {}
+    size: int | None = 0
+    if metadata:
+        props.update(_session_metadata(metadata, keys))
+        size = _flat_size(props)
     if isinstance(event.model, Deferred):
         event.model = event.model.build()
-    if event.model is not None:
-        serialized = serialize_for_telemetry(
-            event.model, max_string_chars=_PRE_CUT, key_provider=keys
+    for given in (event.model, event.properties):
+        if given is None or (given is event.properties and not given):
+            continue
+        serialized, bound = serialize_measured(
+            given, max_string_chars=_PRE_CUT, key_provider=keys, max_items=MAX_ITEMS
         )
         if isinstance(serialized, dict):
             props.update(serialized)
-    if event.properties:
-        serialized = serialize_for_telemetry(
-            event.properties, max_string_chars=_PRE_CUT, key_provider=keys
-        )
-        if isinstance(serialized, dict):
-            props.update(serialized)
+            size = None if size is None or bound is None else size + bound
     event.properties = {k: v for k, v in props.items() if not str(k).startswith("$")}
     event.model = None
     event.name = name
     if not event.uuid:
         event.uuid = str(uuid.uuid4())
-    return event
+    return event, size
+
+
+def _flat_size(props: dict[str, Any]) -> int | None:
+    """A bound on the compact JSON size of ``props`` (serialized session metadata), as
+    :func:`~codeweaver_telemetry.privacy.rules.serialize_measured` counts it; None unless
+    every value is a scalar and every key and string is short (the limits would not cut).
+    Containers are left to :func:`limits_stage`, which copies them: the metadata's
+    own containers are shared by every event of the session."""
+    chars = 0
+    for key, value in props.items():
+        t = type(value)
+        if t is str:
+            chars += len(value)
+            if len(value) > MAX_KEY_CHARS:
+                return None
+        elif t is not int and t is not float and t is not bool and value is not None:
+            return None
+        if len(key) > MAX_KEY_CHARS:
+            return None
+        chars += len(key)
+    return 6 * chars + 32 * (len(props) + 1)
 
 
 def _session_metadata(metadata: SessionMetadata, keys: KeyProvider | None) -> dict[str, Any]:
@@ -344,24 +377,59 @@ def run(
     """Pass ``event`` through ``stages``; None if a stage dropped it or raised.
 
     ``on_drop`` is told why: ``"stage_error"``, or ``"dropped_by_<stage name>"``.
+
+    With :data:`DEFAULT_STAGES` (the object itself), :func:`limits_stage` is skipped for an
+    event whose properties the serializer has measured to be within every limit, where it
+    would only copy them: the result is the same.
     """
+    if stages is not DEFAULT_STAGES:
+        return _run(event, stages, on_drop)
+    try:
+        done, size = _serialize(event)
+    except Exception as exc:  # a failing stage drops the event, never passes it on raw
+        _failed(serialize_stage, exc, on_drop)
+        return None
+    if done is None:
+        _dropped(serialize_stage, on_drop)
+        return None
+    if size is not None and size <= MAX_EVENT_BYTES and len(done.properties) <= MAX_ITEMS:
+        return _run(done, (context_stage,), on_drop)
+    return _run(done, (limits_stage, context_stage), on_drop)
+
+
+def _run(
+    event: Event,
+    stages: Sequence[Stage] | Iterable[Stage],
+    on_drop: Callable[[str], None] | None,
+) -> Event | None:
     current: Event | None = event
     for stage in stages:
-        name = getattr(stage, "__name__", type(stage).__name__)
         try:
             current = stage(current)  # type: ignore[arg-type]
         except Exception as exc:  # a failing stage drops the event, never passes it on raw
-            logger.warning(
-                "codeweaver_telemetry: an event was dropped: stage %s failed (%s%s)",
-                name,
-                type(exc).__name__,
-                f": {exc}" if type(exc).__name__ == "TelemetryRuleError" else "",
-            )
-            if on_drop is not None:
-                on_drop("stage_error")
+            _failed(stage, exc, on_drop)
             return None
         if current is None:
-            if on_drop is not None:
-                on_drop(f"dropped_by_{name}")
+            _dropped(stage, on_drop)
             return None
     return current
+
+
+def _stage_name(stage: Stage) -> str:
+    return getattr(stage, "__name__", type(stage).__name__)
+
+
+def _failed(stage: Stage, exc: Exception, on_drop: Callable[[str], None] | None) -> None:
+    logger.warning(
+        "codeweaver_telemetry: an event was dropped: stage %s failed (%s%s)",
+        _stage_name(stage),
+        type(exc).__name__,
+        f": {exc}" if type(exc).__name__ == "TelemetryRuleError" else "",
+    )
+    if on_drop is not None:
+        on_drop("stage_error")
+
+
+def _dropped(stage: Stage, on_drop: Callable[[str], None] | None) -> None:
+    if on_drop is not None:
+        on_drop(f"dropped_by_{_stage_name(stage)}")

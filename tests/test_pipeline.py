@@ -3,17 +3,22 @@ text: no string in an event can make it fail to encode."""
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from codeweaver_telemetry._types import Event, SessionMetadata
 from codeweaver_telemetry.pipeline import (
+    DEFAULT_STAGES,
     MAX_EVENT_BYTES,
+    MAX_ITEMS,
     MAX_STRING_CHARS,
     context_stage,
+    library_properties,
     limits_stage,
     run,
 )
@@ -217,3 +222,86 @@ def test_an_app_cannot_send_the_exposure_event_itself() -> None:
     assert props["$feature_flag"] == "<email>"
     assert props["$feature_flag_response"] == "variant for <email>"
     assert props["$feature/<email>"] == "variant for <email>"
+
+
+# The default stages skip the size limits only where they would change nothing -----------
+# Around each limit: keys (200), strings (1000), and strings cut before scrubbing (2000).
+long_text = st.sampled_from([150, 200, 201, 999, 1001, 2500]).map(
+    lambda n: ("ab c\u00e9\x01 " * n)[:n]
+)
+values = st.recursive(
+    any_text | long_text | st.integers() | st.floats() | st.booleans() | st.none(),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(any_text, children),
+    max_leaves=15,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    name=st.sampled_from(["search", "$identify", "", "sent by a@b.io"]),
+    properties=st.dictionaries(any_text | long_text, values, max_size=6),
+    metadata=st.none() | st.dictionaries(any_text, values, max_size=4),
+    copies=st.sampled_from([1, 30, 501]),
+)
+def test_the_default_stages_give_what_each_stage_gives(
+    name: str,
+    properties: dict[str, Any],
+    metadata: dict[str, Any] | None,
+    copies: int,
+) -> None:
+    """run() with DEFAULT_STAGES, which skips limits_stage for an event the serializer
+    measured within the limits, gives what the three stages give one after another: the
+    same properties, name and drop reason; large and long events included."""
+    props = {f"{k}{i}": v for i in range(copies) for k, v in properties.items()}
+
+    def make() -> Event:
+        context: dict[str, Any] = {"key_provider": KEYS, "session_id": "s"}
+        if metadata is not None:
+            context["metadata"] = SessionMetadata(copy.deepcopy(metadata))
+        return Event(
+            name=name, properties=copy.deepcopy(props), timestamp=0.0, uuid="u", context=context
+        )
+
+    fast_drops: list[str] = []
+    slow_drops: list[str] = []
+    fast = run(make(), on_drop=fast_drops.append)
+    slow = run(make(), list(DEFAULT_STAGES), on_drop=slow_drops.append)
+    assert fast_drops == slow_drops
+    assert (fast is None) == (slow is None)
+    if fast is not None and slow is not None:
+        assert fast.name == slow.name
+        assert json.dumps(fast.properties) == json.dumps(slow.properties)
+
+
+def test_shared_session_metadata_is_never_trimmed_in_place() -> None:
+    """Nested session metadata is shared by every event of the session: trimming an
+    oversized event works on its own copy."""
+    metadata = SessionMetadata({"repo": {"name": "x", "tags": ["a", "b"]}})
+    big: dict[str, Any] = {f"k{i}": "v" * MAX_STRING_CHARS for i in range(60)}
+    big["usage"] = {f"feature-{i}": i for i in range(400)}
+    for props in (big, {"n": 1}):
+        run(event(copy.deepcopy(props), metadata=metadata))
+    assert metadata.serialized == {"repo": {"name": "x", "tags": ["a", "b"]}}
+
+
+@pytest.mark.parametrize(
+    ("metadata", "properties"),
+    [
+        # Each part within the limits, together over MAX_ITEMS entries.
+        ({f"m{i}": i for i in range(300)}, {f"p{i}": i for i in range(300)}),
+        # Each part's bound within MAX_EVENT_BYTES, together over it (escaped characters).
+        ({f"m{i}": "\x01" * 200 for i in range(50)}, {f"p{i}": "\x01" * 200 for i in range(50)}),
+    ],
+)
+def test_metadata_and_properties_are_limited_together(
+    metadata: dict[str, Any], properties: dict[str, Any]
+) -> None:
+    """The limits hold for the session metadata and the properties together, though each
+    alone is within them."""
+    stages = list(DEFAULT_STAGES)
+    fast = run(event(dict(properties), metadata=SessionMetadata(dict(metadata))))
+    slow = run(event(dict(properties), metadata=SessionMetadata(dict(metadata))), stages)
+    assert (fast is None) == (slow is None)
+    if fast is not None and slow is not None:
+        assert fast.properties == slow.properties
+        assert len(fast.properties) <= MAX_ITEMS + len(library_properties()) + 1

@@ -62,6 +62,7 @@ import enum
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sized
+from typing import cast
 
 from codeweaver_telemetry.privacy.hashing import keyed_hash
 
@@ -101,6 +102,8 @@ PROPERTY_KEY_LENGTH = 200
 many characters by the pipeline."""
 
 _COLLECTIONS = (list, tuple, set, frozenset, dict)
+_BUILTIN_COLLECTIONS = frozenset(_COLLECTIONS)
+_SEQUENCES = frozenset({list, tuple, set, frozenset})
 _BINARY = (bytes, bytearray, memoryview)
 _INT_LIMIT = 2**63
 
@@ -175,6 +178,8 @@ def to_boolean(value: object) -> bool:
 
 def to_count(value: object) -> int:
     """Number of items: len() of a collection, 0 for None, 1 for any other value."""
+    if type(value) in _BUILTIN_COLLECTIONS:  # the usual case: their len() never raises
+        return len(value)  # type: ignore[arg-type]
     value = _unwrap(value)
     if value is None:
         return 0
@@ -233,6 +238,8 @@ def _distribution_key(item: object) -> str | None:
 def _items(value: object) -> Iterable[object]:
     """The items a DISTRIBUTION or AGGREGATE looks at: a dict's values, a collection's
     members, or the value itself."""
+    if type(value) in _SEQUENCES:  # the usual case, without the ABC checks below
+        return cast("Iterable[object]", value)
     if isinstance(value, Mapping):
         return value.values()
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -240,34 +247,47 @@ def _items(value: object) -> Iterable[object]:
     return (value,)
 
 
+def _counts(items: Iterable[object]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        key = item if type(item) is str else _distribution_key(item)
+        if key is not None:
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def to_distribution(value: object, scrub: Callable[[str], str]) -> dict[str, int]:
     """``{item: count}`` over the scalar items of a collection (dict: its values)."""
-    # Imported here: the key limits and finite_float above stay importable (by the session
-    # statistics) without loading the scrubber.
-    from codeweaver_telemetry.privacy.scrubber import scrub_cut
-
-    value = _unwrap(value)
-    if value is None:
-        return {}
-    counts: dict[str, int] = {}
+    if type(value) not in _SEQUENCES:  # no Enum, no None
+        value = _unwrap(value)
+        if value is None:
+            return {}
     try:
-        for item in _items(value):
-            key = item if type(item) is str else _distribution_key(item)
-            if key is not None:
-                counts[key] = counts.get(key, 0) + 1
+        counts = _counts(_items(value))
     except Exception:  # unreadable: nothing of a half-read collection is counted
         return {}
     ranked = (
         sorted(counts.items(), key=lambda kv: -kv[1])
         if len(counts) > DISTRIBUTION_MAX_KEYS
-        else list(counts.items())
+        else counts.items()
     )
     result: dict[str, int] = {}
-    for key, count in ranked[:DISTRIBUTION_MAX_KEYS]:
+    rest = 0
+    for index, (key, count) in enumerate(ranked):
+        if index >= DISTRIBUTION_MAX_KEYS:
+            rest += count
+            continue
         text = valid_text(key)
-        safe = scrub_cut(text, 2 * DISTRIBUTION_KEY_LENGTH, scrub)[:DISTRIBUTION_KEY_LENGTH]
+        if len(text) > 2 * DISTRIBUTION_KEY_LENGTH:
+            # Imported here: the key limits and finite_float above stay importable (by the
+            # session statistics) without loading the scrubber.
+            from codeweaver_telemetry.privacy.scrubber import scrub_cut
+
+            text = scrub_cut(text, 2 * DISTRIBUTION_KEY_LENGTH, scrub)
+        else:
+            text = scrub(text)
+        safe = text[:DISTRIBUTION_KEY_LENGTH]
         result[safe] = result.get(safe, 0) + count
-    rest = sum(count for _, count in ranked[DISTRIBUTION_MAX_KEYS:])
     if rest:
         result[OTHER_KEY] = result.get(OTHER_KEY, 0) + rest
     return result

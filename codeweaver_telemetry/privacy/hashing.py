@@ -19,6 +19,7 @@ import enum
 import hashlib
 import json
 import secrets
+from collections.abc import Mapping
 from typing import ClassVar, Protocol, runtime_checkable
 
 __all__ = [
@@ -183,6 +184,14 @@ class KeyedHasher:
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
         self._memo: dict[object, str] = {}
+
+    @property
+    def memo(self) -> Mapping[object, str]:
+        """Recent results, ``value -> hash`` (str values of at most 256 characters).
+
+        A hit is what calling the hasher would return; callers only read it.
+        """
+        return self._memo
 
     @classmethod
     def forget_all(cls) -> None:

@@ -33,6 +33,11 @@ model field whose getter raises) is not sent, as if absent, and logged once per 
 Two bases carry the rules: :class:`TelemetryModel` for pydantic models and
 :class:`TelemetryMixin` for attrs classes and stdlib dataclasses (``BasedModel`` and
 ``DataclassSerializationMixin`` are their former names, kept as aliases).
+
+Cost: each class's rules are resolved once into a plan, compiled to one function per class
+and rules (:func:`_compile`; the rules are still read from every instance, and a change
+makes a new plan). Short strings and dict keys are scrubbed once per process with the
+default scrubber (:class:`_ScrubMemo`). Neither changes the output.
 """
 
 from __future__ import annotations
@@ -41,9 +46,11 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
+import keyword
 import threading
 import uuid
 from collections.abc import Callable, Mapping
+from math import isfinite
 from pathlib import PurePath
 from typing import Any, ClassVar, NewType
 
@@ -51,7 +58,7 @@ from pydantic import BaseModel
 
 from codeweaver_telemetry._internal import in_forked_child, log_once
 from codeweaver_telemetry.privacy import conversions
-from codeweaver_telemetry.privacy.conversions import finite_float, valid_text
+from codeweaver_telemetry.privacy.conversions import PROPERTY_KEY_LENGTH, finite_float, valid_text
 from codeweaver_telemetry.privacy.hashing import (
     KeyedHasher,
     KeyProvider,
@@ -124,6 +131,7 @@ class _Absent:
 
 
 _ABSENT: Any = _Absent()
+_NO_HASHES: Mapping[object, str] = {}  # the hasher's memo before there is a hasher
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,27 +224,41 @@ _Step = tuple[str, str, "AnonymityConversion | None", bool, bool]
 class _Plan:
     steps: tuple[_Step, ...]
     extra: bool  # also send pydantic extra fields
+    order: tuple[Any, ...] | None  # the rules' keys, when two of them name one field
+    run: Callable[[_Walker, Any], dict[str, Any]]  # the steps, compiled (_compile)
 
 
-_PLANS: dict[tuple[type, bool, bool], tuple[tuple[tuple[Any, Any], ...], _Plan]] = {}
+_Cached = tuple["Mapping[Any, Any] | None", _Plan, "tuple[Any, ...] | None"]
+"""(a copy of the rules the plan was built for, the plan, ``plan.order``)."""
+
+_PLANS: dict[tuple[bool, bool], dict[type, _Cached]] = {
+    (by_alias, options): {} for by_alias in (False, True) for options in (False, True)
+}
+"""Per (by_alias, options): class -> the plan of the last rules seen for it."""
 _MAX_PLANS = 4096
 
 
 def _plan(cls: type, rules: Mapping[Any, Any] | None, by_alias: bool, options: bool) -> _Plan:
     """The validated, resolved steps for one class and its current rules (cached).
 
-    The cache holds the last rules seen per class; rules are compared item by item (by
-    identity first, so the usual case costs one tuple comparison).
+    The cache holds the last rules seen per class, as a copy, and compares them with the
+    current rules as dicts (one C-level comparison; the walker makes it inline, see
+    :meth:`_Walker.model`). Their order matters only when two keys name one field (a name
+    and its alias: the later rule wins); such a plan also keeps the order of its keys, and
+    the order is compared too.
     """
-    items = tuple(rules.items()) if rules else ()
-    cache_key = (cls, by_alias, options)
-    cached = _PLANS.get(cache_key)
-    if cached is not None and cached[0] == items:
-        return cached[1]
-    plan = _build_plan(cls, items, by_alias, options)
-    if len(_PLANS) >= _MAX_PLANS:
-        _PLANS.clear()
-    _PLANS[cache_key] = (items, plan)
+    plans = _PLANS[by_alias, options]
+    current = rules if type(rules) is dict else dict(rules.items()) if rules else {}
+    cached = plans.get(cls)
+    if cached is not None and cached[0] == (None if rules is None else current):
+        plan = cached[1]
+        if plan.order is None or plan.order == tuple(current):
+            return plan
+    plan = _build_plan(cls, tuple(current.items()), by_alias, options)
+    if len(plans) >= _MAX_PLANS:
+        plans.clear()
+    # Stored as given when None or a dict, so that the walker's inline check can hit.
+    plans[cls] = (None if rules is None else dict(current), plan, plan.order)
     return plan
 
 
@@ -273,7 +295,96 @@ def _build_plan(
             continue
         is_trusted = f.name in trusted
         steps.append((f.name, key, rule, is_trusted, not is_trusted and is_secret_key(key)))
-    return _Plan(tuple(steps), info.allow_extra and not strict)
+    order = tuple(k for k, _ in items) if len(set(names)) < len(names) else None
+    return _Plan(tuple(steps), info.allow_extra and not strict, order, _compile(cls, tuple(steps)))
+
+
+def _compile(cls: type, steps: tuple[_Step, ...]) -> Callable[[_Walker, Any], dict[str, Any]]:
+    """The steps of a plan as one function ``(walker, obj) -> dict``, generated once per plan.
+
+    It does what :meth:`_Walker.steps` does for these steps, with the rule, trust and
+    secret of each field fixed: no loop, no dispatch on the rule, plain attribute reads.
+    Only field names that are ASCII identifiers are written into the source (as
+    ``obj.name``), other names are constants of the namespace; keys are written as their
+    ``repr()``, a string literal whatever the key holds (a str subclass is a constant).
+    """
+    ns: dict[str, Any] = {
+        "_ABSENT": _ABSENT,
+        "_NO_HASHES": _NO_HASHES,
+        "SECRET_MARKER": SECRET_MARKER,
+        "valid_text": valid_text,
+        "isfinite": isfinite,
+        "_big_int": _big_int,
+        "_INT_LIMIT": _INT_LIMIT,
+    }
+    lines = ["def run(w, obj):", "    out = {}", "    memo = w._memo"]
+    if any(rule is _HASH for _, _, rule, _, _ in steps):
+        lines.append("    hashes = w._hasher.memo if w._hasher is not None else _NO_HASHES")
+    for i, (name, key, rule, trusted, secret) in enumerate(steps):
+        ns[f"N{i}"], ns[f"R{i}"] = name, rule
+        plain = name.isascii() and name.isidentifier() and not keyword.iskeyword(name)
+        lines += [
+            "    try:",
+            f"        v = obj.{name}" if plain else f"        v = getattr(obj, N{i})",
+            "    except AttributeError:",  # getattr's default: absent
+            "        pass" if rule is not None else f"        w.value(_ABSENT, {trusted})",
+            "    except Exception as exc:  # a property or computed field that raises",
+            f'        w.unreadable(exc, "the field", f"{{type(obj).__qualname__}}.{{N{i}}}")',
+            "    else:",
+        ]
+        ns[f"K{i}"] = key  # a str subclass (an odd alias) stays itself, as a constant
+        literal = str.__repr__(key) if type(key) is str else f"K{i}"
+        source = _step_source(i, literal, rule, trusted, secret)
+        lines += ["        " + line for line in source]
+    lines.append("    return out")
+    code = compile("\n".join(lines), f"<telemetry plan of {cls.__qualname__}>", "exec")
+    exec(code, ns)  # noqa: S102 - our own source; names checked above, all else constants
+    run: Callable[[_Walker, Any], dict[str, Any]] = ns["run"]
+    return run
+
+
+def _step_source(
+    i: int, k: str, rule: AnonymityConversion | None, trusted: bool, secret: bool
+) -> list[str]:
+    """Source for step ``i``, with ``v`` read: what :meth:`_Walker.steps` does with it.
+    ``k`` is the output key as source: a literal, or the name of a constant."""
+    if rule is _HASH:
+        return [
+            "if type(v) is str:",
+            "    h = hashes.get(v)",
+            f"    out[{k}] = h if h is not None else w.convert(R{i}, v)",
+            "else:",
+            f"    out[{k}] = w.convert(R{i}, v)",
+        ]
+    if rule is _TEXT_COUNT:
+        return [f"out[{k}] = len(v) if type(v) is str and v.isascii() else w.convert(R{i}, v)"]
+    if rule is not None:
+        return [f"out[{k}] = w.convert(R{i}, v)"]
+    if secret:  # never trusted
+        return [f"out[{k}] = v if v is None or type(v) is bool else SECRET_MARKER"]
+    text = (
+        [f"    out[{k}] = valid_text(v)"]
+        if trusted
+        else [
+            "    found = memo.get(v)",
+            f"    out[{k}] = found if found is not None else w.text(v)",
+        ]
+    )
+    return [
+        "t = type(v)",
+        "if t is str:",
+        *text,
+        "elif t is int:",
+        f"    out[{k}] = v if -_INT_LIMIT < v < _INT_LIMIT else _big_int(v)",
+        "elif t is float:",
+        f"    out[{k}] = v if isfinite(v) else None",
+        "elif v is None or t is bool:",
+        f"    out[{k}] = v",
+        "else:",
+        f"    converted = w.value(v, {trusted})",
+        "    if converted is not _ABSENT:",
+        f"        out[{k}] = converted",
+    ]
 
 
 _Handler = Callable[["_Walker", Any, bool], Any]
@@ -337,21 +448,8 @@ def _h_other(w: _Walker, v: Any, trusted: bool) -> Any:
     return _ABSENT
 
 
-def _sequence(w: _Walker, v: Any, trusted: bool) -> Any:
-    out = [w.value(i, trusted) for i in v]
-    return [x for x in out if x is not _ABSENT]
-
-
 def _set(w: _Walker, v: Any, trusted: bool) -> Any:
-    return sorted(_sequence(w, v, trusted), key=_sort_key)
-
-
-def _mapping(w: _Walker, v: Any, trusted: bool) -> Any:
-    return w.mapping(v, trusted)
-
-
-def _rules(w: _Walker, v: Any, trusted: bool) -> Any:
-    return v._serialize(w)
+    return sorted(w.sequence(v, trusted), key=_sort_key)
 
 
 def _model(w: _Walker, v: Any, trusted: bool) -> Any:
@@ -359,7 +457,18 @@ def _model(w: _Walker, v: Any, trusted: bool) -> Any:
 
 
 def _h_sequence(w: _Walker, v: Any, trusted: bool) -> Any:
-    return w.guarded(v, trusted, _sequence)
+    # guarded(), inline: lists and dicts are the most common containers.
+    stack = w._stack
+    ident = id(v)
+    if ident in stack:
+        return CYCLE_MARKER
+    if len(stack) >= MAX_DEPTH:
+        return DEPTH_MARKER
+    stack.add(ident)
+    try:
+        return w.sequence(v, trusted)
+    finally:
+        stack.discard(ident)
 
 
 def _h_set(w: _Walker, v: Any, trusted: bool) -> Any:
@@ -367,11 +476,17 @@ def _h_set(w: _Walker, v: Any, trusted: bool) -> Any:
 
 
 def _h_mapping(w: _Walker, v: Any, trusted: bool) -> Any:
-    return w.guarded(v, trusted, _mapping)
-
-
-def _h_rules(w: _Walker, v: Any, trusted: bool) -> Any:
-    return w.guarded(v, trusted, _rules)
+    stack = w._stack  # guarded(), inline
+    ident = id(v)
+    if ident in stack:
+        return CYCLE_MARKER
+    if len(stack) >= MAX_DEPTH:
+        return DEPTH_MARKER
+    stack.add(ident)
+    try:
+        return w.mapping(v, trusted)
+    finally:
+        stack.discard(ident)
 
 
 def _h_model(w: _Walker, v: Any, trusted: bool) -> Any:
@@ -422,7 +537,7 @@ def _handler_for(t: type) -> _Handler:
     if issubclass(t, PurePath):
         return _h_path
     if issubclass(t, _TelemetryRules):
-        return _h_rules
+        return _Walker.rules_model
     if issubclass(t, Mapping):
         return _h_mapping
     if issubclass(t, (list, tuple)):
@@ -434,10 +549,69 @@ def _handler_for(t: type) -> _Handler:
     return _h_other
 
 
-class _Walker:
-    """One serialization: key provider, scrubber, alias choice and the cycle guard."""
+_MEMO_CHARS = PROPERTY_KEY_LENGTH
+"""Strings of at most this many characters, before and after scrubbing, are remembered."""
+_MEMO_ENTRIES = 4096
 
-    __slots__ = ("_hasher", "_key_error", "_max", "_provider", "_scrub", "_stack", "by_alias")
+
+class _ScrubMemo:
+    """What the default scrubber made of short strings and dict keys, for the whole process.
+
+    The same keys and values come back in every event (``status``, ``"ok"``, language
+    names). A remembered one costs one dict lookup instead of the cut check, the scrubber's
+    call layers and, for a key, the secret-key check. Only the default :func:`scrub` is
+    remembered (a scrubber passed in is called every time), and only strings of at most
+    :data:`_MEMO_CHARS` characters, before and after scrubbing: a hit is never cut and never
+    longer than that.
+    """
+
+    __slots__ = ("keys", "values")
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+        """raw string -> its valid, scrubbed text."""
+        self.keys: dict[str, tuple[str, bool]] = {}
+        """raw dict key -> (its valid, scrubbed text, whether that text names a secret)."""
+
+    def clear(self) -> None:
+        """Forget everything (to measure the cold path)."""
+        self.values.clear()
+        self.keys.clear()
+
+
+_MEMO = _ScrubMemo()
+_DEFAULT_SCRUB = scrub  # the function whose results the memo holds, even if rules.scrub is patched
+
+
+class _Walker:
+    """One serialization: key provider, scrubber, alias choice and the cycle guard.
+
+    It also measures what its dicts and lists hold, for :func:`serialize_measured`: the
+    characters of their strings and keys (``chars``), their entries plus one per container
+    (``items``), their largest length (``widest``) and whether some string is longer than
+    :data:`_MEMO_CHARS` (``long``). ``measured`` turns False once a model is serialized:
+    model output is not measured.
+    """
+
+    __slots__ = (
+        "_hasher",
+        "_key_error",
+        "_keys",
+        "_max",
+        "_memo",
+        "_plans",
+        "_provider",
+        "_remember",
+        "_rule_plans",
+        "_scrub",
+        "_stack",
+        "by_alias",
+        "chars",
+        "items",
+        "long",
+        "measured",
+        "widest",
+    )
 
     def __init__(
         self,
@@ -453,6 +627,20 @@ class _Walker:
         self._scrub = scrubber
         self._max = max_chars
         self.by_alias = by_alias
+        self._plans = _PLANS[by_alias, False]
+        self._rule_plans = _PLANS[by_alias, True]
+        # The shared memo holds scrub() of uncut strings: only for the default scrubber, and
+        # only when no string it holds would be cut. Otherwise every lookup misses.
+        self._remember = scrubber is _DEFAULT_SCRUB and (
+            max_chars is None or max_chars >= _MEMO_CHARS
+        )
+        self._memo: dict[str, str] = _MEMO.values if self._remember else {}
+        self._keys: dict[str, tuple[str, bool]] = _MEMO.keys if self._remember else {}
+        self.chars = 0
+        self.items = 0
+        self.widest = 0
+        self.long = False
+        self.measured = True
 
     def scrub(self, text: str) -> str:
         # Cutting first keeps a huge string from stalling the worker; scrub_cut drops the
@@ -460,6 +648,40 @@ class _Walker:
         if self._max is not None and len(text) > self._max:
             return scrub_cut(text, self._max, self._scrub)
         return self._scrub(text)
+
+    def text(self, raw: str) -> str:
+        """The valid, scrubbed form of a str (not a subclass) that the memo did not hold."""
+        out = self.scrub(valid_text(raw))
+        if len(out) > _MEMO_CHARS:
+            self.long = True
+        elif self._remember and len(raw) <= _MEMO_CHARS:
+            memo = self._memo
+            if len(memo) >= _MEMO_ENTRIES:
+                memo.clear()
+            memo[raw] = out
+        return out
+
+    def scrubbed(self, raw: str) -> str:
+        """:meth:`text`, or what the memo holds for ``raw``."""
+        found = self._memo.get(raw)
+        return found if found is not None else self.text(raw)
+
+    def key(self, raw: object) -> tuple[str, bool] | None:
+        """The scrubbed output key for a dict key the memo did not hold, and whether it
+        names a secret; None for a key that is not sent."""
+        key = _dict_key(raw)
+        if key is None:
+            return None
+        key = self.scrub(key)
+        found = (key, is_secret_key(key))
+        if len(key) > _MEMO_CHARS:
+            self.long = True
+        elif self._remember and type(raw) is str and len(raw) <= _MEMO_CHARS:
+            keys = self._keys
+            if len(keys) >= _MEMO_ENTRIES:
+                keys.clear()
+            keys[raw] = found
+        return found
 
     def hasher(self) -> KeyedHasher:
         if self._hasher is None:
@@ -474,9 +696,10 @@ class _Walker:
     def value(self, v: Any, trusted: bool = False) -> Any:
         t = type(v)
         if t is str:
-            if not v.isascii():
-                v = valid_text(v)
-            return v if trusted else self.scrub(v)
+            if trusted:
+                return valid_text(v)
+            found = self._memo.get(v)
+            return found if found is not None else self.text(v)
         if v is None or t is bool:
             return v
         try:
@@ -514,34 +737,184 @@ class _Walker:
         finally:
             self._stack.discard(ident)
 
+    def sequence(self, v: Any, trusted: bool) -> list[Any]:
+        """The items of a list, tuple or set, each made JSON-safe; items not sent are left
+        out. Iterating ``v`` may raise: then the whole sequence is not sent (``value()``)."""
+        out: list[Any] = []
+        append = out.append
+        memo = self._memo
+        chars = 0
+        for item in v:
+            t = type(item)
+            # The common types inline, exactly as value() and its handlers convert them.
+            if t is str and not trusted:
+                found = memo.get(item)
+                if found is None:
+                    found = self.text(item)
+                chars += len(found)
+                append(found)
+            elif t is int:
+                append(item if -_INT_LIMIT < item < _INT_LIMIT else _big_int(item))
+            elif t is float:
+                append(item if isfinite(item) else None)
+            elif item is None or t is bool:
+                append(item)
+            else:
+                try:  # value(), inline
+                    converted = (_HANDLERS.get(t) or _classify(t))(self, item, trusted)
+                except Exception as exc:
+                    self.unreadable(exc, "a value of type", t.__qualname__)
+                    continue
+                if converted is _ABSENT:
+                    continue
+                if type(converted) is str:
+                    chars += self._measure(converted)
+                append(converted)
+        self._count(chars, len(out))
+        return out
+
     def mapping(self, m: Mapping[Any, Any], trusted: bool) -> dict[str, Any]:
+        """A mapping made JSON-safe: keys as text, scrubbed unless ``trusted``; a value under
+        a secret-sounding key becomes the secret marker. ``items()`` may raise: then the
+        whole mapping is not sent (``value()``)."""
+        if trusted:
+            return self._trusted_mapping(m)
         out: dict[str, Any] = {}
-        for k, val in m.items():  # raising here makes the whole mapping absent (value())
+        memo = self._memo
+        keys = self._keys
+        chars = 0
+        for k, val in m.items():
+            found_key = keys.get(k) if type(k) is str else None
+            if found_key is None:
+                found_key = self.key(k)
+                if found_key is None:
+                    continue
+            key, secret = found_key
+            t = type(val)
+            if secret and val is not None and t is not bool:
+                out[key] = SECRET_MARKER
+                chars += len(key) + len(SECRET_MARKER)
+                continue
+            # The common types inline, exactly as value() and its handlers convert them.
+            converted: Any
+            if t is str:
+                converted = memo.get(val)
+                if converted is None:
+                    converted = self.text(val)
+                chars += len(converted)
+            elif t is int:
+                converted = val if -_INT_LIMIT < val < _INT_LIMIT else _big_int(val)
+            elif t is float:
+                converted = val if isfinite(val) else None
+            elif val is None or t is bool:
+                converted = val
+            else:
+                converted = self.value(val, False)
+                if converted is _ABSENT:
+                    continue
+                if type(converted) is str:
+                    chars += self._measure(converted)
+            chars += len(key)
+            if key in out:
+                _merge(out, key, converted)
+            else:
+                out[key] = converted
+        self._count(chars, len(out))
+        return out
+
+    def _trusted_mapping(self, m: Mapping[Any, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        chars = 0
+        for k, val in m.items():
             key = _dict_key(k)
             if key is None:
                 continue
-            if not trusted:
-                key = self.scrub(key)
-                if val is not None and type(val) is not bool and is_secret_key(key):
-                    out[key] = SECRET_MARKER
-                    continue
-            converted = self.value(val, trusted)
+            converted = self.value(val, True)
             if converted is _ABSENT:
                 continue
-            earlier = out.get(key, _ABSENT)
-            if earlier is not _ABSENT and _is_count(earlier) and _is_count(converted):
-                # Two keys scrubbed to one marker ({"a@x.io": 5, "b@y.io": 7}): add them up.
-                out[key] = earlier + converted
+            chars += self._measure(key)
+            if type(converted) is str:
+                chars += self._measure(converted)
+            if key in out:
+                _merge(out, key, converted)
             else:
                 out[key] = converted
+        self._count(chars, len(out))
         return out
 
+    def _measure(self, text: str) -> int:
+        size = len(text)
+        if size > _MEMO_CHARS:
+            self.long = True
+        return size
+
+    def _count(self, chars: int, entries: int) -> None:
+        self.chars += chars
+        self.items += entries + 1
+        self.widest = max(self.widest, entries)
+
     # -- models ----------------------------------------------------------------------
+    def rules_model(self, obj: Any, trusted: bool) -> Any:
+        """The handler of models with privacy rules: their own rules and class options, then
+        their hook. Guarded against cycles and depth like :meth:`guarded`, inline."""
+        stack = self._stack
+        ident = id(obj)
+        if ident in stack:
+            return CYCLE_MARKER
+        if len(stack) >= MAX_DEPTH:
+            return DEPTH_MARKER
+        stack.add(ident)
+        try:
+            rules = obj._telemetry_keys()
+            cls = type(obj)
+            cached = self._rule_plans.get(cls)  # model(), inline
+            if cached is not None and cached[0] == rules and cached[2] is None:
+                plan = cached[1]
+            else:
+                plan = _plan(cls, rules, self.by_alias, True)
+            self.measured = False
+            out = plan.run(self, obj)
+            if plan.extra:
+                extra = getattr(obj, "__pydantic_extra__", None)
+                if extra:
+                    out.update(self.mapping(extra, trusted=False))
+            if cls._telemetry_handler is _NO_HOOK:
+                return out
+            handled = obj._telemetry_handler(dict(out))
+            result: dict[str, Any] = {}
+            for k, v in handled.items():
+                key = _dict_key(k)
+                if key is None:
+                    continue
+                if key in out and out[key] is v:
+                    result[key] = v
+                    continue
+                result.update(self.mapping({key: v}, trusted=False))
+            return result
+        finally:
+            stack.discard(ident)
+
     def model(self, obj: Any, rules: Mapping[Any, Any] | None, *, options: bool = False) -> Any:
         """Serialize a model with ``rules``; ``options``: honour the class's strict/allow/trust."""
-        plan = _plan(type(obj), rules, self.by_alias, options)
+        cls = type(obj)
+        cached = (self._rule_plans if options else self._plans).get(cls)
+        if cached is not None and cached[0] == rules and cached[2] is None:
+            plan = cached[1]  # the usual case: the rules of the last call, inline
+        else:
+            plan = _plan(cls, rules, self.by_alias, options)
+        self.measured = False
+        out = plan.run(self, obj)
+        if plan.extra:
+            extra = getattr(obj, "__pydantic_extra__", None)
+            if extra:
+                out.update(self.mapping(extra, trusted=False))
+        return out
+
+    def steps(self, plan: _Plan, obj: Any) -> dict[str, Any]:
+        """The steps of ``plan`` on ``obj``, one by one, without the memos: what
+        ``plan.run`` (compiled from them, see :func:`_compile`) does in one function. Kept
+        as the reference the tests compare the compiled plans with."""
         out: dict[str, Any] = {}
-        scrub = self.scrub
         for name, key, rule, trusted, secret in plan.steps:
             try:
                 value = getattr(obj, name, _ABSENT)
@@ -554,10 +927,9 @@ class _Walker:
                     out[key] = self.convert(rule, value)
             elif secret and value is not None and t is not bool and value is not _ABSENT:
                 out[key] = SECRET_MARKER
-            elif t is str:  # the common case, inlined
-                if not value.isascii():
-                    value = valid_text(value)
-                out[key] = value if trusted else scrub(value)
+            elif t is str:
+                value = valid_text(value)
+                out[key] = value if trusted else self.scrub(value)
             elif t is int or t is bool or value is None:
                 out[key] = (
                     value if t is not int or -_INT_LIMIT < value < _INT_LIMIT else _big_int(value)
@@ -566,15 +938,12 @@ class _Walker:
                 converted = self.value(value, trusted)
                 if converted is not _ABSENT:
                     out[key] = converted
-        if plan.extra:
-            extra = getattr(obj, "__pydantic_extra__", None)
-            if extra:
-                out.update(self.mapping(extra, trusted=False))
         return out
 
     def convert(self, conv: AnonymityConversion, value: Any) -> Any:
         if conv is _HASH:
-            return conversions.to_hash(value, self.hasher())
+            hasher = self._hasher or self.hasher()
+            return hasher(value) if type(value) is str else conversions.to_hash(value, hasher)
         if conv is _TEXT_COUNT:
             if type(value) is str and value.isascii():
                 return len(value)
@@ -584,10 +953,20 @@ class _Walker:
         if conv is _BOOLEAN:
             return conversions.to_boolean(value)
         if conv is _DISTRIBUTION:
-            return conversions.to_distribution(value, self.scrub)
+            return conversions.to_distribution(value, self.scrubbed)
         if conv is _AGGREGATE:
             return conversions.to_aggregate(value)
         raise TelemetryRuleError(f"unknown conversion {conv!r}")  # pragma: no cover
+
+
+def _merge(out: dict[str, Any], key: str, converted: Any) -> None:
+    """Two keys scrubbed to one marker (``{"a@x.io": 5, "b@y.io": 7}``): counts add up,
+    anything else is replaced by the later value."""
+    earlier = out[key]
+    if _is_count(earlier) and _is_count(converted):
+        out[key] = earlier + converted
+    else:
+        out[key] = converted
 
 
 def _is_count(v: object) -> bool:
@@ -640,23 +1019,6 @@ class _TelemetryRules:
         through the same JSON-safety and scrubbing as everything else.
         """
         return serialized
-
-    def _serialize(self, walker: _Walker) -> dict[str, Any]:
-        out: dict[str, Any] = walker.model(self, self._telemetry_keys(), options=True)
-        if type(self)._telemetry_handler is _TelemetryRules._telemetry_handler:
-            return out
-        handled = self._telemetry_handler(dict(out))
-        result: dict[str, Any] = {}
-        for k, v in handled.items():
-            key = _dict_key(k)
-            if key is None:
-                continue
-            if key in out and out[key] is v:
-                result[key] = v
-                continue
-            converted = walker.mapping({key: v}, trusted=False)
-            result.update(converted)
-        return result
 
     def serialize_for_telemetry(
         self,
@@ -726,6 +1088,43 @@ def serialize_for_telemetry(
     return None if result is _ABSENT else result
 
 
+def serialize_measured(
+    obj: object,
+    *,
+    key_provider: KeyProvider | None = None,
+    max_string_chars: int | None = None,
+    max_items: int,
+) -> tuple[Any, int | None]:
+    """:func:`serialize_for_telemetry` with the default scrubber, and a bound on the result.
+
+    The bound, measured during the one walk, is at least the size in UTF-8 bytes of the
+    result as compact JSON (``separators=(",", ":")``, ``ensure_ascii=False``): it counts 6
+    bytes per character of every key and string (a ``\\u001f`` escape) and 32 bytes per
+    entry and per container (quotes, separators, and a number of at most 24 characters). It
+    is None when the walk cannot vouch for the result: it is not a dict, it holds the output
+    of a model (not measured), a string or key longer than
+    :data:`~codeweaver_telemetry.privacy.conversions.PROPERTY_KEY_LENGTH` characters, or a
+    dict or list of more than ``max_items`` entries. The pipeline skips its size limits for
+    a result with a bound within them.
+
+    Args:
+        obj: the value.
+        key_provider: the HASH key (as for :func:`serialize_for_telemetry`).
+        max_string_chars: as for :func:`serialize_for_telemetry`.
+        max_items: the largest dict or list the bound vouches for.
+
+    Returns:
+        The serialized value (None if it is not sent) and the bound, or None.
+    """
+    walker = _Walker(key_provider or get_default_key_provider(), scrub, False, max_string_chars)
+    result = walker.value(obj)
+    if result is _ABSENT:
+        return None, None
+    if type(result) is not dict or not walker.measured or walker.long or walker.widest > max_items:
+        return result, None
+    return result, 6 * walker.chars + 32 * walker.items
+
+
 class TelemetryModel(_TelemetryRules, BaseModel):
     """A pydantic v2 model with privacy rules and ``serialize_for_telemetry()``.
 
@@ -755,6 +1154,8 @@ class TelemetryMixin(_TelemetryRules):
 
     __slots__ = ()
 
+
+_NO_HOOK = _TelemetryRules._telemetry_handler
 
 BasedModel = TelemetryModel
 """Former name of :class:`TelemetryModel`, kept as an alias."""

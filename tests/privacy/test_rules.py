@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 
 import attrs
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, computed_field
 
 import codeweaver_telemetry
 from codeweaver_telemetry import (
@@ -37,6 +37,7 @@ from codeweaver_telemetry.privacy.rules import (
     TelemetryModel,
     serialize_for_telemetry,
 )
+from codeweaver_telemetry.privacy.scrubber import scrub
 
 C = AnonymityConversion
 K = FilteredKey
@@ -616,7 +617,6 @@ def test_a_sequence_whose_iteration_raises_is_not_sent() -> None:
 
 def test_a_field_whose_getter_raises_is_left_out() -> None:
     """A computed field that raises costs that field, not the model."""
-    from pydantic import computed_field
 
     class WithComputed(TelemetryModel):
         a: int = 1
@@ -774,3 +774,123 @@ def test_a_client_does_not_change_direct_hashes(
     assert value.serialize_for_telemetry()["path"] == before
     assert value.serialize_for_telemetry(key_provider=client.key_provider)["path"] == sent
     assert sent != before
+
+
+# The fast paths give what the straightforward ones give ---------------------------------
+secret_texts = st.sampled_from(
+    [
+        *("ok", "python", "alice@example.com", "/home/alice/x.py", "ghp_" + "a" * 36),
+        *("\ud800x", "\ud83d\ude00 ok"),  # a lone surrogate, a surrogate pair
+        "/home/alice/" + "x" * 2100,  # a path longer than the pipeline's cut
+    ]
+)
+# Around the memo's length (200) and the pipeline's cut before scrubbing (2000).
+long_texts = st.sampled_from([199, 200, 201, 2001, 2500]).map(lambda n: ("bob w " * n)[:n])
+field_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    secret_texts,
+    long_texts,
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    anything,
+)
+conversions = st.none() | st.sampled_from(list(AnonymityConversion))
+
+
+class Fields(TelemetryModel):
+    """Fields of every kind a plan step can have: a secret-sounding name (``api_key``), a
+    trusted one (``label``), an alias, a computed field that raises on odd ``n``."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+    _telemetry_trusted: ClassVar[frozenset[str]] = frozenset({"label"})
+
+    text: Any = None
+    api_key: Any = None
+    label: Any = None
+    count: Any = Field(default=None, alias="Count")
+    n: int = 0
+    given_rules: dict[FilteredKey, AnonymityConversion] = Field(default_factory=dict, exclude=True)
+
+    def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
+        return self.given_rules
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def maybe(self) -> int:
+        if self.n % 2:
+            raise RuntimeError("odd")
+        return self.n
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.fixed_dictionaries(
+        dict.fromkeys(("text", "api_key", "label", "count"), field_values)
+    ),
+    n=st.integers(0, 3),
+    chosen=st.fixed_dictionaries(
+        dict.fromkeys(("text", "api_key", "label", "Count", "maybe"), conversions)
+    ),
+    by_alias=st.booleans(),
+    max_chars=st.sampled_from([None, 2000, 8]),
+)
+@example(  # TEXT_COUNT counts a surrogate pair as one character; a flag under a secret name
+    values={"text": "\ud83d\ude00 ok", "api_key": True, "label": "\ud800", "count": 2**64},
+    n=1,
+    chosen=dict.fromkeys(("api_key", "label", "Count", "maybe"), None) | {"text": C.TEXT_COUNT},
+    by_alias=True,
+    max_chars=None,
+)
+def test_compiled_plans_match_the_steps_one_by_one(
+    values: dict[str, Any],
+    n: int,
+    chosen: dict[str, AnonymityConversion | None],
+    by_alias: bool,
+    max_chars: int | None,
+) -> None:
+    """A plan compiled to one function gives what its steps give one by one (the
+    reference, without memos), for any rules, values, alias choice and cut."""
+    model_rules = {K(k): conv for k, conv in chosen.items() if conv is not None}
+    obj = Fields(**values, n=n, given_rules=model_rules)
+    plan = rules._plan(Fields, model_rules, by_alias, True)
+    for _ in range(2):  # the second time, with warm memos
+        fast = rules._Walker(PROVIDER, scrub, by_alias, max_chars)
+        slow = rules._Walker(PROVIDER, scrub, by_alias, max_chars)
+        assert repr(plan.run(fast, obj)) == repr(slow.steps(plan, obj))
+
+
+def scrub_uncached(text: str) -> str:
+    """The default scrubber behind a function of our own: the serializer's memo is off."""
+    return scrub(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=field_values | st.dictionaries(st.text() | secret_texts | st.integers(), field_values))
+def test_the_memo_changes_nothing(value: object) -> None:
+    """Remembered scrub results of strings and keys are what the scrubber gives, cold and
+    warm, with and without a cut."""
+    for max_chars in (None, 2000, 8):
+        expected = serialize_for_telemetry(
+            {"v": value, "w": [value]},
+            key_provider=PROVIDER,
+            scrubber=scrub_uncached,
+            max_string_chars=max_chars,
+        )
+        for _ in range(2):
+            got = serialize_for_telemetry(
+                {"v": value, "w": [value]}, key_provider=PROVIDER, max_string_chars=max_chars
+            )
+            assert repr(got) == repr(expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.dictionaries(st.text() | st.integers(), field_values, max_size=8))
+def test_the_measured_bound_holds(value: dict[Any, Any]) -> None:
+    """serialize_measured gives what serialize_for_telemetry gives, and its bound, when it
+    gives one, is at least the compact JSON size in bytes."""
+    out, bound = rules.serialize_measured(value, key_provider=PROVIDER, max_items=500)
+    assert repr(out) == repr(serialize_for_telemetry(value, key_provider=PROVIDER))
+    if bound is not None:
+        text = json.dumps(out, separators=(",", ":"), ensure_ascii=False)
+        assert len(text.encode("utf-8")) <= bound
