@@ -182,6 +182,7 @@ class Running:
         interval = self._settings.heartbeat_interval_seconds
         if interval is not None:
             self.start_heartbeat(interval)
+        self._worker.start()  # idle until the first event: no thread is made on a capture
         self._worker.start_draining()  # what earlier runs could not send goes out now
 
     def revoked(self) -> None:

@@ -1,13 +1,11 @@
 # SPDX-License-Identifier: MIT OR Apache-2.0
-"""The only module that imports ``posthog`` (lazily): flags, and the door to sending.
+"""The only module that imports ``posthog`` (lazily): feature flags.
 
-Events go out through :func:`send_batch`, which hands them to
-:mod:`codeweaver_telemetry._transport`: PostHog's ``/batch/`` contract, encoded in one C
-pass and posted over one keep-alive session from our own worker thread with a short
-timeout, so neither the caller nor process exit ever waits on PostHog's own queue or its
-unbounded ``shutdown()``. Retries and back-off are the worker's. Only what the privacy
-pipeline produced is sent (encoded by ``_codec.to_message``); GeoIP is disabled on every
-event and no ``$ip`` is set.
+Events do not go through the posthog package: :mod:`codeweaver_telemetry._transport`
+posts them to PostHog's ``/batch/`` from our own worker thread with a short timeout (so
+neither the caller nor process exit ever waits on PostHog's own queue or its unbounded
+``shutdown()``), encoded in one C pass. GeoIP is disabled on every event and no ``$ip`` is
+set.
 
 Flags are evaluated for the install id (:func:`fetch_flags`): remotely with one
 ``/flags/`` request for all flags, or, with a feature-flags secret key, locally by the
@@ -23,18 +21,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 from codeweaver_telemetry._internal import fork_safe_imports, in_forked_child
-from codeweaver_telemetry._types import Event, ExportResult
 from codeweaver_telemetry.flags import FlagFetchError, FlagValue
 
 __all__ = [
     "fetch_flags",
     "local_flags_client",
     "prepare",
-    "send_batch",
     "stop_local_client",
 ]
 
@@ -89,16 +84,6 @@ def prepare() -> Any:
 
 
 # -- sending ------------------------------------------------------------------------------------
-
-
-def send_batch(
-    batch: Sequence[Event], *, api_key: str, host: str, timeout_s: float
-) -> ExportResult:
-    """POST the batch (gzip) to ``<host>/batch/`` (see :func:`_transport.post_batch`);
-    never raises for delivery problems."""
-    from codeweaver_telemetry._transport import post_batch
-
-    return post_batch(batch, api_key=api_key, host=host, timeout_s=timeout_s)
 
 
 # -- flags ------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ class Process:
         self._building = threading.local()
         self._live: weakref.WeakSet[Exiting] = weakref.WeakSet()
         self._hooked = False
+        self._child_exit_registered = False
 
     # -- the process-wide client ------------------------------------------------------------
     def client(self, build: Callable[[], object], busy: Callable[[], object]) -> object:
@@ -130,14 +131,24 @@ class Process:
     def after_fork(self) -> None:
         """In a forked child: a fresh lock, and each live client renewed."""
         self._lock = threading.Lock()
+        if self._hooked and not self._child_exit_registered:
+            with internal_errors("fork"):
+                self._register_child_exit()  # multiprocessing was loaded after start
         for client in list(self._live):
             with internal_errors("fork"):
                 client.after_fork()
 
     def _register_child_exit(self) -> None:
         # A multiprocessing child ends with os._exit(), so atexit never runs there; its
-        # finalizers do. Register the exit flush as one, here and in every forked child.
-        import multiprocessing.util as mp_util
+        # finalizers do. Register the exit flush as one, here and in every child that
+        # multiprocessing forks. Only once multiprocessing is loaded (importing it costs a
+        # client's start 5-10 ms): a process that loads it later registers in its forked
+        # children (``after_fork``, which runs before multiprocessing's own child set-up
+        # runs the after-fork callbacks), and a spawned child has it loaded from its start.
+        mp_util = sys.modules.get("multiprocessing.util")
+        if mp_util is None:
+            return
+        self._child_exit_registered = True
 
         def register(_: object = None) -> None:
             mp_util.Finalize(None, self.exit, exitpriority=10)

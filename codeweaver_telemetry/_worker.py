@@ -273,6 +273,13 @@ class Worker:
         with self._lock:
             return len(self._queue) + self._delivery.held + len(self._overflow_events)
 
+    def start(self) -> None:
+        """Start the thread now, idle: its imports wait for its first piece of work, and
+        the first event (a flag exposure, say) finds a thread to hand over to."""
+        with self._lock:
+            if self._thread is None and not self._closed and self._pid == os.getpid():
+                self._start()
+
     def start_draining(self) -> None:
         """Start sending what the spool holds now, in the background, whatever is captured."""
         if self._spool is None or os.getpid() != self._owner_pid:
@@ -462,7 +469,6 @@ class Worker:
         return None
 
     def _run(self) -> None:
-        self._warm_up()
         clock = self._clock
         while True:
             with self._lock:
@@ -476,6 +482,8 @@ class Worker:
                 # Stopping: only a flush still under way (and allowed to send) goes on.
                 if self._stopping and (self._flush_gen <= self._done_gen or not live):
                     return
+            if not self._warm:
+                self._warm_up()
             if live:
                 self._send_live()
             elif spill:

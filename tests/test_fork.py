@@ -116,14 +116,30 @@ def test_a_child_forked_at_any_point_of_start_up_sends_its_events(
         assert got == list(range(50)), f"fork after {delay}s: {len(got)} of 50 child events"
 
 
+# The client starts before multiprocessing is loaded (the library does not import it).
+MULTIPROCESSING_LOADED_LATER = MULTIPROCESSING.replace(
+    "import multiprocessing\nfrom codeweaver_telemetry import get_telemetry_client\n",
+    "from codeweaver_telemetry import get_telemetry_client\n",
+).replace(
+    '    client.capture("parent", {})  # start-up is under way while the children fork\n',
+    '    client.capture("parent", {})  # start-up is under way while the children fork\n'
+    "    import multiprocessing\n",
+)
+
+
+@pytest.mark.parametrize(
+    "script", [MULTIPROCESSING, MULTIPROCESSING_LOADED_LATER], ids=["loaded", "loaded_later"]
+)
 def test_multiprocessing_fork_children_deliver_during_start_up(
-    receiver: PostHogReceiver, tmp_path: Path
+    receiver: PostHogReceiver, tmp_path: Path, script: str
 ) -> None:
     """multiprocessing (fork) children started while the parent's worker is starting still
-    deliver every event at their own exit."""
+    deliver every event at their own exit, whether multiprocessing was loaded before the
+    client started or after."""
+    assert script.count("import multiprocessing") == 1
     for run in range(3):
         receiver.clear()
-        out = _run(MULTIPROCESSING, [], receiver.url, tmp_path / f"home{run}")
+        out = _run(script, [], receiver.url, tmp_path / f"home{run}")
         assert "CODES [0, 0]" in out, out
         events = receiver.wait_for_events(201, timeout=10)
         assert len([e for e in events if e["event"] == "mp_child"]) == 200, run

@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: MIT OR Apache-2.0
-"""PostHogSink: finished batches to a PostHog host, through ``_posthog.send_batch``.
+"""PostHogSink: finished batches to a PostHog host's ``/batch/``, through
+``codeweaver_telemetry._transport``.
 
-The posthog package itself is imported only by ``codeweaver_telemetry._posthog``, lazily.
+The posthog package itself is imported only by ``codeweaver_telemetry._posthog``, lazily,
+for flags; sending needs only the transport (``requests``, loaded on the worker thread).
 Retries and back-off are the worker's: the sink answers each batch with an
 :class:`~codeweaver_telemetry._types.ExportResult` (a RETRY carries the host's
 ``Retry-After``). ``PostHogFlags`` now lives in :mod:`codeweaver_telemetry.flags`; it is
@@ -39,11 +41,11 @@ class PostHogSink:
         self._timeout_s = timeout_s
 
     def prepare(self) -> None:
-        """Import the posthog transport (~200 ms); the worker calls this when its thread
-        starts, under the lock ``os.fork()`` waits for."""
-        from codeweaver_telemetry import _posthog  # on the worker thread, never at start-up
+        """Load the transport (``requests``, ~50 ms); the worker calls this before its first
+        send, under the lock ``os.fork()`` waits for."""
+        from codeweaver_telemetry import _transport  # on the worker thread, never at start-up
 
-        _posthog.prepare()
+        _transport.prepare()
 
     def export(self, batch: Sequence[Event]) -> ExportResult:
         """POST the batch (gzip) to ``/batch/``.
@@ -52,10 +54,10 @@ class PostHogSink:
         404 and 422 (it would fail again); RETRY for anything else (5xx, 408, 429, network),
         as ``ExportResult.retry(after)`` when the host sent a ``Retry-After``.
         """
-        from codeweaver_telemetry import _posthog
+        from codeweaver_telemetry import _transport
 
         self.retry_after_s = 0.0
-        result = _posthog.send_batch(
+        result = _transport.post_batch(
             batch, api_key=self._api_key, host=self._host, timeout_s=self._timeout_s
         )
         self.retry_after_s = result.retry_after or 0.0
