@@ -622,19 +622,22 @@ _TOKEN_START: Final = (  # the class first, so the regex engine skips ahead in C
     r"[{}](?:(?<![A-Za-z0-9].)|(?<=%[0-9A-Fa-f]{{2}}.)"  # noqa: S105 - a regex, no credential
     r"|(?<=\\u[0-9A-Fa-f]{{4}}.)|(?<=\\x[0-9A-Fa-f]{{2}}.))"
 )
+# The same starts in text without an escape (no ``%`` and no backslash), which is most text:
+# a separator before one of the first characters, found with one class and no look-behind.
+_PLAIN_TOKEN_START: Final = r"[^A-Za-z0-9](?=[{}])"  # noqa: S105 - a regex, no credential
 
 
 class TokenScanner:
     """Finds vendor tokens (by table) and random-looking tokens (by shape) in text."""
 
-    __slots__ = ("_by_start", "_infixes", "_shapes", "_starts")
+    __slots__ = ("_by_start", "_infixes", "_plain_starts", "_shapes", "_starts")
 
     def __init__(self, rules: Sequence[TokenRule] = VENDOR_TOKENS, *, shapes: bool = True) -> None:
         self._by_start = _rules_by_start([r for r in rules if not r.lead_width])
         firsts = sorted({key[0] for key in self._by_start})
-        self._starts = re.compile(
-            _TOKEN_START.format("".join(re.escape(c) for c in firsts)) if firsts else "(?!)"
-        )
+        chars = "".join(re.escape(c) for c in firsts)
+        self._starts = re.compile(_TOKEN_START.format(chars) if firsts else "(?!)")
+        self._plain_starts = re.compile(_PLAIN_TOKEN_START.format(chars) if firsts else "(?!)")
         # Rules whose prefix sits inside the token, by prefix: found with str.find.
         self._infixes = tuple(
             (prefix, rule) for rule in rules if rule.lead_width for prefix in rule.prefixes
@@ -644,22 +647,33 @@ class TokenScanner:
     def spans(self, text: str) -> list[tuple[int, int, str]]:
         """(start, end, marker) of every token in ``text``, in order, not overlapping."""
         found: list[tuple[int, int, str]] = []
+        escaped = "%" in text or "\\" in text
         for run in _RUN.finditer(text):
             start, end = run.span()
             while start < end and text[start] in _EDGE:
                 start += 1
             # The end stays: a vendor token may end in - or _ (its shape is read without).
             if end - start >= HEX_MIN_CHARS:
-                self._scan_run(text, start, end, found)
+                self._scan_run(text, start, end, found, escaped=escaped)
         return found
 
-    def _vendor_tokens(self, text: str, start: int, end: int) -> list[tuple[int, int, str]]:
+    def _token_starts(self, text: str, start: int, end: int, *, escaped: bool) -> list[int]:
+        """Where in ``text[start:end]`` a vendor token may start (see ``_TOKEN_START``);
+        ``escaped``: whether ``text`` holds a ``%`` or a backslash."""
+        if escaped:
+            return [first.start() for first in self._starts.finditer(text, start, end)]
+        starts = [0] if start == 0 else []
+        starts += [sep.end() for sep in self._plain_starts.finditer(text, max(start - 1, 0), end)]
+        return starts
+
+    def _vendor_tokens(
+        self, text: str, start: int, end: int, *, escaped: bool = True
+    ) -> list[tuple[int, int, str]]:
         """Vendor tokens in one run, left to right."""
         hits: list[tuple[int, int, str]] = []
         by_start = self._by_start
         taken = start
-        for first in self._starts.finditer(text, start, end):
-            pos = first.start()
+        for pos in self._token_starts(text, start, end, escaped=escaped):
             rules = by_start.get(text[pos : pos + 2])
             if rules is None or pos < taken:
                 continue
@@ -682,9 +696,17 @@ class TokenScanner:
         hits.sort()
         return hits
 
-    def _scan_run(self, text: str, start: int, end: int, found: list[tuple[int, int, str]]) -> None:
+    def _scan_run(
+        self,
+        text: str,
+        start: int,
+        end: int,
+        found: list[tuple[int, int, str]],
+        *,
+        escaped: bool = True,
+    ) -> None:
         plain = start  # where the stretch without a vendor token began
-        for low, high, marker in self._vendor_tokens(text, start, end):
+        for low, high, marker in self._vendor_tokens(text, start, end, escaped=escaped):
             if plain < low:
                 self._shapes_in(text, plain, low, found)
             found.append((low, high, marker))
@@ -915,17 +937,21 @@ _NUMBER_CANDIDATE: Final = re.compile(
     r"[0-9 ()./-]{6,60}[0-9](?![\w/]|[.,-][0-9])"
 )
 _DATE_LIKE: Final = re.compile(r"[0-9]{1,4}([-./])[0-9]{1,2}\1[0-9]{1,4}")
+# A candidate's characters other than its digits: deleted to leave the digits.
+_CANDIDATE_SEPARATORS: Final = str.maketrans("", "", " ()./-+")
+_DIGIT_CHARS: Final = frozenset("0123456789")
 
 
 def _number_marker(text: str, *, alone: bool = True, context: bool = True) -> str | None:
     """The marker for one candidate number, or None when it is no personal number.
 
-    ``alone``: no other group of digits stands right before or after it (a spaced
-    telephone form inside a list of numbers is a list); ``context``: a word before it says
-    a telephone number follows.
+    ``text`` is (part of) a match of ``_NUMBER_CANDIDATE``: ASCII digits and the separators
+    ``+()./-`` and space. ``alone``: no other group of digits stands right before or after
+    it (a spaced telephone form inside a list of numbers is a list); ``context``: a word
+    before it says a telephone number follows.
     """
-    digits = "".join(char for char in text if char.isdigit())
-    separators = {char for char in text if not char.isdigit()}
+    digits = text.translate(_CANDIDATE_SEPARATORS)
+    separators = set(text) - _DIGIT_CHARS
     if (
         text[0].isdigit()
         and (len(digits) >= _PLAIN_CARD_DIGITS or len(text) > len(digits))
@@ -957,21 +983,28 @@ def _numbers_in(text: str, start: int, end: int) -> list[tuple[int, int, str]]:
     """Every personal number in ``text[start:end]``, longest first from each group start,
     left to right, not overlapping: a candidate may hold several and their neighbours."""
     context = _PHONE_CONTEXT.search(text, max(0, start - _CONTEXT_REACH), start) is not None
-    marker = _number_marker(text[start:end], context=context)
+    whole = text[start:end]
+    marker = _number_marker(whole, context=context)
     if marker is not None:
         return [(start, end, marker)]
-    starts = [start] + [start + i + 1 for i, ch in enumerate(text[start:end]) if ch == " "]
-    ends = [start + i for i, ch in enumerate(text[start:end]) if ch == " "] + [end]
+    if " " not in whole:  # one group, checked just now
+        return []
+    spaces = [start + i for i, ch in enumerate(whole) if ch == " "]
+    starts = [start] + [at + 1 for at in spaces]
+    ends = [*spaces, end]
     found: list[tuple[int, int, str]] = []
     taken = start
     for low in starts:
         if low < taken or not (text[low].isdigit() or text[low] in "+("):
             continue
-        context = _PHONE_CONTEXT.search(text, max(0, low - _CONTEXT_REACH), low) is not None
+        if low > start:
+            context = _PHONE_CONTEXT.search(text, max(0, low - _CONTEXT_REACH), low) is not None
         for high in reversed(ends):
             if high - low < 8:
                 break
             if high - low > _LONGEST_NUMBER or not text[high - 1].isdigit():
+                continue
+            if low == start and high == end:  # the whole candidate, checked just now
                 continue
             alone = (low == start or not text[low - 2].isdigit()) and (
                 high == end or not text[high + 1].isdigit()
@@ -984,18 +1017,13 @@ def _numbers_in(text: str, start: int, end: int) -> list[tuple[int, int, str]]:
     return found
 
 
-# Every card, SSN and telephone number holds at least this many digits; every IBAN at least
-# its two check digits.
-_FEWEST_DIGITS: Final = 8
-_FEWEST_IBAN_DIGITS: Final = 2
-
-
 def number_spans(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, marker) of every card, IBAN, SSN and telephone number in ``text``."""
+    """(start, end, marker) of every card, IBAN, SSN and telephone number in ``text``.
+
+    Both scans start from a digit, so text with few digits costs little: counting its digits
+    first (8 for a number, 2 for an IBAN) would cost more than it saves.
+    """
     found: list[tuple[int, int, str]] = []
-    digits = sum(map(text.count, "0123456789"))  # ten scans in C: cheaper than translate
-    if digits < _FEWEST_IBAN_DIGITS:
-        return found
     for match in _IBAN_CANDIDATE.finditer(text):
         start = match.start() - 2  # the country code
         country = text[start : start + 2]
@@ -1012,8 +1040,6 @@ def number_spans(text: str) -> list[tuple[int, int, str]]:
                     break
         if len(compact) == size and iban_ok("".join(compact)):
             found.append((start, end, IBAN_MARKER))
-    if digits < _FEWEST_DIGITS:
-        return found
     taken = list(found)
     for match in _NUMBER_CANDIDATE.finditer(text):
         start, end = match.span()

@@ -221,20 +221,47 @@ _PSEG_SP: Final = rf"{_PCH}+(?: [A-Z0-9]{_PCH}*)*"
 _PTAIL: Final = rf"(?:{_PSEG_SP}/+)*(?:{_PCH}+)?"
 
 
+# The characters besides its two cases that a case-insensitive regex matches for an ASCII
+# letter (``(?i:s)`` also matches ``ſ``); a test checks this against every code point.
+_FOLDS: Final[dict[str, str]] = {"i": "\u0130\u0131", "k": "\u212a", "s": "\u017f"}
+
+
+def _letter_class(letter: str) -> str:
+    """A class of exactly the characters that ``(?i:letter)`` matches (``letter``: a lower-case
+    ASCII letter)."""
+    return f"[{letter}{letter.upper()}{_FOLDS.get(letter, '')}]"
+
+
 def _secret_word_dispatch() -> str:
-    """The secret words as "first letter, then the rest", so the rule starts with a class."""
-    rests: dict[str, list[str]] = {}
+    """The secret words as "first letter, second letter, then the rest".
+
+    The rule starts with a class (the first letter) and a look-ahead for any second and third
+    letter (a two-letter word needs no third), so that at most positions the regex engine
+    gives up after a few table look-ups; each branch then starts with the class of its second
+    letter (one look-up to skip it), and the first letter is confirmed by a look-behind. Words
+    that share their first two letters keep their order (longest first; see
+    ``_SECRET_WORD_RE``).
+    """
+    words = (*_SECRET_WORDS, *_SECRET_WORDS_AT_START)
+    if any("_" in word[:3] for word in words):  # pragma: no cover - the table is fixed
+        raise ValueError("a secret word needs three letters before a separator")
+    groups: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
     for word in sorted(_SECRET_WORDS, key=len, reverse=True):
-        rests.setdefault(word[0], []).append(word[1:].replace("_", _KEY_SEP))
-    starts: dict[str, list[str]] = {}
+        groups.setdefault((word[0], word[1]), ([], []))[0].append(word[2:].replace("_", _KEY_SEP))
     for word in _SECRET_WORDS_AT_START:
-        starts.setdefault(word[0], []).append(word[1:])
-    first = "".join(letter + letter.upper() for letter in sorted(rests.keys() | starts.keys()))
-    branches = [f"(?<={letter})(?:{'|'.join(r)})" for letter, r in sorted(rests.items())]
-    branches += [
-        f"(?<=(?<![a-z]){letter})(?:{'|'.join(r)})" for letter, r in sorted(starts.items())
-    ]
-    return f"[{first}](?i:{'|'.join(branches)})"
+        groups.setdefault((word[0], word[1]), ([], []))[1].append(word[2:])
+    first = "".join(sorted({letter + letter.upper() for letter, _ in groups}))
+    seconds = "".join(sorted({_letter_class(letter)[1:-1] for _, letter in groups}))
+    thirds = "".join(sorted({_letter_class(word[2])[1:-1] for word in words if len(word) > 2}))
+    shorts = sorted({_letter_class(word[1]) for word in words if len(word) == 2})
+    ahead = "|".join([f"[{seconds}][{thirds}]", *shorts])
+    branches = []
+    for (letter, second), (rests, starts) in sorted(groups.items()):
+        parts = [f"(?<={letter}.)(?:{'|'.join(rests)})"] if rests else []
+        if starts:
+            parts.append(f"(?<=(?<![a-z]){letter}.)(?:{'|'.join(starts)})")
+        branches.append(f"{_letter_class(second)}(?i:{'|'.join(parts)})")
+    return f"[{first}](?={ahead})(?:{'|'.join(branches)})"
 
 
 # Secret assignments: ``key=value``, ``key: value``, ``"key": "value"``, ``key => value``.
@@ -444,7 +471,10 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
     # XML elements: ``<password>...</password>``, ``<db:apiToken>...</db:apiToken>``.
     Pattern(
         "xml_secret_element",
-        rf"<(?P<tag>[\w:.-]*?{_SECRET_WORD_RE})>(?P<secret>[^<\n]+)</(?P=tag)>",
+        # (the look-ahead: the shape of an element, checked before the lazy search for a
+        # secret word that ends the tag; the tag's characters include the words' separators)
+        rf"<(?=[\w:. -]*>[^<\n]+</)(?P<tag>[\w:.-]*?{_SECRET_WORD_RE})>(?P<secret>[^<\n]++)"
+        r"</(?P=tag)>",
         SECRET_MARKER,
         "XML 1.0 element syntax",
         "<password>S3cr3tPassw0rd</password>",
@@ -647,23 +677,28 @@ _MAX_PASSES: Final = 8
 _SEPARATORS: Final = frozenset(" \t\n\r\f\v\"',;()[]{}=&<>")
 
 # Short strings made only of these characters cannot hold any default pattern or detector:
-# tokens have at least 17 characters, personal numbers 12 digits or separators, and
-# everything else needs punctuation or a space.
-_FAST_SAFE: Final = re.compile(r"[A-Za-z_#$]{0,16}|[A-Za-z0-9_#$]{0,11}")
+# tokens have at least 17 characters, and those without a digit (no hex value) at least 20
+# (random shapes and vendor formats alike), personal numbers 12 digits or separators, and
+# everything else needs punctuation or a space. Identifiers and enum values end here.
+_FAST_SAFE: Final = re.compile(r"[A-Za-z_#$]{0,19}|[A-Za-z0-9_#$]{0,11}")
 
 # Something every default pattern and detector needs: one of its punctuation marks, a
 # digit-dot-digit run, a hex.hex run (Cisco MACs), a long run of token characters, digits in
 # groups, or a literal word. Text with none of these (most prose, enum values, identifiers)
 # cannot match, so it skips the full pass. Keep this in step with DEFAULT_PATTERNS and the
 # detectors: a property test checks that text without a trigger never changes.
-_TRIGGER_CHARS: Final = frozenset("@:=/\\~-")
-_DOTTED: Final = re.compile(r"\d\.\d|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}")
-# What the number detectors need: eight digits in a row, five within seven characters (every
-# card, SSN and telephone form has such a cluster), the start of an IBAN, or an international
-# number (a property test holds the number detectors to it). The token detectors need a run
-# of 17 token characters.
+_TRIGGER_CHARS: Final = "@:=/\\~-"
+_TRIGGER: Final = re.compile(f"[{re.escape(_TRIGGER_CHARS)}]")  # one scan in C
+# Speed: each of these starts with one literal or one class, so that the regex engine skips
+# in C to where a match may start (an alternation of repeats would be tried at every position).
+_DOTTED: Final = re.compile(r"\.(?:(?<=\d\.)\d|(?<=[0-9A-Fa-f]{4}\.)[0-9A-Fa-f]{4})")
+# What the number detectors need: five digits within seven characters (every card, SSN and
+# telephone form has such a cluster, and so has a plain number of eight digits), the start of
+# an IBAN, or an international number (a property test holds the number detectors to it).
+# The token detectors need a run of 17 token characters.
 _CONTEXT_FREE: Final = re.compile(
-    r"[0-9]{8}|[0-9][ ()./-]?[0-9]{2}[ ()./-]?[0-9]{2}|[A-Z]{2}[0-9]{2}|\+[0-9]"
+    r"[0-9A-Z+](?:(?<=[0-9])[ ()./-]?[0-9]{2}[ ()./-]?[0-9]{2}|(?<=[A-Z])[A-Z][0-9]{2}"
+    r"|(?<=\+)[0-9])"
 )
 _TOKEN_RUN: Final = re.compile(r"[A-Za-z0-9_+.~]{17}")
 
@@ -704,10 +739,12 @@ def _stem_trie(stems: Sequence[str]) -> str:
 
 
 # A street address: a house number before a capitalised word, an ordinal, a direction or a
-# French street type; or a street-first form (``Hauptstraße 5``, ``Via Roma 12``). Three
+# French street type; or a street-first form (``Hauptstraße 5``, ``Via Roma 12``). Two
 # regexes, each starting from a character class or a few literals, so each scan is quick.
-_HOUSE_NUMBER_HINT: Final = re.compile(
-    r"[0-9](?:[A-Za-z]|-[0-9]{1,4}[A-Za-z]?)?,? (?:[NSEW]\.? |North |South |East |West )?"
+# What follows a house number (a range such as ``12-14B`` ends with a digit too: only the
+# last digit is looked at, which spares the engine an optional group at every digit).
+_AFTER_HOUSE_NUMBER: Final = (
+    r"[A-Za-z]?,? (?:[NSEW]\.? |North |South |East |West )?"
     r"(?:[A-Z]|[0-9]{1,3}(?:st|nd|rd|th) |(?:bis |ter )?(?i:rue|avenue|av\.|boulevard|bd|place"
     r"|chemin|all[ée]e|impasse|quai|cours|route|square) )"
 )
@@ -720,32 +757,71 @@ _STREET_WORDS: Final = (
     *("Calle", "Corso", "Carrer", "Rue", "Via", "Viale", "Piazza", "Paseo", "Plaza", "Largo"),
     *("Avda.", "Avenida", "Rua"),
 )
-_SUFFIX_HINT: Final = re.compile(f"(?:{_stem_trie(_STREET_SUFFIXES)}),? [0-9]")  # lower case
+# Street nouns written apart (``Lange Straße 5``); glued to the name they are suffixes.
+_STREET_NOUNS: Final = ("Straße", "Strasse", "Weg", "Allee", "Platz", "Gasse", "Ring", "Damm")
+
+
+def _behind_digit(words: Sequence[str]) -> str:
+    """A regex to put after a digit: one of ``words`` is right before it. Common letters start
+    the words, so the scan starts from the (rarer) digit and looks back: at the words' last
+    two characters first, then one look-behind per length of word."""
+    by_size: dict[int, list[str]] = {}
+    for word in words:
+        by_size.setdefault(len(word), []).append(re.escape(word))
+    behind = "|".join(f"(?<=(?:{'|'.join(found)})[0-9])" for _, found in sorted(by_size.items()))
+    ends = "".join(
+        f"[{re.escape(''.join(sorted({word[at] for word in words})))}]" for at in (-2, -1)
+    )
+    return f"(?<={ends}[0-9])(?:{behind})"
+
+
+# The words above as one regex (the engine tries only the few that start with each letter).
+_PREFIX_WORDS: Final = re.compile(_stem_trie(_PREFIXES))
+# A house number before what follows one, or a street's suffix or noun before a number
+# (``Hauptstraße 5``, ``Lange Straße 5``): one scan over the digits of the text.
+_STREET_NUMBER_HINT: Final = re.compile(
+    f"[0-9](?:{_AFTER_HOUSE_NUMBER}|"
+    + _behind_digit(
+        [f"{word}{tail}" for word in (*_STREET_SUFFIXES, *_STREET_NOUNS) for tail in (" ", ", ")]
+    )
+    + ")"
+)
 _STREET_WORD_HINT: Final = re.compile(f"(?:{_stem_trie(_STREET_WORDS)}) ")
 _DIGIT: Final = re.compile(r"[0-9]")
 
 
-def _address_hint(text: str, low: str) -> bool:
-    """Whether ``text`` (``low``: the same in lower case) may hold a street address."""
+def _address_hint(text: str) -> bool:
+    """Whether ``text`` may hold a street address."""
     if " " not in text or _DIGIT.search(text) is None:
         return False
     return (
-        _HOUSE_NUMBER_HINT.search(text) is not None
-        or _SUFFIX_HINT.search(low) is not None
-        or _STREET_WORD_HINT.search(text) is not None
+        _STREET_NUMBER_HINT.search(text) is not None or _STREET_WORD_HINT.search(text) is not None
     )
+
+
+# The characters other than ASCII letters that a case-insensitive regex letter matches
+# (see _FOLDS), and the letter each stands for.
+_TO_ASCII: Final = str.maketrans(
+    {char: letter for letter, chars in _FOLDS.items() for char in chars}
+)
+
+
+def _folded_lower(text: str) -> str:
+    """``text`` in lower case, with the characters of ``_TO_ASCII`` as the ASCII letter they
+    stand for: a lower-case word is in it wherever a ``(?i:...)`` regex finds the word."""
+    return text.lower() if text.isascii() else text.translate(_TO_ASCII).lower()
 
 
 def _regex_may_match(text: str) -> bool:
     """Cheap: False only when no default regex pattern can match anywhere in ``text``."""
-    if not _TRIGGER_CHARS.isdisjoint(text):
+    if _TRIGGER.search(text) is not None:
         return True
     if "." in text and _DOTTED.search(text) is not None:
         return True
-    low = text.lower()
-    if any(p in low for p in _PREFIXES):
+    low = _folded_lower(text)
+    if _PREFIX_WORDS.search(low) is not None:
         return True
-    return _address_hint(text, low)
+    return _address_hint(text)
 
 
 def _may_match(text: str) -> bool:
@@ -768,6 +844,8 @@ _GATE_PATH: Final = 64
 _GATE_DRIVE: Final = 128  # C:\ or a file: URL
 _GATE_LABELS: Final = 256  # Telegram's :AA and a manifest's data:
 _GATE_LITERALS: Final = 512  # PEM armour, a JWT's eyJ, Braintree's $, curl's -u
+# A secret-sounding word, and also a word that one of the rarer secret patterns needs.
+_GATE_SECRET_WORDS: Final = 1024
 _STEMS: Final = (
     *("pass", "pw", "secret", "token", "key", "auth", "credential", "session", "cookie"),
     *("sig", "jwt", "srt", "otp", "pin", "mfa", "identified", "bearer", "basic", "in code"),
@@ -778,20 +856,38 @@ _STEMS: Final = (
 
 # The words the secret patterns start from (lower case), as one regex.
 _SECRET_STEMS: Final = re.compile(_stem_trie(_STEMS))
-_IPV4_GATE: Final = re.compile(r"[0-9]\.[0-9]")
-# Broader than _address_hint and cheaper: at this point a wider gate costs less than a
-# precise one.
-_ADDRESS_GATE: Final = re.compile(r"[0-9](?:(?<= [0-9])|(?:-[0-9]{1,4})?[A-Za-z]?,? [^\W\d_])")
-_IPV6_GATE: Final = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]{1,4}:")
-# Each starts with a character class, so that the regex engine skips ahead in C.
-_MAC_GATE: Final = re.compile(r"[:.-](?:(?<=\.)[0-9A-Fa-f]{4}\.|(?<!\.)[0-9A-Fa-f]{2}[:-])")
+# Words (lower case) of which the secret patterns other than secret_assignment and
+# secret_cli_flag need one: getenv(/get(/fetch(, Bearer/Basic, IDENTIFIED BY, password
+# and passphrase (SQL, prose, .netrc), pin code, zip and 7z, an XML value= or closing tag,
+# and the clients that take a password on their command line; net use is checked apart.
+_RARE_SECRET_WORDS: Final = (
+    *("et(", "etch(", "etenv(", "bearer", "basic", "dentified", "assw", "assp", "in code"),
+    *("zip", "7z", "value", "</", "sql", "mariadb", "sshpass", "redis", "docker", "podman"),
+    *("ldap", "keygen"),
+)
+# Each gate regex starts with its rarest character (a literal or a small class) and looks
+# back for what comes before it, so that the regex engine skips ahead in C: a gate that
+# started with a digit or a hex letter would be tried at most positions of a hex token.
+_IPV4_GATE: Final = re.compile(r"\.(?<=[0-9]\.)[0-9]")  # a digit, a dot, a digit
+# A house number before a word, or a number after a space (``221B Baker``, ``Weg 5``): broader
+# than _address_hint and cheaper; at this point a wider gate costs less than a precise one.
+# (A range such as ``12-14`` ends with a digit too, so only the last digit is looked at.)
+_ADDRESS_GATE: Final = re.compile(
+    r" (?:[0-9]|(?=[^\W\d_])(?:(?<=[0-9] )|(?<=[0-9], )|(?<=[0-9][A-Za-z] )|(?<=[0-9][A-Za-z], )))"
+)
+_IPV6_GATE: Final = re.compile(r":(?<=[0-9A-Fa-f]:)[0-9A-Fa-f]{1,4}:")
+# Three pairs of hex digits with colons or dashes between them (a date's 2026-09-01 has two),
+# or Cisco's dotted form: one regex per separator, each starting with it, as a literal is
+# found faster than a class.
+_MAC_COLON_GATE: Final = re.compile(r":(?<=[0-9A-Fa-f]{2}:)[0-9A-Fa-f]{2}[:-][0-9A-Fa-f]{2}[:-]")
+_MAC_DASH_GATE: Final = re.compile(r"-(?<=[0-9A-Fa-f]{2}-)[0-9A-Fa-f]{2}[:-][0-9A-Fa-f]{2}[:-]")
+_MAC_DOT_GATE: Final = re.compile(r"\.[0-9A-Fa-f]{4}\.")
 _GATES: Final[dict[str, int]] = {
+    **dict.fromkeys(("secret_assignment", "secret_cli_flag"), _GATE_SECRET),
     **dict.fromkeys(
         (
             "secret_env_default",
             "http_auth",
-            "secret_assignment",
-            "secret_cli_flag",
             "sql_password",
             "password_prose",
             "archive_password_flag",
@@ -801,7 +897,7 @@ _GATES: Final[dict[str, int]] = {
             "client_password_flag",
             "net_use_password",
         ),
-        _GATE_SECRET,
+        _GATE_SECRET_WORDS,
     ),
     "email": _GATE_AT,
     "url_credentials": _GATE_AT,
@@ -821,14 +917,18 @@ _GATES: Final[dict[str, int]] = {
 }
 
 
-# Compiled combinations of gated patterns kept per scrubber (53 occur in the test corpora).
-_MAX_VARIANTS: Final = 96
+# Compiled combinations of gated patterns kept per scrubber (97 occur in the test corpora).
+_MAX_VARIANTS: Final = 128
 
 
 def _open_gates(text: str) -> int:
     """The gates ``text`` opens (see _GATES)."""
-    low = text.lower()
-    gates = _GATE_SECRET if _SECRET_STEMS.search(low) is not None else 0
+    low = _folded_lower(text)
+    gates = 0
+    if _SECRET_STEMS.search(low) is not None:
+        gates = _GATE_SECRET
+        if any(map(low.__contains__, _RARE_SECRET_WORDS)) or ("net" in low and "use" in low):
+            gates |= _GATE_SECRET_WORDS
     if "@" in text or "%40" in text:
         gates |= _GATE_AT
     if ":" in text:
@@ -840,7 +940,11 @@ def _open_gates(text: str) -> int:
             gates |= _GATE_LABELS
     if "." in text and _IPV4_GATE.search(text) is not None:
         gates |= _GATE_IPV4
-    if _MAC_GATE.search(text) is not None:
+    if (
+        (":" in text and _MAC_COLON_GATE.search(text) is not None)
+        or ("-" in text and _MAC_DASH_GATE.search(text) is not None)
+        or ("." in text and _MAC_DOT_GATE.search(text) is not None)
+    ):
         gates |= _GATE_MAC
     if _ADDRESS_GATE.search(text) is not None:
         gates |= _GATE_ADDRESS
@@ -957,7 +1061,7 @@ class Scrubber:
             while glued:
                 if passes == _MAX_PASSES:
                     return _FAIL_CLOSED_MARKER
-                again = self._pass(scrubbed)[0]
+                again = self._pass(scrubbed, numbers=_CONTEXT_FREE.search(scrubbed) is not None)[0]
                 passes += 1
                 if again == scrubbed:
                     break
@@ -994,7 +1098,7 @@ class Scrubber:
     def _regex_for(self, gates: int) -> re.Pattern[str]:
         """The combined regex of the patterns whose gate is open (or that have none).
 
-        At most ``_MAX_VARIANTS`` are kept (each is up to about 200 KiB); past that, an
+        At most ``_MAX_VARIANTS`` are kept (each is up to about 80 KiB); past that, an
         unusual combination runs the regex of every pattern, which finds the same matches.
         """
         found = self._compiled.get(gates)

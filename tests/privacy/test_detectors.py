@@ -251,6 +251,19 @@ _FRAGMENTS = (
         "12",
         "192.168",
         "aa:bb",
+        "cc-dd-",
+        ":ee:ff",
+        "2026-09-01",
+        "12:34:56",
+        "0a1b.2c3d.",
+        "12B ",
+        "Weg 5",
+        "paſſword",
+        "IDENTıFIED BY '",
+        "getenv(",
+        "</",
+        "mysql -u a -p",
+        "net use ",
     ]
 )
 
@@ -348,7 +361,7 @@ _FORMS = [
 @PROPERTY
 @given(
     text=_NUMBERISH
-    | st.sampled_from([e for r in module.NUMBER_RULES for e in r.examples])
+    | st.sampled_from([e for r in detectors_module.NUMBER_RULES for e in r.examples])
     | st.builds(lambda a, b: a + b, st.sampled_from(["call ", "card ", "iban "]), _NUMBERISH)
     | st.one_of(*(st.from_regex(form, fullmatch=True) for form in _FORMS)).map(
         lambda number: f"call {number} now"
@@ -367,3 +380,156 @@ def test_every_number_in_the_corpora_passes_the_pre_check() -> None:
     for case in pii_cases():
         if case.kind in ("pii_card", "pii_iban", "pii_ssn", "pii_phone"):
             assert module._CONTEXT_FREE.search(case.text) is not None, case.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Faster forms of the same regexes and checks find exactly what the plain forms find
+# ---------------------------------------------------------------------------------------------
+
+# Each pre-check and gate regex starts from its rarest character; here are the plain forms.
+_PLAIN_FORMS = {
+    "_CONTEXT_FREE": r"[0-9]{8}|[0-9][ ()./-]?[0-9]{2}[ ()./-]?[0-9]{2}|[A-Z]{2}[0-9]{2}|\+[0-9]",
+    "_DOTTED": r"\d\.\d|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}",
+    "_IPV4_GATE": r"[0-9]\.[0-9]",
+    "_IPV6_GATE": r"[0-9A-Fa-f]:[0-9A-Fa-f]{1,4}:",
+    "_ADDRESS_GATE": r"[0-9](?:(?<= [0-9])|(?:-[0-9]{1,4})?[A-Za-z]?,? [^\W\d_])",
+    "_STREET_NUMBER_HINT": (
+        r"[0-9](?:[A-Za-z]|-[0-9]{1,4}[A-Za-z]?)?,? (?:[NSEW]\.? |North |South |East |West )?"
+        r"(?:[A-Z]|[0-9]{1,3}(?:st|nd|rd|th) |(?:bis |ter )?(?i:rue|avenue|av\.|boulevard|bd|place"
+        r"|chemin|all[ée]e|impasse|quai|cours|route|square) )"
+        "|(?:"
+        + "|".join(map(re.escape, [*module._STREET_SUFFIXES, *module._STREET_NOUNS]))
+        + "),? [0-9]"
+    ),
+}
+_ANCHOR_TEXT = st.lists(
+    st.text(alphabet="0123456789abcdefABCDEFXYZ .,:-()/+\\", max_size=12)
+    | st.sampled_from([*module._STREET_SUFFIXES, *module._STREET_NOUNS, "straße 5", "Weg, 12"])
+    | st.sampled_from(["12-14B, Main", "Lange Straße 5", "Hauptstrasse 12"])
+    | st.sampled_from(["N. ", "North ", "3rd ", "bis ", "rue ", "Rue ", "av. ", "Baker", "a,"]),
+    max_size=6,
+).map("".join)
+
+
+@PROPERTY
+@given(name=st.sampled_from(sorted(_PLAIN_FORMS)), text=_ANCHOR_TEXT)
+def test_anchored_regexes_find_a_match_exactly_when_their_plain_forms_do(
+    name: str, text: str
+) -> None:
+    """Starting a regex from a rarer character and looking back changes its speed only."""
+    anchored: re.Pattern[str] = getattr(module, name)
+    assert (anchored.search(text) is None) == (re.search(_PLAIN_FORMS[name], text) is None)
+
+
+def _plain_dispatch() -> str:
+    """The secret words as "first letter, then a look-behind for it and the rest"."""
+    rests: dict[str, list[str]] = {}
+    for word in sorted(module._SECRET_WORDS, key=len, reverse=True):
+        rests.setdefault(word[0], []).append(word[1:].replace("_", module._KEY_SEP))
+    starts: dict[str, list[str]] = {}
+    for word in module._SECRET_WORDS_AT_START:
+        starts.setdefault(word[0], []).append(word[1:])
+    first = "".join(letter + letter.upper() for letter in sorted(rests.keys() | starts.keys()))
+    branches = [f"(?<={letter})(?:{'|'.join(r)})" for letter, r in sorted(rests.items())]
+    branches += [
+        f"(?<=(?<![a-z]){letter})(?:{'|'.join(r)})" for letter, r in sorted(starts.items())
+    ]
+    return f"[{first}](?i:{'|'.join(branches)})"
+
+
+_ASSIGNMENT = _PATTERNS["secret_assignment"].regex
+_PLAIN_ASSIGNMENT = re.compile(
+    _ASSIGNMENT.replace(module._secret_word_dispatch(), _plain_dispatch())
+)
+
+
+@PROPERTY
+@given(
+    parts=st.lists(
+        st.sampled_from([*module._SECRET_WORDS, *module._SECRET_WORDS_AT_START, "ſ", "ı", "K"])
+        | st.sampled_from(["=", ": ", '"', " ", "_", "-", "x", "hunter2", "PASS", "Api_Key"])
+        | st.text(alphabet="aeiopstwkKſı=:_ ", max_size=6),
+        max_size=8,
+    )
+)
+def test_the_secret_word_dispatch_matches_what_the_plain_one_matches(parts: list[str]) -> None:
+    """Dispatching on the first two letters finds the same assignments, with the same groups."""
+    text = "".join(parts)
+    compiled = re.compile(_ASSIGNMENT)
+
+    def found(regex: re.Pattern[str]) -> list[tuple[tuple[int, int], dict[str, str | None]]]:
+        return [(m.span(), m.groupdict()) for m in regex.finditer(text)]
+
+    assert _PLAIN_ASSIGNMENT.pattern != compiled.pattern
+    assert found(compiled) == found(_PLAIN_ASSIGNMENT)
+
+
+@PROPERTY
+@given(
+    parts=st.lists(
+        st.sampled_from([r.example for r in VENDOR_TOKENS])
+        | st.sampled_from(["-", "_", ".", "/", "=", "+", "~", " ", "x", "A1b2"])
+        | st.text(alphabet=string.ascii_letters + string.digits + "_-./", max_size=10),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_token_starts_found_without_look_behind_are_the_same(parts: list[str]) -> None:
+    """In text without an escape, the starts found after separators are the regex's starts."""
+    text = "".join(parts)
+    scanner = detectors_module.TokenScanner()
+    for run in detectors_module._RUN.finditer(text):
+        start, end = run.span()
+        plain = scanner._vendor_tokens(text, start, end, escaped=False)
+        assert plain == scanner._vendor_tokens(text, start, end, escaped=True)
+
+
+def _plain_numbers_in(text: str, start: int, end: int) -> list[tuple[int, int, str]]:
+    """Every personal number in a candidate, trying every pair of group boundaries."""
+    context = detectors_module._PHONE_CONTEXT
+    reach = detectors_module._CONTEXT_REACH
+    marker_of = detectors_module._number_marker
+    near = context.search(text, max(0, start - reach), start) is not None
+    marker = marker_of(text[start:end], context=near)
+    if marker is not None:
+        return [(start, end, marker)]
+    starts = [start] + [start + i + 1 for i, ch in enumerate(text[start:end]) if ch == " "]
+    ends = [start + i for i, ch in enumerate(text[start:end]) if ch == " "] + [end]
+    found: list[tuple[int, int, str]] = []
+    taken = start
+    for low in starts:
+        if low < taken or not (text[low].isdigit() or text[low] in "+("):
+            continue
+        near = context.search(text, max(0, low - reach), low) is not None
+        for high in reversed(ends):
+            if high - low < 8:
+                break
+            if high - low > detectors_module._LONGEST_NUMBER or not text[high - 1].isdigit():
+                continue
+            alone = (low == start or not text[low - 2].isdigit()) and (
+                high == end or not text[high + 1].isdigit()
+            )
+            marker = marker_of(text[low:high], alone=alone, context=near)
+            if marker is not None:
+                found.append((low, high, marker))
+                taken = high
+                break
+    return found
+
+
+@PROPERTY
+@given(
+    text=_NUMBERISH
+    | st.lists(
+        st.sampled_from([e for r in detectors_module.NUMBER_RULES for e in r.examples])
+        | st.sampled_from(["call ", "tel: ", " ", "12 34 ", "2026-01-02 ", "+1 ", "(0"])
+        | _NUMBERISH,
+        max_size=5,
+    ).map("".join)
+)
+def test_the_number_candidates_give_what_trying_every_group_gives(text: str) -> None:
+    """Skipping the candidate already checked whole, and candidates of one group, changes
+    nothing: each candidate yields what trying every pair of group boundaries yields."""
+    for match in detectors_module._NUMBER_CANDIDATE.finditer(text):
+        start, end = match.span()
+        assert detectors_module._numbers_in(text, start, end) == _plain_numbers_in(text, start, end)

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from codeweaver_telemetry.privacy import detectors as detectors_module
 from codeweaver_telemetry.privacy import scrubber as scrubber_module
 from codeweaver_telemetry.privacy.scrubber import (
     DEFAULT_PATTERNS,
@@ -956,3 +957,65 @@ def test_text_without_a_trigger_is_never_changed_by_the_full_pass(text: str) -> 
 
     assume(not module._may_match(text))
     assert module._DEFAULT_SCRUBBER._pass(text)[0] == text
+
+
+def _full_pass(text: str) -> str:
+    """One pass of every stage with every pattern: no pre-check, no gates, no fast exit."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scrubber_module, "_open_gates", lambda _text: -1)  # every gate open
+        return scrubber_module._DEFAULT_SCRUBBER._pass(text, regex=True, numbers=True)[0]
+
+
+_VENDOR_PREFIXES = sorted({p for rule in detectors_module.VENDOR_TOKENS for p in rule.prefixes})
+
+
+@PROPERTY
+@given(
+    text=st.from_regex(scrubber_module._FAST_SAFE, fullmatch=True)
+    | st.text(alphabet=string.ascii_letters + "_#$", min_size=15, max_size=19)
+    | st.text(alphabet="abcdefABCDEF_0123456789", max_size=19)
+    | st.builds(
+        lambda prefix, body: (prefix + body)[:19],
+        st.sampled_from(_VENDOR_PREFIXES),
+        st.text(alphabet=string.ascii_letters + "_", max_size=19),
+    )
+)
+def test_the_fast_exit_gives_what_the_full_pass_gives(text: str) -> None:
+    """A short identifier or enum value that ends at the fast exit is what the full pass
+    makes of it: unchanged (no token without a digit is shorter than 20 characters)."""
+    assume(scrubber_module._FAST_SAFE.fullmatch(text) is not None)
+    assert scrub(text) == text
+    assert _full_pass(text) == text
+
+
+@PROPERTY
+@given(text=_NO_TRIGGER_TEXT | st.text(max_size=60))
+def test_the_pre_check_and_gates_give_what_the_full_pass_gives(text: str) -> None:
+    """Whatever the pre-check skips and the gates leave out, one pass gives what one pass of
+    every stage with every pattern gives."""
+    assert scrubber_module._DEFAULT_SCRUBBER._pass(text)[0] == _full_pass(text)
+
+
+def test_every_letter_a_case_insensitive_regex_reads_as_ascii_is_folded() -> None:
+    """``(?i:s)`` also matches ``ſ``, ``(?i:k)`` the Kelvin sign, ``(?i:i)`` ``İ`` and ``ı``:
+    the gates read such text with those letters as ASCII, or they would miss what the
+    patterns find."""
+    everything = "".join(map(chr, range(0x110000)))
+    found = {char for char in re.findall("(?i)[a-z]", everything) if not char.isascii()}
+    assert found == set("".join(scrubber_module._FOLDS.values()))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("paſſword=hunter2hunter2", "paſſword=<secret>"),
+        ("the paſſword is Copper!Saffron60", "the paſſword is <secret>"),
+        ("CREATE USER x IDENTıFIED BY 'S3cr3t!Pass'", "CREATE USER x IDENTıFIED BY '<secret>'"),
+    ],
+)
+def test_letters_that_fold_to_ascii_are_scrubbed_as_the_patterns_read_them(
+    text: str, expected: str
+) -> None:
+    """A secret word spelt with ``ſ`` or ``ı`` is one to the patterns, so also to the gates."""
+    assert scrub(text) == expected
+    assert _full_pass(text) == expected
