@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from codeweaver_telemetry._internal import internal_errors, logger
-from codeweaver_telemetry._types import Event, ExportResult, Sink
+from codeweaver_telemetry._types import Event, ExportResult, HostState, Sink
 
 if TYPE_CHECKING:
     from codeweaver_telemetry._spool import Claim, Spool
@@ -95,6 +95,7 @@ class Delivery:
         gate: True while the stored consent still lets this install send.
         install_id: spooled events made for another install id are dropped, never sent.
         clock: the time and the waits.
+        host: the host's state, shared with the flag fetches (a new one when not given).
         room: how many events the worker's bound leaves for events kept for retry (asked
             under the lock).
         drop_queued: consent was withdrawn: the worker drops what it holds (under the
@@ -116,8 +117,11 @@ class Delivery:
         install_id: str | None = None,
         on_revoked: Callable[[], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        host: HostState | None = None,
     ) -> None:
         self._sink = sink
+        self.host = host if host is not None else HostState()
+        """The host's rate limit and outage, shared with the flag fetches."""
         self._spool = spool
         self._max_retries = max_retries
         self._gate = gate
@@ -152,15 +156,14 @@ class Delivery:
         """Events kept for retry plus those in flight (one read: exact under the lock)."""
         self.retry_at = 0.0
         """The back-off: scheduled sends and the spool drain wait for it; a flush may not."""
-        self.disabled_until = 0.0
-        """The host's rate limit (its Retry-After): no request of any kind before it."""
+        self.host.paused_until = 0.0
+        self.host.down_since = None
         self._backoff_s = _MIN_BACKOFF_S
         self._stopping = False
         self._saved_at_exit = False
         self._spool_saves = 0  # files written (so a drain knows to look again)
         self._claim: Claim | None = None
         self._claim_pos = 0
-        self._outage_since: float | None = None  # when the host stopped answering
         self._spool_full = False  # an episode of dropping the spool's oldest events
 
     # -- state the worker reads ---------------------------------------------------------------
@@ -168,6 +171,12 @@ class Delivery:
     def retrying(self) -> int:
         """Events kept for another try."""
         return len(self._retry)
+
+    @property
+    def disabled_until(self) -> float:
+        """The host's rate limit (its Retry-After, from any request of this client): no
+        request of any kind before it."""
+        return self.host.paused_until
 
     @property
     def ready_at(self) -> float:
@@ -291,16 +300,17 @@ class Delivery:
         if ok:
             self._backoff_s = _MIN_BACKOFF_S
             self.retry_at = 0.0
-            if self._outage_since is not None:
+            down_since = self.host.down_since
+            if down_since is not None:
                 logger.warning(
                     "codeweaver_telemetry: the telemetry host answers again (after %.0f s); "
                     "the events kept meanwhile are being sent",
-                    now - self._outage_since,
+                    now - down_since,
                 )
-                self._outage_since = None
+                self.host.down_since = None
             return
-        if self._outage_since is None:
-            self._outage_since = now
+        if self.host.down_since is None:
+            self.host.down_since = now
             logger.warning(
                 "codeweaver_telemetry: the telemetry host does not answer; events are kept "
                 "(in memory, then in the disk spool) and sent when it does"
@@ -365,9 +375,8 @@ class Delivery:
             return
         if not wait > 0:  # also NaN
             return
-        until = self._clock.monotonic() + min(wait, _MAX_BACKOFF_S)
         with self._lock:
-            self.disabled_until = max(self.disabled_until, until)
+            self.host.pause(min(wait, _MAX_BACKOFF_S), self._clock.monotonic())
 
     def shutdown_sink(self, timeout_s: float) -> None:
         """Shut the sink, spending at most ``timeout_s`` seconds."""

@@ -208,7 +208,16 @@ def _fetch_error(exc: Exception, request: Any) -> FlagFetchError | None:
 
     if isinstance(exc, request.APIError):
         status = exc.status if isinstance(exc.status, int) else 0
-        return FlagFetchError(f"HTTP {status}", transient=_transient_status(status))
+        retry_after = getattr(exc, "retry_after", None)
+        return FlagFetchError(
+            f"HTTP {status}",
+            transient=_transient_status(status),
+            retry_after=(
+                float(retry_after)
+                if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool)
+                else None
+            ),
+        )
     if isinstance(exc, requests.exceptions.SSLError):
         return FlagFetchError(type(exc).__name__, transient=False)
     if isinstance(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from codeweaver_telemetry._internal import internal_errors, logger
-from codeweaver_telemetry._types import Event, ExportResult, Sink
+from codeweaver_telemetry._types import Event, ExportResult, HostState, Sink
 from codeweaver_telemetry.consent import ConsentDecision, consent_sources, decide
 from codeweaver_telemetry.state import ConsentWatch, StateError, StateStore
 
@@ -148,6 +148,7 @@ def start(
         if running:
             running[0].revoked()
 
+    host = HostState()  # the host's rate limit and outage: events and flags both obey it
     worker = Worker(
         sink=_default_sink(settings) if sink is None else sink,
         process=_run_pipeline,
@@ -169,8 +170,9 @@ def start(
         install_id=install_id,
         prepare=_prepare_worker,
         on_revoked=revoked,
+        host=host,
     )
-    flag_source, flag_cache = _flags(settings, install_id)
+    flag_source, flag_cache = _flags(settings, install_id, host)
     running.append(
         Running(
             settings,
@@ -186,7 +188,7 @@ def start(
     return decision, running[0]
 
 
-def _flags(settings: SettingsView, install_id: str) -> tuple[Any, Any]:
+def _flags(settings: SettingsView, install_id: str, host: HostState) -> tuple[Any, Any]:
     """(the flag source, its cache) for a PostHog project; (None, None) without one."""
     if settings.posthog_api_key is None:
         return None, None
@@ -199,6 +201,7 @@ def _flags(settings: SettingsView, install_id: str) -> tuple[Any, Any]:
         distinct_id=install_id,
         timeout_s=settings.request_timeout_seconds,
         personal_api_key=personal.get_secret_value() if personal else None,
+        host_state=host,
     )
     cache = FlagCache(
         source, budget_s=settings.flag_timeout_seconds, refresh_s=settings.flag_refresh_seconds

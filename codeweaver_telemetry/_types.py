@@ -23,6 +23,7 @@ __all__ = [
     "Deferred",
     "Event",
     "ExportResult",
+    "HostState",
     "SessionMetadata",
     "Sink",
     "Stage",
@@ -104,6 +105,35 @@ class SessionMetadata:
 
 Stage: TypeAlias = Callable[[Event], "Event | None"]
 """One step of the privacy pipeline; return None to drop the event."""
+
+
+class HostState:
+    """What one client knows of its PostHog host, shared by event delivery and flag fetches.
+
+    ``paused_until`` (``time.monotonic()`` seconds): the host's ``Retry-After``, from either
+    a ``/batch/`` or a ``/flags/`` answer; no request of any kind goes before it.
+    ``down_since``: when event delivery found the host not answering (None while it
+    answers); flag fetches are not tried meanwhile (the cache serves what it has).
+    """
+
+    __slots__ = ("down_since", "paused_until")
+
+    def __init__(self) -> None:
+        self.paused_until = 0.0
+        self.down_since: float | None = None
+
+    def pause(self, seconds: float, now: float) -> None:
+        """The host asked for ``seconds`` without requests (at most 60 are honoured)."""
+        if seconds > 0:  # also refuses NaN
+            self.paused_until = max(self.paused_until, now + min(seconds, 60.0))
+
+    def blocked(self, now: float) -> str | None:
+        """Why no request should go now, or None."""
+        if now < self.paused_until:
+            return "the host asked for a pause (Retry-After)"
+        if self.down_since is not None:
+            return "the host is not answering"
+        return None
 
 
 class ExportResult:

@@ -51,7 +51,7 @@ from codeweaver_telemetry._internal import (
     internal_errors,
     logger,
 )
-from codeweaver_telemetry._types import Event, Sink
+from codeweaver_telemetry._types import Event, HostState, Sink
 
 if TYPE_CHECKING:
     from codeweaver_telemetry._spool import Spool
@@ -80,6 +80,7 @@ class Worker:
         prepare: imports the thread needs, run once per thread before any work.
         on_revoked: told (once) when ``gate`` says no.
         clock: the time and the waits (a fake one in tests).
+        host: the host's rate limit and outage, shared with the flag fetches.
     """
 
     def __init__(
@@ -97,6 +98,7 @@ class Worker:
         prepare: Callable[[], None] | None = None,
         on_revoked: Callable[[], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        host: HostState | None = None,
     ) -> None:
         self._spool = spool
         self._owner_pid = os.getpid()
@@ -117,6 +119,7 @@ class Worker:
             install_id=install_id,
             on_revoked=on_revoked,
             clock=clock,
+            host=host,
         )
         self._init_state()
         in_forked_child(self._after_fork)

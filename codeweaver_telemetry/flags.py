@@ -16,7 +16,10 @@ fetch waits to retry has it retry at once), then after 1, 2, 4, 8 and 16 s (abou
 all), so the answer still arrives once the host recovers. A fetch that fails for good (any
 other error, or the last retry) keeps the previous values (or none) and is tried again on
 the next lookup after a back-off of ``refresh_s / 10`` (at least 5 s). No caller ever waits
-for a retry beyond its budget.
+for a retry beyond its budget. A fetch the source defers without a request
+(:attr:`FlagFetchError.deferred`: the host asked for a pause, or does not answer event
+deliveries) is not retried quickly: a waiting first lookup gets its default at once, and
+the background retries wait at least as long as the host asked.
 
 :class:`PostHogFlags` is the flag source for a PostHog host (remote ``/flags/`` or local
 evaluation, through ``codeweaver_telemetry._posthog``, the one module that imports
@@ -31,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from codeweaver_telemetry._internal import internal_errors, logger
+from codeweaver_telemetry._types import HostState
 
 __all__ = ["FlagCache", "FlagFetchError", "FlagSourceClosed", "FlagValue", "PostHogFlags"]
 
@@ -56,9 +60,21 @@ class FlagFetchError(Exception):
     malformed answer. Its message holds no user data (a status code, an error type name).
     """
 
-    def __init__(self, message: str, *, transient: bool) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        transient: bool,
+        retry_after: float | None = None,
+        deferred: bool = False,
+    ) -> None:
         super().__init__(message)
         self.transient = transient
+        self.retry_after = retry_after
+        """Seconds the host asked for without requests (its ``Retry-After``), if it did."""
+        self.deferred = deferred
+        """No request was made (the host is paused or down): the cache does not retry
+        quickly, and a first lookup gets its default at once."""
 
 
 class FlagSourceClosed(FlagFetchError):
@@ -293,17 +309,25 @@ class FlagCache:
                         return
                 continue  # refresh() was called while this request was out: ask again
             transient = _is_transient(failure)
+            # Deferred: the source made no request (the host is paused or down). A quick
+            # retry would find the same; a waiting first lookup gets its default now.
+            deferred = isinstance(failure, FlagFetchError) and failure.deferred
             with self._lock:
-                if self._again:
+                if self._again and not deferred:
                     continue  # refresh() was called meanwhile: ask again at once
                 now = time.monotonic()
                 delay: float | None = None  # None: no retry
-                if transient and now + quick_delay < self._quick_until:
+                if transient and not deferred and now + quick_delay < self._quick_until:
                     delay = quick_delay
                     quick_delay *= 2
                 elif transient and background < len(_BACKGROUND_DELAYS_S):
                     delay = _BACKGROUND_DELAYS_S[background]
                     background += 1
+                    asked = failure.retry_after if isinstance(failure, FlagFetchError) else None
+                    if asked is not None:
+                        delay = max(delay, asked)
+                if deferred:
+                    self._ready.set()
                 if delay is None:  # failed for good: keep what we had, back off
                     self._fetching = False
                     self._failed_at = now
@@ -318,7 +342,11 @@ class FlagCache:
                 delay,
             )
             with self._lock:
-                self._wake.wait_for(lambda: self._again or self._hurry, delay)
+                if deferred:  # only time (or a refresh) can change the answer
+                    self._wake.wait_for(lambda: self._again or self._closed, delay)
+                    self._hurry = False
+                else:
+                    self._wake.wait_for(lambda: self._again or self._hurry, delay)
                 if self._hurry:  # the first lookup is waiting: quick retries again
                     self._hurry = False
                     quick_delay = _QUICK_FIRST_DELAY_S
@@ -365,6 +393,11 @@ class PostHogFlags:
         distinct_id: the install id.
         timeout_s: per-request timeout.
         personal_api_key: a feature-flags secret key; enables local evaluation.
+        host_state: the host's state, shared with event delivery: while the host asked for a
+            pause (``Retry-After``, from either side) or does not answer event deliveries,
+            no remote fetch is made (a transient :class:`FlagFetchError`, so the cache
+            keeps serving what it has and tries again later); a ``Retry-After`` on
+            ``/flags/`` pauses event delivery too.
     """
 
     def __init__(
@@ -375,7 +408,9 @@ class PostHogFlags:
         distinct_id: str,
         timeout_s: float,
         personal_api_key: str | None = None,
+        host_state: HostState | None = None,
     ) -> None:
+        self._host_state = host_state
         self._api_key = api_key
         self._host = host
         self._distinct_id = distinct_id
@@ -407,13 +442,27 @@ class PostHogFlags:
                         timeout_s=self._timeout_s,
                     )
                 client = self._client
-        return _posthog.fetch_flags(
-            api_key=self._api_key,
-            host=self._host,
-            distinct_id=self._distinct_id,
-            timeout_s=self._timeout_s,
-            local_client=client,
-        )
+        state = self._host_state
+        if state is not None and client is None:  # a remote fetch is a request to the host
+            now = time.monotonic()
+            reason = state.blocked(now)
+            if reason is not None:
+                wait = state.paused_until - now
+                raise FlagFetchError(
+                    reason, transient=True, retry_after=wait if wait > 0 else None, deferred=True
+                )
+        try:
+            return _posthog.fetch_flags(
+                api_key=self._api_key,
+                host=self._host,
+                distinct_id=self._distinct_id,
+                timeout_s=self._timeout_s,
+                local_client=client,
+            )
+        except FlagFetchError as exc:
+            if state is not None and exc.retry_after is not None:
+                state.pause(exc.retry_after, time.monotonic())
+            raise
 
     def _after_fork(self) -> None:
         """In a forked child: a new lock (the parent's may have been held at the fork).

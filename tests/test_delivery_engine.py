@@ -25,7 +25,8 @@ import pytest
 
 from codeweaver_telemetry import Event, TelemetryClient
 from codeweaver_telemetry._spool import SPOOL_DIR, Spool
-from tests.receiver import CAPTURE, PostHogReceiver
+from tests.helpers import wait_until
+from tests.receiver import CAPTURE, FLAGS, PostHogReceiver
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "phc_engine"
@@ -208,3 +209,59 @@ def test_no_spool_means_a_full_queue_refuses_and_counts(
         client.capture("x", {"i": i})
     assert client.stats()["dropped"].get("queue_full", 0) >= 800
     assert not (client.settings.resolved_state_dir / SPOOL_DIR).exists()
+
+
+# -- one host, one rate limit: events and flags ---------------------------------------------------
+def test_a_retry_after_on_batch_pauses_flag_fetches_too(
+    make_client: Callable[..., TelemetryClient], receiver: PostHogReceiver
+) -> None:
+    """The host answers /batch/ with 429 and Retry-After: 2. Until then no /flags/ request
+    is made either (a lookup gets its default at once); afterwards flags arrive."""
+    receiver.set_flags({"exp": "b"})
+    receiver.status(429, retry_after=2, route=CAPTURE)
+    client = wire(make_client, receiver, flag_timeout_seconds=0.3)
+    client.capture("x")
+    client.flush(1.0)
+    receiver.wait_for_requests(1, route=CAPTURE)
+    paused_at = time.monotonic()
+    assert client.get_feature_flag("exp", "default") == "default"
+    receiver.heal()
+    assert wait_until(lambda: client.get_feature_flag("exp", "default") == "b", timeout=15)
+    [first] = receiver.flag_requests()[:1]
+    assert first.received_at >= paused_at + 2.0 - 0.1, "no /flags/ request inside the pause"
+
+
+def test_a_retry_after_on_flags_pauses_event_delivery(
+    make_client: Callable[..., TelemetryClient], receiver: PostHogReceiver
+) -> None:
+    """/flags/ answers 429 with Retry-After: 2: no /batch/ request goes before it ends."""
+    receiver.status(429, retry_after=2, route=FLAGS)
+    client = wire(make_client, receiver, flag_timeout_seconds=1.0)
+    assert client.get_feature_flag("exp", "default") == "default"
+    [answered] = receiver.flag_requests()[:1]
+    client.capture("after_429")
+    client.flush(0.5)
+    receiver.wait_for_events(1, timeout=10)
+    [sent] = receiver.capture_requests()[:1]
+    assert sent.received_at >= answered.received_at + 2.0 - 0.1
+
+
+def test_flags_are_not_fetched_while_the_host_does_not_answer_events(
+    make_client: Callable[..., TelemetryClient], receiver: PostHogReceiver
+) -> None:
+    """After /batch/ failed (the host is down), a flag lookup makes no request and returns
+    its default at once; when events are delivered again, flags are fetched again."""
+    receiver.set_flags({"exp": "b"})
+    receiver.status(503, route=CAPTURE)
+    client = wire(make_client, receiver, flag_timeout_seconds=0.5)
+    client.capture("x")
+    client.flush(1.0)
+    receiver.wait_for_requests(1, route=CAPTURE)
+    started = time.monotonic()
+    assert client.get_feature_flag("exp", "default") == "default"
+    assert time.monotonic() - started < 0.5, "no wait for a request that is not made"
+    assert receiver.flag_requests() == []
+    receiver.heal()
+    assert client.flush(5.0)
+    client.refresh_feature_flags()
+    assert wait_until(lambda: client.get_feature_flag("exp", "default") == "b", timeout=20)
