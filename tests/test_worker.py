@@ -4,6 +4,7 @@ and back-off, the host's rate limit, queue bound, fork."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import threading
@@ -833,3 +834,50 @@ def test_a_gate_that_closes_drops_everything_held_and_refuses_more(
     assert worker.spooled == 0
     assert list((tmp_path / "spool").iterdir()) == []
     assert told == [True]
+
+
+# -- a long outage, in few words ------------------------------------------------------------------
+def test_a_ten_minute_outage_costs_a_few_warning_lines(
+    make_worker: Callable[..., Worker], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ten (simulated) minutes of a host that answers 503 or 429 while 30,000 events are
+    captured, with a spool that fills up: at most 10 WARNING lines in all (the outage, the
+    full spool, the recovery), and after it every event is delivered or counted."""
+    from codeweaver_telemetry._spool import Spool
+
+    caplog.set_level(logging.WARNING, logger="codeweaver_telemetry")
+    clock = FakeClock()
+    down = threading.Event()
+    down.set()
+    delivered: list[str] = []
+
+    def host(batch: Sequence[Event]) -> Any:
+        if down.is_set():
+            return retry_after(30.0) if len(delivered) % 2 else ExportResult.RETRY
+        delivered.extend(e.uuid for e in batch)
+        return ExportResult.SUCCESS
+
+    spool = Spool(tmp_path / "spool", max_bytes=200_000)
+    (tmp_path / "spool").mkdir()
+    worker = make_worker(FunctionSink(host), batch_size=10, max_queue=500, spool=spool, clock=clock)
+    n = 0
+    for _ in range(600):  # one simulated second at a time
+        for _ in range(50):
+            assert worker.submit(Event("e", {"i": n}, time.time(), str(uuid.uuid4()), "d"))
+            n += 1
+        clock.advance(1.0)
+    down.clear()
+    for _ in range(400):  # the host is back: the spool drains
+        clock.advance(1.0)
+        time.sleep(0.002)
+        if not spool.has_files() and not worker.pending:
+            break
+    assert worker.flush(5)
+    warnings_logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings_logged) <= 10, [r.getMessage() for r in warnings_logged]
+    assert any("does not answer" in r.getMessage() for r in warnings_logged)
+    assert any("answers again" in r.getMessage() for r in warnings_logged)
+    assert any("is full" in r.getMessage() for r in warnings_logged)
+    lost = worker.dropped
+    assert set(lost) == {"spool_full"}, lost  # the spool did fill up
+    assert len(set(delivered)) + lost["spool_full"] == n == 30_000
