@@ -21,6 +21,7 @@ Environment: ``BENCH_RUNS`` (default 3), ``BENCH_OUTAGE_N`` (default 1000000).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import http.server
 import json
@@ -33,10 +34,16 @@ import textwrap
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+T = TypeVar("T")
+
+from bench.bench_hardening import env_for  # noqa: E402  (the same child environment)
+
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 OUTAGE_N = int(os.environ.get("BENCH_OUTAGE_N", "1000000"))
 BURST_N = 50_000
@@ -240,25 +247,6 @@ report(start=start, caller_s=caller_s, warm_cpu_s=warm_cpu_s,
 )
 
 
-def env_for(home: str, url: str, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("CODEWEAVER") and k not in ("CI", "DO_NOT_TRACK")
-    }
-    env.update(
-        {
-            "CODEWEAVER_HOME": home,
-            "PYTHONPATH": str(ROOT),
-            "CODEWEAVER__TELEMETRY__ENABLED": "1",
-            "CODEWEAVER__TELEMETRY__POSTHOG_API_KEY": "phc_bench",
-            "CODEWEAVER__TELEMETRY__POSTHOG_HOST": url,
-        },
-        **extra,
-    )
-    return env
-
-
 class Child:
     """A client in a fresh interpreter; ``release()`` lets it exit."""
 
@@ -313,20 +301,29 @@ def header(title: str) -> None:
 # -- the benchmarks -----------------------------------------------------------------------------
 def burst_once(receiver: Receiver, code: str, home: str) -> tuple[int, float, float]:
     receiver.state(reset=True)
-    child = Child(code, [receiver.url, str(BURST_N), "wait"], env_for(home, receiver.url))
+    child = Child(code, [receiver.url, str(BURST_N), "wait"], env_for(Path(home), receiver.url))
     state = receiver.wait_quiet(BURST_N, quiet_s=5.0)
     result, _ = child.release()
     took = max(0.0, state["last_at"] - result["start"]) if state["count"] else float("nan")
     return state["count"], took, result["caller_s"]
 
 
+def side_by_side(
+    once: Callable[[str, str], T], ours_code: str, raw_code: str, runs: int
+) -> tuple[list[T], list[T]]:
+    """``once(code, home)`` for our client and for raw posthog, ``runs`` times each, taking
+    turns, each in a fresh home directory."""
+    ours: list[T] = []
+    raw: list[T] = []
+    for _ in range(runs):
+        for code, results in ((ours_code, ours), (raw_code, raw)):
+            with tempfile.TemporaryDirectory() as home:
+                results.append(once(code, home))
+    return ours, raw
+
+
 def bench_burst(receiver: Receiver) -> None:
-    ours: list[tuple[int, float, float]] = []
-    raw: list[tuple[int, float, float]] = []
-    for _ in range(RUNS):
-        with tempfile.TemporaryDirectory() as home:
-            ours.append(burst_once(receiver, OURS, home))
-            raw.append(burst_once(receiver, RAW, home))
+    ours, raw = side_by_side(functools.partial(burst_once, receiver), OURS, RAW, RUNS)
     header(f"burst: {BURST_N:,} captures in a tight loop, healthy host ({RUNS} runs)")
     row("events that arrived", [o[0] for o in ours], [r[0] for r in raw], "events")
     row("first capture to last arrival", [o[1] for o in ours], [r[1] for r in raw], "s", 2)
@@ -339,7 +336,7 @@ def outage_once(code: str, home: str) -> dict[str, float]:
     meant to)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    first = Child(code, [url, str(OUTAGE_N), "exit"], env_for(home, url))
+    first = Child(code, [url, str(OUTAGE_N), "exit"], env_for(Path(home), url))
     started = time.monotonic()
     result, err1 = first.release()
     first_s = time.monotonic() - started
@@ -347,7 +344,7 @@ def outage_once(code: str, home: str) -> dict[str, float]:
     disk = dir_bytes(spool) if spool.exists() else 0
     receiver = Receiver(port)
     try:
-        second = Child(code, [url, "0", "wait"], env_for(home, url))
+        second = Child(code, [url, "0", "wait"], env_for(Path(home), url))
         state = receiver.wait_quiet(OUTAGE_N, quiet_s=5.0, cap_s=900)
         _, err2 = second.release()
     finally:
@@ -363,13 +360,7 @@ def outage_once(code: str, home: str) -> dict[str, float]:
 
 def bench_outage() -> None:
     runs = max(1, min(RUNS, 2))
-    ours: list[dict[str, float]] = []
-    raw: list[dict[str, float]] = []
-    for _ in range(runs):
-        with tempfile.TemporaryDirectory() as home:
-            ours.append(outage_once(OURS, home))
-        with tempfile.TemporaryDirectory() as home:
-            raw.append(outage_once(RAW, home))
+    ours, raw = side_by_side(outage_once, OURS, RAW, runs)
     header(
         f"outage: {OUTAGE_N:,} captures with the host down, then a new process on a healthy"
         f" host ({runs} runs)"
@@ -389,7 +380,7 @@ def worker_once(receiver: Receiver, code: str, home: str) -> tuple[float, float,
     child = Child(
         code,
         [receiver.url, str(WORKER_N), "wait"],
-        env_for(home, receiver.url, CODEWEAVER__TELEMETRY__MAX_QUEUE_SIZE=str(WORKER_N + 10)),
+        env_for(Path(home), receiver.url, CODEWEAVER__TELEMETRY__MAX_QUEUE_SIZE=str(WORKER_N + 10)),
     )
     state = receiver.wait_quiet(WORKER_N + 1, quiet_s=5.0)
     result, _ = child.release()
@@ -399,12 +390,8 @@ def worker_once(receiver: Receiver, code: str, home: str) -> tuple[float, float,
 
 
 def bench_worker(receiver: Receiver) -> None:
-    ours: list[tuple[float, float, float]] = []
-    raw: list[tuple[float, float, float]] = []
-    for _ in range(RUNS):
-        with tempfile.TemporaryDirectory() as home:
-            ours.append(worker_once(receiver, WORKER_OURS, home))
-            raw.append(worker_once(receiver, WORKER_RAW, home))
+    once = functools.partial(worker_once, receiver)
+    ours, raw = side_by_side(once, WORKER_OURS, WORKER_RAW, RUNS)
     header(f"worker: {WORKER_N:,} captures, a queue that holds them all ({RUNS} runs)")
     row("background thread CPU per event", [o[0] for o in ours], [r[0] for r in raw], "us", 1)
     row("delivered events per second", [o[1] for o in ours], [r[1] for r in raw], "ev/s")
