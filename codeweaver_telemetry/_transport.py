@@ -113,7 +113,7 @@ def post_batch(
         )
         status = answer.status_code
         retry_after = _retry_after(answer.headers.get("Retry-After"))
-        answer.close()
+        answer.content  # noqa: B018  (read whole: the connection goes back to the pool)
     except Exception as exc:  # network errors, timeouts, malformed answers
         logger.info(
             "codeweaver_telemetry: PostHog unreachable (%s); will retry", type(exc).__name__
