@@ -34,9 +34,18 @@ Two bases carry the rules: :class:`TelemetryModel` for pydantic models and
 :class:`TelemetryMixin` for attrs classes and stdlib dataclasses (``BasedModel`` and
 ``DataclassSerializationMixin`` are their former names, kept as aliases).
 
+Rules that do not depend on the instance can be declared once on the class instead:
+``_telemetry_rules: ClassVar[Mapping[FilteredKey, AnonymityConversion]] = {...}``. The
+default ``_telemetry_keys()`` returns a copy of them, and for a class that does not override
+``_telemetry_keys()`` the serializer reads them from the class, once per serialization,
+without calling ``_telemetry_keys()`` on each instance (an instance attribute that shadows
+either is not looked at). The output is the same either way.
+
 Cost: each class's rules are resolved once into a plan, compiled to one function per class
-and rules (:func:`_compile`; the rules are still read from every instance, and a change
-makes a new plan). Short strings and dict keys are scrubbed once per process with the
+and rules (:func:`_compile`; rules from ``_telemetry_keys()`` are read from every instance,
+class rules once per serialization, and a change makes a new plan). A field declared as a
+model with rules, or a list of them, hands such values to the model's handler directly.
+Short strings and dict keys are scrubbed once per process with the
 default scrubber (:class:`_ScrubMemo`). Neither changes the output.
 """
 
@@ -48,6 +57,8 @@ import decimal
 import enum
 import keyword
 import threading
+import types
+import typing
 import uuid
 from collections.abc import Callable, Mapping
 from math import isfinite
@@ -138,6 +149,7 @@ _NO_HASHES: Mapping[object, str] = {}  # the hasher's memo before there is a has
 class _Field:
     name: str
     out_name: str  # the key when serializing by alias
+    declared: object = None  # the declared type, where the class says it (else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +192,7 @@ def _build_info(cls: type) -> _ClassInfo:
             if isinstance(finfo.validation_alias, str):
                 aliases.append(finfo.validation_alias)
             out = finfo.serialization_alias or finfo.alias or name
-            fields.append(_Field(name, out))
+            fields.append(_Field(name, out, finfo.annotation))
             names.update(dict.fromkeys(aliases, name))
             names[name] = name
         for name, cinfo in cls.model_computed_fields.items():
@@ -192,12 +204,12 @@ def _build_info(cls: type) -> _ClassInfo:
     elif hasattr(cls, "__attrs_attrs__"):
         for attribute in cls.__attrs_attrs__:
             alias = getattr(attribute, "alias", None) or attribute.name
-            fields.append(_Field(attribute.name, alias))
+            fields.append(_Field(attribute.name, alias, attribute.type))
             names[alias] = attribute.name
             names[attribute.name] = attribute.name
     elif dataclasses.is_dataclass(cls):
         for f in dataclasses.fields(cls):
-            fields.append(_Field(f.name, f.name))
+            fields.append(_Field(f.name, f.name, f.type))
             names[f.name] = f.name
     return _ClassInfo(tuple(fields), names, allow_extra)
 
@@ -236,6 +248,12 @@ _PLANS: dict[tuple[bool, bool], dict[type, _Cached]] = {
 }
 """Per (by_alias, options): class -> the plan of the last rules seen for it."""
 _MAX_PLANS = 4096
+_GENERAL: set[type] = set()
+"""Classes that override ``_telemetry_keys()``: the walker calls it for each instance."""
+_CLASS_RUNS: dict[bool, dict[type, tuple[dict[Any, Any], Callable[[_Walker, Any], Any] | None]]]
+_CLASS_RUNS = {False: {}, True: {}}
+"""Per by_alias: class -> (a copy of the ``_telemetry_rules`` last seen, their compiled plan,
+or None when the class takes the general path)."""
 
 
 def _plan(cls: type, rules: Mapping[Any, Any] | None, by_alias: bool, options: bool) -> _Plan:
@@ -296,10 +314,36 @@ def _build_plan(
         is_trusted = f.name in trusted
         steps.append((f.name, key, rule, is_trusted, not is_trusted and is_secret_key(key)))
     order = tuple(k for k, _ in items) if len(set(names)) < len(names) else None
-    return _Plan(tuple(steps), info.allow_extra and not strict, order, _compile(cls, tuple(steps)))
+    declared = {f.name: f.declared for f in info.fields}
+    run = _compile(cls, tuple(steps), declared)
+    return _Plan(tuple(steps), info.allow_extra and not strict, order, run)
 
 
-def _compile(cls: type, steps: tuple[_Step, ...]) -> Callable[[_Walker, Any], dict[str, Any]]:
+def _declared_models(declared: object) -> tuple[type | None, type | None]:
+    """The model class a field is declared to hold, and the one its list is declared to
+    hold (``M``, ``list[M]``, either ``| None``), where that class has privacy rules."""
+    direct = items = None
+    union = typing.get_origin(declared) in (typing.Union, types.UnionType)
+    for arg in typing.get_args(declared) if union else (declared,):
+        if typing.get_origin(arg) is list:
+            args = typing.get_args(arg)
+            if len(args) == 1 and _is_rules_class(args[0]):
+                items = args[0]
+        elif _is_rules_class(arg):
+            direct = arg
+    return direct, items
+
+
+def _is_rules_class(t: object) -> bool:
+    """``t`` is a class whose instances the walker serializes with their rules."""
+    if not isinstance(t, type) or typing.get_origin(t) is not None:  # list[int] passes as a type
+        return False
+    return _handler_for(t) is _Walker.rules_model
+
+
+def _compile(
+    cls: type, steps: tuple[_Step, ...], declared: Mapping[str, object] | None = None
+) -> Callable[[_Walker, Any], dict[str, Any]]:
     """The steps of a plan as one function ``(walker, obj) -> dict``, generated once per plan.
 
     It does what :meth:`_Walker.steps` does for these steps, with the rule, trust and
@@ -307,6 +351,10 @@ def _compile(cls: type, steps: tuple[_Step, ...]) -> Callable[[_Walker, Any], di
     Only field names that are ASCII identifiers are written into the source (as
     ``obj.name``), other names are constants of the namespace; keys are written as their
     ``repr()``, a string literal whatever the key holds (a str subclass is a constant).
+
+    A field ``declared`` to hold a model with rules (``M``, ``list[M]``) checks for a value
+    of exactly that type first and hands it to :meth:`_Walker.rules_model` (a list: to
+    :meth:`_Walker.model_list`) directly, as :meth:`_Walker.value` would in the end.
     """
     ns: dict[str, Any] = {
         "_ABSENT": _ABSENT,
@@ -316,6 +364,7 @@ def _compile(cls: type, steps: tuple[_Step, ...]) -> Callable[[_Walker, Any], di
         "isfinite": isfinite,
         "_big_int": _big_int,
         "_INT_LIMIT": _INT_LIMIT,
+        "conversions": conversions,
     }
     lines = ["def run(w, obj):", "    out = {}", "    memo = w._memo"]
     if any(rule is _HASH for _, _, rule, _, _ in steps):
@@ -334,7 +383,17 @@ def _compile(cls: type, steps: tuple[_Step, ...]) -> Callable[[_Walker, Any], di
         ]
         ns[f"K{i}"] = key  # a str subclass (an odd alias) stays itself, as a constant
         literal = str.__repr__(key) if type(key) is str else f"K{i}"
-        source = _step_source(i, literal, rule, trusted, secret)
+        direct, items = _declared_models((declared or {}).get(name))
+        ns[f"M{i}"], ns[f"L{i}"] = direct, items
+        source = _step_source(
+            i,
+            literal,
+            rule,
+            trusted,
+            secret,
+            model=direct is not None,
+            model_list=items is not None,
+        )
         lines += ["        " + line for line in source]
     lines.append("    return out")
     code = compile("\n".join(lines), f"<telemetry plan of {cls.__qualname__}>", "exec")
@@ -343,11 +402,28 @@ def _compile(cls: type, steps: tuple[_Step, ...]) -> Callable[[_Walker, Any], di
     return run
 
 
+_DIRECT = {
+    _COUNT: "to_count(v)",
+    _BOOLEAN: "to_boolean(v)",
+    _AGGREGATE: "to_aggregate(v)",
+    _DISTRIBUTION: "to_distribution(v, w.scrubbed)",
+}
+"""The calls :meth:`_Walker.convert` makes for these rules (looked up when they run)."""
+
+
 def _step_source(
-    i: int, k: str, rule: AnonymityConversion | None, trusted: bool, secret: bool
+    i: int,
+    k: str,
+    rule: AnonymityConversion | None,
+    trusted: bool,
+    secret: bool,
+    *,
+    model: bool = False,
+    model_list: bool = False,
 ) -> list[str]:
     """Source for step ``i``, with ``v`` read: what :meth:`_Walker.steps` does with it.
-    ``k`` is the output key as source: a literal, or the name of a constant."""
+    ``k`` is the output key as source: a literal, or the name of a constant. ``model``: the
+    field is declared to hold the model class ``M{i}``; ``model_list``: a list of models."""
     if rule is _HASH:
         return [
             "if type(v) is str:",
@@ -358,6 +434,8 @@ def _step_source(
         ]
     if rule is _TEXT_COUNT:
         return [f"out[{k}] = len(v) if type(v) is str and v.isascii() else w.convert(R{i}, v)"]
+    if rule in _DIRECT:  # convert(), without its dispatch on the rule
+        return [f"out[{k}] = conversions.{_DIRECT[rule]}"]
     if rule is not None:
         return [f"out[{k}] = w.convert(R{i}, v)"]
     if secret:  # never trusted
@@ -370,9 +448,25 @@ def _step_source(
             f"    out[{k}] = found if found is not None else w.text(v)",
         ]
     )
+    declared: list[str] = []
+    for check, condition, handler, type_name in (
+        (model, f"t is M{i}", "w.rules_model", "t.__qualname__"),
+        (model_list, "t is list", "w.model_list", '"list"'),
+    ):
+        if check:  # value()'s handler for the type, called directly
+            declared += [
+                f"{'elif' if declared else 'if'} {condition}:",
+                "    try:",
+                f"        converted = {handler}(v, {trusted}{f', L{i}' if model_list else ''})",
+                "    except Exception as exc:",
+                f'        w.unreadable(exc, "a value of type", {type_name})',
+                "    else:",
+                f"        out[{k}] = converted",
+            ]
     return [
         "t = type(v)",
-        "if t is str:",
+        *declared,
+        f"{'elif' if declared else 'if'} t is str:",
         *text,
         "elif t is int:",
         f"    out[{k}] = v if -_INT_LIMIT < v < _INT_LIMIT else _big_int(v)",
@@ -594,6 +688,7 @@ class _Walker:
     """
 
     __slots__ = (
+        "_class_runs",
         "_hasher",
         "_key_error",
         "_keys",
@@ -601,6 +696,7 @@ class _Walker:
         "_memo",
         "_plans",
         "_provider",
+        "_ready",
         "_remember",
         "_rule_plans",
         "_scrub",
@@ -629,6 +725,10 @@ class _Walker:
         self.by_alias = by_alias
         self._plans = _PLANS[by_alias, False]
         self._rule_plans = _PLANS[by_alias, True]
+        self._class_runs = _CLASS_RUNS[by_alias]
+        self._ready: dict[type, Callable[[_Walker, Any], dict[str, Any]] | None] = {}
+        """Model classes seen in this walk (a class may change between walks): the compiled
+        plan of those whose rules are their ``_telemetry_rules``, else None."""
         # The shared memo holds scrub() of uncut strings: only for the default scrubber, and
         # only when no string it holds would be cut. Otherwise every lookup misses.
         self._remember = scrubber is _DEFAULT_SCRUB and (
@@ -865,8 +965,14 @@ class _Walker:
             return DEPTH_MARKER
         stack.add(ident)
         try:
-            rules = obj._telemetry_keys()
             cls = type(obj)
+            run = self._ready.get(cls, _ABSENT)
+            if run is _ABSENT:  # the first instance of its class in this walk
+                run = self._class_plan(cls)
+            if run is not None:  # the class's own rules: _telemetry_keys() is not called
+                self.measured = False
+                return run(self, obj)
+            rules = obj._telemetry_keys()
             cached = self._rule_plans.get(cls)  # model(), inline
             if cached is not None and cached[0] == rules and cached[2] is None:
                 plan = cached[1]
@@ -893,6 +999,93 @@ class _Walker:
             return result
         finally:
             stack.discard(ident)
+
+    def model_list(self, v: list[Any], trusted: bool, model: type) -> Any:
+        """A list in a field declared as ``list[model]``: what ``value()`` gives for it, with
+        its models handed to :meth:`rules_model` directly (or, when their class is ready,
+        serialized here). Called from compiled plans only: the output is not measured."""
+        stack = self._stack
+        ident = id(v)  # _h_sequence(), inline
+        if ident in stack:
+            return CYCLE_MARKER
+        if len(stack) >= MAX_DEPTH:
+            return DEPTH_MARKER
+        stack.add(ident)
+        try:
+            out: list[Any] = []
+            append = out.append
+            ready = self._ready
+            for item in v:
+                t = type(item)
+                run = ready.get(t)
+                if run is None:
+                    if t is not model:  # sequence() decides
+                        out += self.sequence((item,), trusted)
+                        continue
+                    try:  # its handler, called directly
+                        append(self.rules_model(item, trusted))
+                    except Exception as exc:
+                        self.unreadable(exc, "a value of type", t.__qualname__)
+                    continue
+                item_id = id(item)  # rules_model(), inline
+                if item_id in stack:
+                    append(CYCLE_MARKER)
+                elif len(stack) >= MAX_DEPTH:
+                    append(DEPTH_MARKER)
+                else:
+                    stack.add(item_id)
+                    try:
+                        append(run(self, item))
+                    except Exception as exc:
+                        self.unreadable(exc, "a value of type", t.__qualname__)
+                    finally:
+                        stack.discard(item_id)
+            return out
+        finally:
+            stack.discard(ident)
+
+    def _class_plan(self, cls: Any) -> Callable[[_Walker, Any], dict[str, Any]] | None:
+        """The compiled plan of a class whose rules are its ``_telemetry_rules`` (it does not
+        override ``_telemetry_keys()``), has no hook and sends no extra fields; None for any
+        other class, which takes the general path. Remembered for the rest of this walk.
+
+        ``cls`` has the rule hooks (:func:`_handler_for`), though a class may have deleted
+        one: then ``rules_model()`` fails as it always did."""
+        run = None
+        try:
+            if cls in _GENERAL:
+                pass
+            elif cls._telemetry_keys is not _CLASS_RULES:
+                if len(_GENERAL) < _MAX_PLANS:
+                    _GENERAL.add(cls)  # the general path calls _telemetry_keys(): always right
+            elif cls._telemetry_handler is _NO_HOOK:
+                rules = cls._telemetry_rules
+                if rules is not None:
+                    cached = self._class_runs.get(cls)
+                    if cached is not None and cached[0] == rules:  # as dicts: one C call
+                        run = cached[1]
+                    else:
+                        run = self._class_run(cls, rules)
+        except AttributeError:
+            pass
+        self._ready[cls] = run
+        return run
+
+    def _class_run(
+        self, cls: type, rules: object
+    ) -> Callable[[_Walker, Any], dict[str, Any]] | None:
+        """The compiled plan of ``cls`` for these class rules, or None for the general path
+        (rules that are not a mapping, or a plan that sends extra fields)."""
+        runs = self._class_runs
+        if not isinstance(rules, Mapping):  # _telemetry_keys() raises
+            return None
+        plan = _plan(cls, rules, self.by_alias, True)
+        run = None if plan.extra else plan.run
+        if plan.order is None:  # else their order matters too: _plan() compares it
+            if len(runs) >= _MAX_PLANS:
+                runs.clear()
+            runs[cls] = (dict(rules.items()), run)
+        return run
 
     def model(self, obj: Any, rules: Mapping[Any, Any] | None, *, options: bool = False) -> Any:
         """Serialize a model with ``rules``; ``options``: honour the class's strict/allow/trust."""
@@ -1007,10 +1200,27 @@ class _TelemetryRules:
     _telemetry_strict: ClassVar[bool] = False
     _telemetry_allow: ClassVar[frozenset[str]] = frozenset()
     _telemetry_trusted: ClassVar[frozenset[str]] = frozenset()
+    _telemetry_rules: ClassVar[Mapping[FilteredKey, AnonymityConversion] | None] = None
+    """The class's rules, when they do not depend on the instance (see :meth:`_telemetry_keys`)."""
 
     def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion] | None:
-        """Return the privacy rules of this model: ``{FilteredKey(field): conversion}``."""
-        return None
+        """Return the privacy rules of this model: ``{FilteredKey(field): conversion}``.
+
+        Override it for rules that depend on the instance. By default it returns a copy of
+        the class's ``_telemetry_rules`` (None when the class declares none).
+
+        Raises:
+            TelemetryRuleError: ``_telemetry_rules`` is not a mapping.
+        """
+        rules = type(self)._telemetry_rules
+        if rules is None:
+            return None
+        if not isinstance(rules, Mapping):
+            raise TelemetryRuleError(
+                f"{type(self).__qualname__}._telemetry_rules is {rules!r}, not a mapping of "
+                "FilteredKey to AnonymityConversion"
+            )
+        return dict(rules)
 
     def _telemetry_handler(self, serialized: dict[str, Any]) -> dict[str, Any]:
         """Post-process the serialized output; may add, replace or remove keys.
@@ -1137,11 +1347,18 @@ class TelemetryModel(_TelemetryRules, BaseModel):
     - ``_telemetry_allow = frozenset({...})``: fields sent as their scrubbed value.
     - ``_telemetry_trusted = frozenset({...})``: fields sent without the scrubber (for
       enum-like values the developer vouches for).
+    - ``_telemetry_rules = {FilteredKey(...): AnonymityConversion...}``: the rules, declared
+      once for the class instead of returned by ``_telemetry_keys()`` on every instance
+      (faster). ``_telemetry_keys()``, where a class overrides it, wins.
+
+    .. versionchanged:: Unreleased
+       ``_telemetry_rules``.
     """
 
     _telemetry_strict: ClassVar[bool] = False
     _telemetry_allow: ClassVar[frozenset[str]] = frozenset()
     _telemetry_trusted: ClassVar[frozenset[str]] = frozenset()
+    _telemetry_rules: ClassVar[Mapping[FilteredKey, AnonymityConversion] | None] = None
 
 
 class TelemetryMixin(_TelemetryRules):
@@ -1156,6 +1373,7 @@ class TelemetryMixin(_TelemetryRules):
 
 
 _NO_HOOK = _TelemetryRules._telemetry_handler
+_CLASS_RULES = _TelemetryRules._telemetry_keys
 
 BasedModel = TelemetryModel
 """Former name of :class:`TelemetryModel`, kept as an alias."""

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -894,3 +894,184 @@ def test_the_measured_bound_holds(value: dict[Any, Any]) -> None:
     if bound is not None:
         text = json.dumps(out, separators=(",", ":"), ensure_ascii=False)
         assert len(text.encode("utf-8")) <= bound
+
+
+# Rules declared on the class (_telemetry_rules) and fields declared as models -----------
+class Leaf(TelemetryModel):
+    """Rules on the class; they change between examples (set by the test)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    _telemetry_rules: ClassVar[Mapping[FilteredKey, AnonymityConversion] | None] = {
+        K("path"): C.HASH
+    }
+    text: Any = None
+    path: Any = None
+
+
+class LeafByMethod(TelemetryModel):
+    """Leaf's fields, with Leaf's current rules returned by _telemetry_keys(): the
+    reference path, called on every instance."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    text: Any = None
+    path: Any = None
+
+    def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion] | None:
+        return None if Leaf._telemetry_rules is None else dict(Leaf._telemetry_rules)
+
+
+class Tree(TelemetryModel):
+    """Fields declared as a model and a list of models: compiled to call them directly."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    _telemetry_rules: ClassVar[Mapping[FilteredKey, AnonymityConversion]] = {
+        K("label"): C.TEXT_COUNT
+    }
+    label: Any = None
+    leaf: Leaf | None = None
+    leaves: list[Leaf] = Field(default_factory=list)
+    more: list[Leaf] | None = None
+
+
+class TreeByMethod(TelemetryModel):
+    """Tree, with nothing declared: the general path everywhere."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    label: Any = None
+    leaf: Any = None
+    leaves: Any = None
+    more: Any = None
+
+    def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
+        return {K("label"): C.TEXT_COUNT}
+
+
+def twin(value: Any) -> Any:
+    """The same value with Leaf and Tree replaced by their ...ByMethod twins."""
+    if isinstance(value, Leaf):
+        return LeafByMethod.model_construct(text=value.text, path=value.path)
+    if isinstance(value, list):
+        return [twin(item) for item in value]
+    return value
+
+
+leaf_or_value = st.builds(Leaf.model_construct, text=field_values, path=field_values) | (
+    field_values
+)
+leaf_rules = st.none() | st.dictionaries(
+    st.sampled_from(["text", "path"]).map(K), st.sampled_from(list(AnonymityConversion))
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    label=field_values,
+    leaf=leaf_or_value,
+    leaves=st.lists(leaf_or_value, max_size=4),
+    more=st.none() | st.lists(leaf_or_value, max_size=3),
+    chosen=leaf_rules,
+    by_alias=st.booleans(),
+    max_chars=st.sampled_from([None, 2000, 8]),
+    repeat=st.booleans(),
+)
+def test_class_rules_and_declared_models_match_the_general_path(
+    label: Any,
+    leaf: Any,
+    leaves: list[Any],
+    more: list[Any] | None,
+    chosen: dict[FilteredKey, AnonymityConversion] | None,
+    by_alias: bool,
+    max_chars: int | None,
+    repeat: bool,
+) -> None:
+    """Rules declared in ``_telemetry_rules``, and fields declared as models or lists of
+    models, give what ``_telemetry_keys()`` and undeclared fields give, for any values and
+    rules (changed on the class between calls), alias choice and cut."""
+    if repeat and leaves:
+        leaves.append(leaves[0])  # the same model twice in one list is not a cycle
+    old = Leaf._telemetry_rules
+    Leaf._telemetry_rules = chosen
+    try:
+        tree = Tree.model_construct(label=label, leaf=leaf, leaves=leaves, more=more)
+        reference = TreeByMethod.model_construct(
+            label=label, leaf=twin(leaf), leaves=twin(leaves), more=twin(more)
+        )
+        for _ in range(2):  # the second time, with warm memos
+            got = serialize_for_telemetry(
+                tree, key_provider=PROVIDER, by_alias=by_alias, max_string_chars=max_chars
+            )
+            expected = serialize_for_telemetry(
+                reference, key_provider=PROVIDER, by_alias=by_alias, max_string_chars=max_chars
+            )
+            assert repr(got) == repr(expected)
+    finally:
+        Leaf._telemetry_rules = old
+
+
+def test_class_rules_are_what_telemetry_keys_returns() -> None:
+    """By default _telemetry_keys() returns a copy of _telemetry_rules, or None."""
+    leaf = Leaf()
+    assert leaf._telemetry_keys() == {"path": C.HASH}
+    assert leaf._telemetry_keys() is not Leaf._telemetry_rules
+    assert LeafByMethod.__mro__[1]._telemetry_rules is None  # TelemetryModel's default
+    assert TelemetryModel()._telemetry_keys() is None
+
+
+def test_model_cycles_through_declared_fields_are_cut() -> None:
+    """A model reached again through a field declared as a model (or a list of them) is
+    cut with the marker, as through any other field."""
+    tree = Tree.model_construct(label="x", leaf=None, leaves=[], more=None)
+    tree.leaves.append(tree)  # type: ignore[arg-type]
+    tree.leaf = tree  # type: ignore[assignment]
+    out = serialize_for_telemetry(tree, key_provider=PROVIDER)
+    assert out == {"label": 1, "leaf": CYCLE_MARKER, "leaves": [CYCLE_MARKER], "more": None}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_class_rules_work_on_every_kind(kind: str) -> None:
+    """_telemetry_rules applies on pydantic, attrs and dataclass models, and a later change
+    of them, or a hook added later, is honoured by the next call."""
+    rules_: ClassVar[Mapping[FilteredKey, AnonymityConversion]] = {K("path"): C.FORBIDDEN}
+    if kind == "pydantic":
+
+        class Model(TelemetryModel):
+            _telemetry_rules = rules_  # type: ignore[misc]
+            path: str = "/home/alice/x"
+            n: int = 1
+
+        obj: Any = Model()
+    elif kind == "attrs":
+
+        @attrs.define
+        class AModel(TelemetryMixin):
+            _telemetry_rules = rules_  # type: ignore[misc]
+            path: str = "/home/alice/x"
+            n: int = 1
+
+        obj = AModel()
+    else:
+
+        @dataclasses.dataclass
+        class DModel(TelemetryMixin):
+            _telemetry_rules = rules_  # type: ignore[misc]
+            path: str = "/home/alice/x"
+            n: int = 1
+
+        obj = DModel()
+    assert serialize_for_telemetry(obj) == {"n": 1}
+    type(obj)._telemetry_rules = {K("n"): C.BOOLEAN}
+    assert serialize_for_telemetry(obj) == {"path": scrub("/home/alice/x"), "n": True}
+    type(obj)._telemetry_handler = lambda self, data: {"n": data["n"]}
+    assert serialize_for_telemetry(obj) == {"n": True}
+
+
+def test_class_rules_that_are_not_a_mapping_are_an_error() -> None:
+    """_telemetry_rules must be a mapping: anything else raises TelemetryRuleError."""
+
+    @dataclasses.dataclass
+    class Wrong(TelemetryMixin):
+        _telemetry_rules = [("n", C.COUNT)]  # type: ignore[assignment]
+        n: int = 1
+
+    with pytest.raises(TelemetryRuleError, match="not a mapping"):
+        serialize_for_telemetry(Wrong())
