@@ -172,7 +172,7 @@ def start(
         on_revoked=revoked,
         host=host,
     )
-    flag_source, flag_cache = _flags(settings, install_id, host)
+    flag_source, flag_cache = _flags(settings, install_id, host, store)
     running.append(
         Running(
             settings,
@@ -188,11 +188,18 @@ def start(
     return decision, running[0]
 
 
-def _flags(settings: SettingsView, install_id: str, host: HostState) -> tuple[Any, Any]:
-    """(the flag source, its cache) for a PostHog project; (None, None) without one."""
+def _flags(
+    settings: SettingsView, install_id: str, host: HostState, store: StateStore
+) -> tuple[Any, Any]:
+    """(the flag source, its cache) for a PostHog project; (None, None) without one.
+
+    The cache keeps what it fetches in ``<state_dir>/flags.json`` (for
+    ``codeweaver-telemetry flags``), on its own thread, while the stored choice still
+    allows this install id.
+    """
     if settings.posthog_api_key is None:
         return None, None
-    from codeweaver_telemetry.flags import FlagCache, PostHogFlags
+    from codeweaver_telemetry.flags import FlagCache, FlagFile, PostHogFlags
 
     personal = settings.posthog_personal_api_key
     source = PostHogFlags(
@@ -204,6 +211,15 @@ def _flags(settings: SettingsView, install_id: str, host: HostState) -> tuple[An
         host_state=host,
     )
     cache = FlagCache(
-        source, budget_s=settings.flag_timeout_seconds, refresh_s=settings.flag_refresh_seconds
+        source,
+        budget_s=settings.flag_timeout_seconds,
+        refresh_s=settings.flag_refresh_seconds,
+        on_fetched=FlagFile(
+            store.directory,
+            install_id=install_id,
+            source=source.evaluation,
+            # Its own watch: the worker's is read on the worker thread only.
+            gate=ConsentWatch(store, install_id),
+        ),
     )
     return source, cache

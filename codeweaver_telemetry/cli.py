@@ -5,12 +5,54 @@ Commands::
 
     status    is telemetry on, which source decided, and why
     enable    record your opt-in (off-sources such as DO_NOT_TRACK still win)
-    disable   record your opt-out and forget the install id and HASH key
+    disable   record your opt-out and forget the install id, HASH key and cached flags
     preview   print the last payloads sent (the local log)
     export    write the state (without secrets) and the local log as JSON
     delete    remove the files telemetry keeps locally; prints the id to quote to the vendor
+    flags     the feature flags cached for this install; ``--refresh`` fetches them first
 
-This is the only module that prints. It never starts a client or sends anything.
+``python -m codeweaver_telemetry`` runs the same commands.
+
+Exit status: 0 when the command did what it was asked (``status`` exits 0 whether telemetry
+is on or off); 1 when it failed (a file could not be read or written, or ``flags
+--refresh`` could not fetch: telemetry off, no PostHog key, no install id yet, the host
+refused); 2 for a usage error (argparse's: an unknown command or option); 141 when stdout
+was closed early (``| head``), as a shell reports for SIGPIPE.
+
+``--json`` (before or after the command) prints one JSON document on stdout instead of
+text. Every document has ``schema_version`` (1), ``command`` (the command's name) and
+``ok`` (true, or false with exit status 1). A failure is
+``{"schema_version": 1, "command": ..., "ok": false, "error": "<message>"}``. The other
+fields of each command (every field is always present; ``null`` where noted):
+
+=========  ==================================================================================
+command    fields
+=========  ==================================================================================
+status     ``enabled`` (bool), ``source`` (the deciding source), ``reason`` (str), ``policy``
+           (``opt-in``/``opt-out``), ``destination`` (``posthog``/``local``),
+           ``posthog_host`` (str or null), ``state_dir``, ``state_file``, ``log_file``
+           (str), ``install_id`` (str or null), ``logged_payloads`` (int),
+           ``config_error`` (str or null)
+enable     ``recorded`` (``"enabled"``), ``enabled``, ``source``, ``reason`` (the decision
+           now: DO_NOT_TRACK and the other off-sources still win), ``config_error``
+disable    ``recorded`` (``"disabled"``), ``enabled``, ``source``, ``reason``,
+           ``removed`` (list of paths: unsent spool files and the flag cache),
+           ``config_error``
+preview    ``limit`` (int), ``events`` (list of payloads, oldest first)
+export     ``output`` (the file written by ``-o``, or null), ``state_dir`` (str),
+           ``state`` (object without the HASH key, or a string saying why it is unreadable;
+           null with ``-o``), ``events`` (list; null with ``-o``: both are in the file)
+delete     ``state_dir`` (str), ``deleted`` (list of paths), ``state_dir_removed`` (bool),
+           ``install_id`` (str or null: quote it to the vendor to delete what was sent)
+flags      ``install_id`` (str or null), ``refreshed`` (bool), ``flags_file`` (str),
+           ``fetched_at`` (ISO 8601 UTC, or null), ``source`` (``remote``/``local``, or
+           null), ``flags`` (list of ``{"key", "value", "fetched_at", "source"}``)
+=========  ==================================================================================
+
+:data:`JSON_FIELDS` holds the same table as types.
+
+This is the only module that prints. It never starts a client, and sends nothing except
+``flags --refresh``: one flag request for the install id, only while telemetry is on.
 """
 
 from __future__ import annotations
@@ -27,6 +69,13 @@ from typing import Any, TextIO
 from codeweaver_telemetry._files import LOCK_FILE as _LOCK_FILE
 from codeweaver_telemetry._spool import SPOOL_DIR, Spool
 from codeweaver_telemetry.consent import ConsentDecision, consent_sources, decide
+from codeweaver_telemetry.flags import (
+    FLAGS_FILE,
+    FlagFile,
+    FlagFileError,
+    StoredFlags,
+    read_flag_file,
+)
 from codeweaver_telemetry.privacy.hashing import KEY_FILE_NAME
 from codeweaver_telemetry.settings import TelemetrySettings, load_settings
 from codeweaver_telemetry.sinks.jsonl import LOG_FILE, read_log
@@ -37,16 +86,156 @@ from codeweaver_telemetry.state import (
     TelemetryState,
 )
 
-__all__ = ["EXIT_BROKEN_PIPE", "main"]
+__all__ = [
+    "EXIT_BROKEN_PIPE",
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "JSON_COMMON_FIELDS",
+    "JSON_ERROR_FIELDS",
+    "JSON_FIELDS",
+    "JSON_SCHEMA_VERSION",
+    "CommandFailed",
+    "main",
+]
 
+EXIT_OK = 0
+"""The command did what it was asked (``status`` says ON or OFF: both are 0)."""
+EXIT_FAILURE = 1
+"""The command failed; the message (or the JSON document's ``error``) says why."""
+EXIT_USAGE = 2
+"""A usage error: an unknown command or option (argparse's status)."""
 EXIT_BROKEN_PIPE = 141
 """The exit status when stdout was closed early (128 + SIGPIPE, as a shell reports)."""
 
+JSON_SCHEMA_VERSION = 1
+"""The ``schema_version`` of every ``--json`` document; it changes only if a field is
+removed or changes meaning (new fields may be added within a version)."""
+
+JSON_COMMON_FIELDS: dict[str, Any] = {"schema_version": int, "command": str, "ok": bool}
+"""Fields of every ``--json`` document, with their JSON types (as Python types)."""
+
+JSON_ERROR_FIELDS: dict[str, Any] = {"error": str}
+"""The fields a failed command adds (``ok`` is false, exit status 1)."""
+
+_FLAG_ENTRY_FIELDS: dict[str, Any] = {
+    "key": str,
+    "value": bool | str,
+    "fetched_at": str,
+    "source": str,
+}
+
+JSON_FIELDS: dict[str, dict[str, Any]] = {
+    "status": {
+        "enabled": bool,
+        "source": str,
+        "reason": str,
+        "policy": str,
+        "destination": str,
+        "posthog_host": str | None,
+        "state_dir": str,
+        "state_file": str,
+        "log_file": str,
+        "install_id": str | None,
+        "logged_payloads": int,
+        "config_error": str | None,
+    },
+    "enable": {
+        "recorded": str,
+        "enabled": bool,
+        "source": str,
+        "reason": str,
+        "config_error": str | None,
+    },
+    "disable": {
+        "recorded": str,
+        "enabled": bool,
+        "source": str,
+        "reason": str,
+        "removed": list,
+        "config_error": str | None,
+    },
+    "preview": {"limit": int, "events": list},
+    "export": {
+        "output": str | None,
+        "state_dir": str,
+        "state": dict | str | None,
+        "events": list | None,
+    },
+    "delete": {
+        "state_dir": str,
+        "deleted": list,
+        "state_dir_removed": bool,
+        "install_id": str | None,
+    },
+    "flags": {
+        "install_id": str | None,
+        "refreshed": bool,
+        "flags_file": str,
+        "fetched_at": str | None,
+        "source": str | None,
+        "flags": list,
+    },
+}
+"""Each command's own ``--json`` fields (beside :data:`JSON_COMMON_FIELDS`), with their JSON
+types as Python types (``None`` for null). Every field is always present. Each entry of
+``flags``'s list has ``key`` (str), ``value`` (bool or str), ``fetched_at`` (str) and
+``source`` (str)."""
+
 # The files the library writes in the state directory: the state file and its lock, the HASH
-# key file an earlier version wrote (hash_key), the local log and its rotated copy, and their
-# temp files.
-_OWNED_FILES = (STATE_FILE, _LOCK_FILE, KEY_FILE_NAME, LOG_FILE, LOG_FILE + ".1")
-_OWNED_PATTERNS = (".state.*.tmp", f".{KEY_FILE_NAME}.*")
+# key file an earlier version wrote (hash_key), the local log and its rotated copy, the flag
+# cache, and their temp files.
+# The local log's head (the tamper-evident chain's last hash) lives beside the log.
+_LOG_HEAD_FILE = "events.head"
+_OWNED_FILES = (
+    STATE_FILE,
+    _LOCK_FILE,
+    KEY_FILE_NAME,
+    LOG_FILE,
+    LOG_FILE + ".1",
+    _LOG_HEAD_FILE,
+    FLAGS_FILE,
+)
+_OWNED_PATTERNS = (
+    ".state.*.tmp",
+    f".{KEY_FILE_NAME}.*",
+    f".{FLAGS_FILE}.*.tmp",
+    f".{_LOG_HEAD_FILE}.*",
+)
+
+
+class CommandFailed(Exception):
+    """A command could not do what it was asked: exit status 1, with this message."""
+
+
+class _Output:
+    """Where a command's result goes: text lines, or one JSON document."""
+
+    def __init__(self, stream: TextIO, command: str, *, as_json: bool) -> None:
+        self.stream = stream
+        self.command = command
+        self.as_json = as_json
+
+    def line(self, text: str) -> None:
+        """A line of the human output (nothing with ``--json``)."""
+        if not self.as_json:
+            print(text, file=self.stream)
+
+    def document(self, fields: dict[str, Any]) -> None:
+        """The ``--json`` document (nothing without ``--json``)."""
+        if self.as_json:
+            self._dump({"ok": True, **fields})
+
+    def failure(self, message: str) -> None:
+        """Say why the command failed: the JSON error document, or a line on stderr."""
+        if self.as_json:
+            self._dump({"ok": False, "error": message})
+        else:
+            print(f"codeweaver-telemetry: {message}", file=sys.stderr)
+
+    def _dump(self, fields: dict[str, Any]) -> None:
+        head = {"schema_version": JSON_SCHEMA_VERSION, "command": self.command}
+        print(json.dumps({**head, **fields}, indent=2, ensure_ascii=False), file=self.stream)
 
 
 def _decision(settings: TelemetrySettings, store: StateStore, error: str | None) -> ConsentDecision:
@@ -54,9 +243,9 @@ def _decision(settings: TelemetrySettings, store: StateStore, error: str | None)
     return decide(consent_sources(settings, store, config_error=error, record_notice=False))
 
 
-def _config_problem(error: str | None, out: TextIO) -> None:
+def _config_problem(error: str | None, out: _Output) -> None:
     if error:
-        print(f"Configuration problem: {error}", file=out)
+        out.line(f"Configuration problem: {error}")
 
 
 def _state(store: StateStore) -> TelemetryState | None:
@@ -66,62 +255,110 @@ def _state(store: StateStore) -> TelemetryState | None:
         return None
 
 
-def cmd_status(out: TextIO) -> int:
+def cmd_status(out: _Output) -> int:
     settings, error = load_settings()
     store = StateStore(settings.resolved_state_dir)
     decision = _decision(settings, store, error)
     state = _state(store)
+    install_id = state.install_id if state else None
+    log_file = store.directory / LOG_FILE
+    remote = settings.posthog_api_key is not None
     destination = (
-        f"PostHog at {settings.posthog_host}"
-        if settings.posthog_api_key is not None
-        else f"the local log only ({store.directory / LOG_FILE})"
+        f"PostHog at {settings.posthog_host}" if remote else f"the local log only ({log_file})"
     )
     logged = sum(1 for _ in read_log(store.directory))
-    print(f"Telemetry is {'ON' if decision.allowed else 'OFF'}.", file=out)
-    print(f"  decided by: {decision.source}", file=out)
-    print(f"  why:        {decision.reason}", file=out)
-    print(f"  policy:     {settings.consent_policy}", file=out)
-    print(f"  sends to:   {destination}", file=out)
-    print(f"  state:      {store.path}", file=out)
-    print(f"  install id: {(state.install_id if state else None) or '(none)'}", file=out)
-    print(f"  logged:     {logged} payloads in {store.directory / LOG_FILE}", file=out)
-    return 0
+    out.line(f"Telemetry is {'ON' if decision.allowed else 'OFF'}.")
+    out.line(f"  decided by: {decision.source}")
+    out.line(f"  why:        {decision.reason}")
+    out.line(f"  policy:     {settings.consent_policy}")
+    out.line(f"  sends to:   {destination}")
+    out.line(f"  state:      {store.path}")
+    out.line(f"  install id: {install_id or '(none)'}")
+    out.line(f"  logged:     {logged} payloads in {log_file}")
+    out.document(
+        {
+            "enabled": decision.allowed,
+            "source": decision.source,
+            "reason": decision.reason,
+            "policy": settings.consent_policy,
+            "destination": "posthog" if remote else "local",
+            "posthog_host": settings.posthog_host if remote else None,
+            "state_dir": str(store.directory),
+            "state_file": str(store.path),
+            "log_file": str(log_file),
+            "install_id": install_id,
+            "logged_payloads": logged,
+            "config_error": error,
+        }
+    )
+    return EXIT_OK
 
 
-def cmd_enable(out: TextIO) -> int:
+def _decision_fields(decision: ConsentDecision) -> dict[str, Any]:
+    return {"enabled": decision.allowed, "source": decision.source, "reason": decision.reason}
+
+
+def cmd_enable(out: _Output) -> int:
     settings, error = load_settings()
     store = StateStore(settings.resolved_state_dir)
     store.set_consent("enabled", by="cli")
     decision = _decision(settings, store, error)
-    print("Recorded: telemetry enabled.", file=out)
+    out.line("Recorded: telemetry enabled.")
     _config_problem(error, out)
     if not decision.allowed:
         why = "the configuration problem above" if error else decision.reason
-        print(f"It stays off for now: {why} ({decision.source}).", file=out)
-    return 0
+        out.line(f"It stays off for now: {why} ({decision.source}).")
+    out.document({"recorded": "enabled", **_decision_fields(decision), "config_error": error})
+    return EXIT_OK
 
 
-def cmd_disable(out: TextIO) -> int:
+def _remove(path: Path) -> bool:
+    """Remove one file (or a link planted in its place); False when there was none."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def cmd_disable(out: _Output) -> int:
     settings, error = load_settings()
-    store = StateStore(settings.resolved_state_dir)
+    directory = settings.resolved_state_dir
+    store = StateStore(directory)
     store.set_consent("disabled", by="cli")
-    print("Recorded: telemetry disabled. The install id and HASH key were removed.", file=out)
-    unsent = Spool(settings.resolved_state_dir / SPOOL_DIR).clear()
+    out.line("Recorded: telemetry disabled. The install id and HASH key were removed.")
+    unsent = Spool(directory / SPOOL_DIR).clear()
     if unsent:
-        print(f"Removed {len(unsent)} spool file(s) of events not yet sent.", file=out)
+        out.line(f"Removed {len(unsent)} spool file(s) of events not yet sent.")
+    removed = [str(p) for p in unsent]
+    flags_file = directory / FLAGS_FILE
+    if _remove(flags_file):
+        out.line("Removed the cached feature flags.")
+        removed.append(str(flags_file))
     _config_problem(error, out)
-    return 0
+    decision = _decision(settings, store, error)
+    out.document(
+        {
+            "recorded": "disabled",
+            **_decision_fields(decision),
+            "removed": removed,
+            "config_error": error,
+        }
+    )
+    return EXIT_OK
 
 
-def cmd_preview(out: TextIO, limit: int) -> int:
+def cmd_preview(out: _Output, limit: int) -> int:
     settings, _ = load_settings()
     events = list(read_log(settings.resolved_state_dir))
+    shown = events[-limit:]
+    out.document({"limit": limit, "events": shown})
     if not events:
-        print("Nothing has been sent yet (the local log is empty).", file=out)
-        return 0
-    for event in events[-limit:]:
-        print(json.dumps(event, indent=2, ensure_ascii=False), file=out)
-    return 0
+        out.line("Nothing has been sent yet (the local log is empty).")
+        return EXIT_OK
+    for event in shown:
+        out.line(json.dumps(event, indent=2, ensure_ascii=False))
+    return EXIT_OK
 
 
 def export_document(directory: Path) -> dict[str, Any]:
@@ -136,15 +373,18 @@ def export_document(directory: Path) -> dict[str, Any]:
     return {"state_dir": str(directory), "state": state, "events": list(read_log(directory))}
 
 
-def cmd_export(out: TextIO, output: str | None) -> int:
+def cmd_export(out: _Output, output: str | None) -> int:
     settings, _ = load_settings()
-    text = json.dumps(export_document(settings.resolved_state_dir), indent=2, ensure_ascii=False)
+    document = export_document(settings.resolved_state_dir)
     if output:
+        text = json.dumps(document, indent=2, ensure_ascii=False)
         Path(output).write_text(text + "\n", encoding="utf-8")
-        print(f"Wrote {output}.", file=out)
+        out.line(f"Wrote {output}.")
+        out.document({"output": output, **document, "state": None, "events": None})
     else:
-        print(text, file=out)
-    return 0
+        out.line(json.dumps(document, indent=2, ensure_ascii=False))
+        out.document({"output": None, **document})
+    return EXIT_OK
 
 
 def _owned_files(directory: Path) -> list[Path]:
@@ -155,83 +395,232 @@ def _owned_files(directory: Path) -> list[Path]:
     return [p for p in found if p.is_symlink() or p.is_file()]
 
 
-def cmd_delete(out: TextIO) -> int:
+def cmd_delete(out: _Output) -> int:
     settings, _ = load_settings()
     directory = settings.resolved_state_dir
+    result: dict[str, Any] = {
+        "state_dir": str(directory),
+        "deleted": [],
+        "state_dir_removed": False,
+        "install_id": None,
+    }
     if not directory.is_dir():
         why = "is not a directory" if directory.exists() else "does not exist"
-        print(f"Nothing to delete: {directory} {why}.", file=out)
-        return 0
+        out.line(f"Nothing to delete: {directory} {why}.")
+        out.document(result)
+        return EXIT_OK
     state = _state(StateStore(directory))
     deleted = Spool(directory / SPOOL_DIR).clear()
-    for path in _owned_files(directory):
-        try:
-            path.unlink()
-        except FileNotFoundError:  # another process removed it first (e.g. a temp file)
-            continue
-        deleted.append(path)
+    deleted.extend(path for path in _owned_files(directory) if _remove(path))
+    # (a file another process removed first, such as a temp file, is simply not listed)
     if not deleted:
-        print(f"Nothing to delete: no telemetry files in {directory}.", file=out)
-        return 0
+        out.line(f"Nothing to delete: no telemetry files in {directory}.")
+        out.document(result)
+        return EXIT_OK
     for path in deleted:
-        print(f"Deleted {path}", file=out)
+        out.line(f"Deleted {path}")
     try:
         directory.rmdir()
     except OSError:  # not empty: the other files are not ours to remove
-        print(f"Kept {directory}: it holds files that are not telemetry's.", file=out)
+        out.line(f"Kept {directory}: it holds files that are not telemetry's.")
     else:
-        print(f"Deleted {directory}", file=out)
-    if state and state.install_id:
-        print(
+        out.line(f"Deleted {directory}")
+        result["state_dir_removed"] = True
+    install_id = state.install_id if state else None
+    if install_id:
+        out.line(
             "Data already sent cannot be deleted from here. To have it deleted, give the "
-            f"vendor this install id: {state.install_id}",
-            file=out,
+            f"vendor this install id: {install_id}"
         )
-    return 0
+    result.update(deleted=[str(p) for p in deleted], install_id=install_id)
+    out.document(result)
+    return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    """Run the CLI; returns the exit code."""
-    stream = out or sys.stdout
+def _fetch_flags(settings: TelemetrySettings, error: str | None) -> StoredFlags:
+    """Fetch this install's flags once (one request, no retry) and store them.
+
+    Raises:
+        CommandFailed: telemetry is off, there is no PostHog key or install id, or the
+            fetch failed; nothing is sent in the first three cases.
+    """
+    directory = settings.resolved_state_dir
+    store = StateStore(directory)
+    decision = _decision(settings, store, error)
+    if not decision.allowed:
+        raise CommandFailed(
+            f"telemetry is off ({decision.source}: {decision.reason}); nothing was fetched"
+        )
+    if settings.posthog_api_key is None:
+        raise CommandFailed(
+            "no PostHog API key is configured (CODEWEAVER__TELEMETRY__POSTHOG_API_KEY), "
+            "so there are no flags to fetch; nothing was fetched"
+        )
+    install_id = store.read().install_id
+    if not install_id:
+        raise CommandFailed(
+            "this install has no id yet (the app creates it when it first runs with "
+            "telemetry on); nothing was fetched"
+        )
+    from codeweaver_telemetry.flags import PostHogFlags
+
+    personal = settings.posthog_personal_api_key
+    source = PostHogFlags(
+        api_key=settings.posthog_api_key.get_secret_value(),
+        host=settings.posthog_host,
+        distinct_id=install_id,
+        timeout_s=settings.request_timeout_seconds,
+        personal_api_key=personal.get_secret_value() if personal else None,
+    )
+    try:
+        values = source()
+    except Exception as exc:  # FlagFetchError, or whatever local evaluation raised
+        why = str(exc) or type(exc).__name__
+        raise CommandFailed(
+            f"the flags could not be fetched from {settings.posthog_host} ({why})"
+        ) from None
+    finally:
+        source.shutdown()
+    return FlagFile(directory, install_id=install_id, source=source.evaluation).write(values)
+
+
+def _show(value: bool | str) -> str:
+    """A flag value as text: ``true``/``false``, or the variant as it is."""
+    return json.dumps(value) if isinstance(value, bool) else value
+
+
+def _cached_flags(directory: Path) -> tuple[str | None, StoredFlags | None]:
+    """(this install's id, the flags cached for it); never a request.
+
+    Flags stored for another install id (one since forgotten) are not this install's.
+
+    Raises:
+        CommandFailed: ``flags.json`` is there but unreadable.
+    """
+    state = _state(StateStore(directory))
+    install_id = state.install_id if state else None
+    try:
+        stored = read_flag_file(directory)
+    except FlagFileError as exc:
+        raise CommandFailed(
+            f"{directory / FLAGS_FILE}: {exc}; `codeweaver-telemetry flags --refresh` replaces it"
+        ) from None
+    if stored is None or stored.install_id != install_id:
+        return install_id, None
+    return install_id, stored
+
+
+def cmd_flags(out: _Output, *, refresh: bool) -> int:
+    settings, error = load_settings()
+    directory = settings.resolved_state_dir
+    if refresh:
+        stored: StoredFlags | None = _fetch_flags(settings, error)
+        install_id = stored.install_id if stored else None
+    else:
+        install_id, stored = _cached_flags(directory)
+    values = sorted(stored.values.items()) if stored else []
+    out.document(
+        {
+            "install_id": install_id,
+            "refreshed": refresh,
+            "flags_file": str(directory / FLAGS_FILE),
+            "fetched_at": stored.fetched_at if stored else None,
+            "source": stored.source if stored else None,
+            "flags": [
+                {
+                    "key": key,
+                    "value": value,
+                    "fetched_at": stored.fetched_at,
+                    "source": stored.source,
+                }
+                for key, value in values
+                if stored
+            ],
+        }
+    )
+    if stored is None:
+        out.line(
+            "No feature flags are cached for this install. "
+            "`codeweaver-telemetry flags --refresh` fetches them."
+        )
+        return EXIT_OK
+    if not values:
+        out.line(f"No feature flags are defined for this install (fetched {stored.fetched_at}).")
+        return EXIT_OK
+    rows = [("flag", "value", "fetched at (UTC)", "source")]
+    rows += [(key, _show(value), stored.fetched_at, stored.source) for key, value in values]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for key, value, fetched_at, source in rows:
+        cells = (key.ljust(widths[0]), value.ljust(widths[1]), fetched_at.ljust(widths[2]))
+        out.line("  ".join((*cells, source)))
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="codeweaver-telemetry", description="See and control codeweaver telemetry."
     )
+    json_help = "print one JSON document (schema_version 1) instead of text"
+    parser.add_argument("--json", action="store_true", help=json_help)
+    # Also accepted after the command; SUPPRESS keeps a --json given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=json_help)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("status", help="is telemetry on, and why")
-    sub.add_parser("enable", help="opt in")
-    sub.add_parser("disable", help="opt out and forget the install id")
-    preview = sub.add_parser("preview", help="print the last payloads sent")
+    sub.add_parser("status", parents=[common], help="is telemetry on, and why")
+    sub.add_parser("enable", parents=[common], help="opt in")
+    sub.add_parser("disable", parents=[common], help="opt out and forget the install id")
+    preview = sub.add_parser("preview", parents=[common], help="print the last payloads sent")
     preview.add_argument("-n", type=int, default=10, help="how many (default 10)")
-    export = sub.add_parser("export", help="everything kept locally, as JSON")
+    export = sub.add_parser("export", parents=[common], help="everything kept locally, as JSON")
     export.add_argument("-o", "--output", help="write to this file instead of stdout")
-    sub.add_parser("delete", help="remove everything kept locally")
-    args = parser.parse_args(argv)
+    sub.add_parser("delete", parents=[common], help="remove everything kept locally")
+    flags = sub.add_parser(
+        "flags", parents=[common], help="the feature flags cached for this install"
+    )
+    flags.add_argument(
+        "--refresh",
+        action="store_true",
+        help="fetch them from PostHog first (the only command that sends a request)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the CLI; returns the exit code (see the module: 0, 1, 2 or 141)."""
+    stream = out or sys.stdout
+    args = _parser().parse_args(argv)  # a usage error exits 2 here (argparse)
+    output = _Output(stream, args.command, as_json=args.json)
     try:
-        code = _run(args, stream)
+        try:
+            code = _run(args, output)
+        except BrokenPipeError:
+            raise
+        except (CommandFailed, OSError, StateError) as exc:
+            output.failure(str(exc))
+            code = EXIT_FAILURE
         stream.flush()  # a closed pipe shows here, not as a traceback at exit
     except BrokenPipeError:
         # The reader went away (`codeweaver-telemetry status | head`): stop quietly, as
         # other command-line tools do, with the status a shell gives for SIGPIPE.
         _silence_stdout(stream)
         return EXIT_BROKEN_PIPE
-    except (OSError, StateError) as exc:
-        print(f"codeweaver-telemetry: {exc}", file=sys.stderr)
-        return 1
     return code
 
 
-def _run(args: argparse.Namespace, stream: TextIO) -> int:
+def _run(args: argparse.Namespace, out: _Output) -> int:
     if args.command == "status":
-        return cmd_status(stream)
+        return cmd_status(out)
     if args.command == "enable":
-        return cmd_enable(stream)
+        return cmd_enable(out)
     if args.command == "disable":
-        return cmd_disable(stream)
+        return cmd_disable(out)
     if args.command == "preview":
-        return cmd_preview(stream, args.n)
+        return cmd_preview(out, args.n)
     if args.command == "export":
-        return cmd_export(stream, args.output)
-    return cmd_delete(stream)
+        return cmd_export(out, args.output)
+    if args.command == "flags":
+        return cmd_flags(out, refresh=args.refresh)
+    return cmd_delete(out)
 
 
 def _silence_stdout(stream: TextIO) -> None:

@@ -24,22 +24,56 @@ the background retries wait at least as long as the host asked.
 :class:`PostHogFlags` is the flag source for a PostHog host (remote ``/flags/`` or local
 evaluation, through ``codeweaver_telemetry._posthog``, the one module that imports
 ``posthog``).
+
+The flags a cache fetched are kept on disk for ``codeweaver-telemetry flags``:
+:class:`FlagFile` writes ``<state_dir>/flags.json`` (mode 0600, atomically, never through
+a symbolic link, never creating the state directory) on the flag thread, after each fetch
+that brought values, and :func:`read_flag_file` reads it back. Its shape
+(:class:`StoredFlags`, version 1)::
+
+    {"version": 1, "install_id": "<uuid>", "fetched_at": "2025-01-02T03:04:05+00:00",
+     "source": "remote" | "local", "flags": {"<key>": true | false | "<variant>"}}
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
 
+from codeweaver_telemetry._files import describe_os_error, read_regular, write_atomic
 from codeweaver_telemetry._internal import internal_errors, logger
 from codeweaver_telemetry._types import HostState
 
-__all__ = ["FlagCache", "FlagFetchError", "FlagSourceClosed", "FlagValue", "PostHogFlags"]
+__all__ = [
+    "FLAGS_FILE",
+    "FlagCache",
+    "FlagEvaluation",
+    "FlagFetchError",
+    "FlagFile",
+    "FlagFileError",
+    "FlagSourceClosed",
+    "FlagValue",
+    "PostHogFlags",
+    "StoredFlags",
+    "read_flag_file",
+]
 
 FlagValue = bool | str
 """A flag's value: its variant key for a multivariate flag, else True/False."""
+
+FlagEvaluation = Literal["remote", "local"]
+"""How flags were evaluated: by PostHog (``/flags/``), or locally from polled definitions."""
+
+FLAGS_FILE = "flags.json"
+"""The flags last fetched for this install, in the state directory (mode 0600)."""
+
+_FLAGS_FILE_VERSION = 1
+_MAX_FLAGS_FILE_BYTES = 1 << 20  # a real one is a few hundred bytes
 
 #: The first quick retry waits this long; each next one twice as long as the last.
 _QUICK_FIRST_DELAY_S = 0.05
@@ -106,12 +140,21 @@ class FlagCache:
             :class:`FlagSourceClosed` ends the fetch quietly.
         budget_s: the longest the first lookup waits.
         refresh_s: age after which a lookup triggers a background refetch.
+        on_fetched: called with the values of every fetch that succeeded, on the fetch
+            thread, after lookups can see them and before the fetch counts as done (a
+            :class:`FlagFile` keeps them on disk); what it raises is logged once.
     """
 
     def __init__(
-        self, fetch: Callable[[], dict[str, FlagValue]], *, budget_s: float, refresh_s: float
+        self,
+        fetch: Callable[[], dict[str, FlagValue]],
+        *,
+        budget_s: float,
+        refresh_s: float,
+        on_fetched: Callable[[dict[str, FlagValue]], object] | None = None,
     ) -> None:
         self._fetch = fetch
+        self._on_fetched = on_fetched
         self._budget_s = budget_s
         self._refresh_s = refresh_s
         self._lock = threading.Lock()
@@ -304,6 +347,8 @@ class FlagCache:
                     self._fetched_at = time.monotonic()
                     self._failed_at = 0.0
                     self._ready.set()
+                self._keep(values)
+                with self._lock:
                     if not self._again:
                         self._fetching = False
                         return
@@ -354,6 +399,13 @@ class FlagCache:
             "codeweaver_telemetry: feature flags could not be fetched (%s); defaults are used",
             _describe(failure),
         )
+
+    def _keep(self, values: dict[str, FlagValue]) -> None:
+        """Hand fetched values to ``on_fetched`` (on the fetch thread; never raises)."""
+        if self._on_fetched is None:
+            return
+        with internal_errors("feature flag file"):
+            self._on_fetched(dict(values))
 
     def all(self) -> dict[str, FlagValue]:
         """Every flag, waiting at most the budget on the very first lookup."""
@@ -420,6 +472,11 @@ class PostHogFlags:
         self._lock = threading.Lock()
         self._closed = False
 
+    @property
+    def evaluation(self) -> FlagEvaluation:
+        """``"local"`` with a feature-flags secret key (local evaluation), else ``"remote"``."""
+        return "local" if self._personal_api_key else "remote"
+
     def __call__(self) -> dict[str, FlagValue]:
         """One fetch of all flags (blocking; runs on the flag cache's thread).
 
@@ -482,3 +539,155 @@ class PostHogFlags:
             from codeweaver_telemetry import _posthog
 
             _posthog.stop_local_client(client)
+
+
+# -- the flag file ---------------------------------------------------------------------------
+
+
+class FlagFileError(ValueError):
+    """``flags.json`` exists but cannot be read or understood."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredFlags:
+    """What ``flags.json`` holds: the values of one fetch, for one install id.
+
+    Attributes:
+        install_id: the distinct id the flags were evaluated for.
+        fetched_at: when they were fetched, ISO 8601 in UTC (``2025-01-02T03:04:05+00:00``).
+        source: ``"remote"`` (PostHog evaluated them) or ``"local"`` (local evaluation).
+        values: ``{flag_key: value}``.
+    """
+
+    install_id: str
+    fetched_at: str
+    source: FlagEvaluation
+    values: dict[str, FlagValue]
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's JSON document."""
+        return {
+            "version": _FLAGS_FILE_VERSION,
+            "install_id": self.install_id,
+            "fetched_at": self.fetched_at,
+            "source": self.source,
+            "flags": dict(self.values),
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> StoredFlags:
+        """Parse the file's JSON document.
+
+        Raises:
+            FlagFileError: it is not a version 1 flag file.
+        """
+        if not isinstance(data, dict) or data.get("version") != _FLAGS_FILE_VERSION:
+            raise FlagFileError("not a version 1 flag file")
+        install_id = data.get("install_id")
+        fetched_at = data.get("fetched_at")
+        source = data.get("source")
+        values = data.get("flags")
+        if not isinstance(install_id, str) or not isinstance(fetched_at, str):
+            raise FlagFileError("the flag file has a bad install id or date")
+        if source not in ("remote", "local"):
+            raise FlagFileError("the flag file has a bad source")
+        if not isinstance(values, dict) or not all(
+            isinstance(k, str) and isinstance(v, (bool, str)) for k, v in values.items()
+        ):
+            raise FlagFileError("the flag file has bad flag values")
+        return cls(install_id=install_id, fetched_at=fetched_at, source=source, values=values)
+
+
+def read_flag_file(directory: str | os.PathLike[str]) -> StoredFlags | None:
+    """The flags stored in ``directory/flags.json``; None when there is no such file.
+
+    Never blocks (a FIFO there is refused) and reads at most 1 MiB.
+
+    Raises:
+        FlagFileError: the file exists but is unreadable or malformed.
+    """
+    import json
+
+    try:
+        raw = read_regular(Path(directory) / FLAGS_FILE, _MAX_FLAGS_FILE_BYTES)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise FlagFileError(f"the flag file could not be read ({describe_os_error(exc)})") from None
+    try:
+        return StoredFlags.from_json(json.loads(raw.decode("utf-8")))
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, FlagFileError):
+            raise
+        raise FlagFileError("the flag file is not valid JSON") from None
+
+
+class FlagFile:
+    """Keep the flags a cache fetched in ``<directory>/flags.json``: a ``FlagCache``'s
+    ``on_fetched``.
+
+    Each call writes the values with the time and how they were evaluated, atomically
+    (:func:`~codeweaver_telemetry._files.write_atomic`: mode 0600, a symbolic link at the
+    name is replaced, never written through). A missing directory is never created (the
+    user may have deleted it). While ``gate`` says no (consent withdrawn, or the install id
+    replaced, since this client started) nothing is written. A failed write is logged once
+    and nothing else happens.
+
+    Args:
+        directory: the state directory.
+        install_id: the distinct id the flags are evaluated for.
+        source: how they are evaluated (``PostHogFlags.evaluation``).
+        gate: asked before each write; None writes always.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        install_id: str,
+        source: FlagEvaluation,
+        gate: Callable[[], bool] | None = None,
+    ) -> None:
+        self._directory = Path(directory)
+        self._install_id = install_id
+        self._source: FlagEvaluation = source
+        self._gate = gate
+        self._warned = False
+
+    def __call__(self, values: Mapping[str, FlagValue]) -> StoredFlags | None:
+        """Write ``values`` now, if the gate allows; returns what was written, or None (the
+        gate said no, or the write failed: logged once)."""
+        if self._gate is not None and not self._gate():
+            return None
+        try:
+            return self.write(values)
+        except OSError as exc:
+            if not self._warned:
+                self._warned = True
+                logger.warning(
+                    "codeweaver_telemetry: the feature flag cache %s could not be written "
+                    "(%s); flags work as before",
+                    self._directory / FLAGS_FILE,
+                    describe_os_error(exc),
+                )
+            return None
+
+    def write(self, values: Mapping[str, FlagValue]) -> StoredFlags:
+        """Write ``values`` now, whatever the gate says; returns what was written.
+
+        Raises:
+            OSError: the file could not be written (the directory is gone, the disk is
+                full...).
+        """
+        import datetime as dt
+        import json
+
+        stored = StoredFlags(
+            install_id=self._install_id,
+            fetched_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            source=self._source,
+            values=dict(values),
+        )
+        data = json.dumps(stored.to_json(), indent=2, ensure_ascii=False).encode("utf-8")
+        write_atomic(self._directory, FLAGS_FILE, data + b"\n")
+        return stored

@@ -1,21 +1,36 @@
 # SPDX-License-Identifier: MIT OR Apache-2.0
 """The flag cache against the loopback receiver, through the real posthog request code:
 transient failures are retried (within the first lookup's budget, then in the background),
-others are not, and refresh() refetches now."""
+others are not, and refresh() refetches now. What a client fetched is kept in flags.json, and
+`codeweaver-telemetry flags` shows it (with `--refresh`, its one request)."""
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from codeweaver_telemetry import TelemetryClient, TelemetrySettings, flags
-from codeweaver_telemetry.flags import FlagCache, FlagFetchError, FlagSourceClosed, PostHogFlags
+from codeweaver_telemetry.cli import EXIT_FAILURE, EXIT_OK, main
+from codeweaver_telemetry.flags import (
+    FLAGS_FILE,
+    FlagCache,
+    FlagFetchError,
+    FlagFile,
+    FlagSourceClosed,
+    PostHogFlags,
+    read_flag_file,
+)
+from codeweaver_telemetry.state import StateStore
 from tests.helpers import SLACK_S, wait_until
 from tests.receiver import FLAGS, Fault, PostHogReceiver, refusing_url
 
@@ -489,3 +504,221 @@ def test_a_client_starts_its_flag_thread_and_ends_it_at_shutdown(
     thread.join(5.0)
     assert not thread.is_alive()
     assert receiver.flag_requests() == []
+
+
+# -- the flag file and `codeweaver-telemetry flags` ---------------------------------------------
+
+PREFIX = "CODEWEAVER__TELEMETRY__"
+
+
+def cli(*argv: str, code: int = EXIT_OK) -> dict[str, Any]:
+    """Run `codeweaver-telemetry <argv> --json`; check the status and the shape."""
+    from tests.test_cli import check_shape
+
+    out = io.StringIO()
+    assert main([*argv, "--json"], out=out) == code
+    return check_shape(json.loads(out.getvalue()), "flags")
+
+
+def _point_cli_at(receiver: PostHogReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PREFIX + "POSTHOG_API_KEY", API_KEY)
+    monkeypatch.setenv(PREFIX + "POSTHOG_HOST", receiver.url)
+    monkeypatch.setenv(PREFIX + "REQUEST_TIMEOUT_SECONDS", "2")
+
+
+def _state_dir(home: Path) -> Path:
+    return home / "telemetry"
+
+
+def test_flags_shows_what_a_client_fetched_without_a_request(
+    clean_env: Path,
+    receiver: PostHogReceiver,
+    make_client: Callable[..., TelemetryClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client keeps the flags it fetched in flags.json (0600); `flags` shows them
+    (key, value, fetch date, source) and sends nothing."""
+    receiver.set_flags({"exp": "variant_b", "beta": True, "old": False})
+    client = make_client(posthog_api_key=API_KEY, posthog_host=receiver.url)
+    assert client.get_feature_flag("exp", default="control") == "variant_b"
+    client.shutdown(timeout=1.0)
+    path = _state_dir(clean_env) / FLAGS_FILE
+    assert wait_until(path.exists)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    _point_cli_at(receiver, monkeypatch)
+    sent = len(receiver.flag_requests())
+    assert sent == 1
+    document = cli("flags")
+    assert len(receiver.flag_requests()) == sent, "`flags` makes no request"
+    assert document["install_id"] == client.distinct_id
+    assert document["source"] == "remote"
+    assert document["refreshed"] is False
+    assert {f["key"]: f["value"] for f in document["flags"]} == {
+        "exp": "variant_b",
+        "beta": True,
+        "old": False,
+    }
+    fetched = dt_parse(document["fetched_at"])
+    assert abs(time.time() - fetched) < 60
+    assert all(f["fetched_at"] == document["fetched_at"] for f in document["flags"])
+    assert all(f["source"] == "remote" for f in document["flags"])
+    out = io.StringIO()
+    assert main(["flags"], out=out) == EXIT_OK
+    assert "variant_b" in out.getvalue()
+    assert len(receiver.flag_requests()) == sent
+
+
+def dt_parse(value: str) -> float:
+    """An ISO 8601 date in UTC, as a POSIX timestamp."""
+    import datetime as dt
+
+    parsed = dt.datetime.fromisoformat(value)
+    assert parsed.utcoffset() == dt.timedelta(0), "UTC"
+    return parsed.timestamp()
+
+
+def test_flags_refresh_makes_exactly_one_request_and_stores_it(
+    clean_env: Path, receiver: PostHogReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`flags --refresh` fetches once, for the install id, with the configured key and host,
+    then shows and stores the result; a failed fetch is not retried and exits 1."""
+    store = StateStore(_state_dir(clean_env))
+    store.set_consent("enabled", by="cli")
+    install_id, _ = store.ensure_identity()
+    _point_cli_at(receiver, monkeypatch)
+    receiver.set_flags({"exp": "a"})
+    document = cli("flags", "--refresh")
+    requests = receiver.flag_requests()
+    assert len(requests) == 1
+    assert install_id in requests[0].text
+    assert API_KEY in requests[0].text
+    assert document["refreshed"] is True
+    assert document["install_id"] == install_id
+    assert [(f["key"], f["value"]) for f in document["flags"]] == [("exp", "a")]
+    stored = read_flag_file(_state_dir(clean_env))
+    assert stored is not None
+    assert (stored.install_id, stored.values, stored.source) == (install_id, {"exp": "a"}, "remote")
+    assert cli("flags")["flags"] == document["flags"], "stored"
+    receiver.set_flags({"exp": "b"})
+    assert cli("flags", "--refresh")["flags"][0]["value"] == "b"
+    assert len(receiver.flag_requests()) == 2
+    receiver.status(503, route=FLAGS)
+    failed = cli("flags", "--refresh", code=EXIT_FAILURE)
+    assert "503" in failed["error"]
+    assert len(receiver.flag_requests()) == 3, "one request, no retry"
+    assert cli("flags")["flags"][0]["value"] == "b", "a failed fetch keeps the cache"
+
+
+def test_flags_refresh_with_telemetry_off_sends_nothing(
+    clean_env: Path, receiver: PostHogReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off telemetry (DO_NOT_TRACK here), no PostHog key, or no install id yet: a clear
+    message, exit 1, and no request."""
+    store = StateStore(_state_dir(clean_env))
+    store.set_consent("enabled", by="cli")
+    _point_cli_at(receiver, monkeypatch)
+    no_id = cli("flags", "--refresh", code=EXIT_FAILURE)
+    assert "no id yet" in no_id["error"]
+    store.ensure_identity()
+    monkeypatch.setenv("DO_NOT_TRACK", "1")
+    off = cli("flags", "--refresh", code=EXIT_FAILURE)
+    assert "telemetry is off" in off["error"]
+    assert "DO_NOT_TRACK" in off["error"]
+    monkeypatch.delenv("DO_NOT_TRACK")
+    monkeypatch.delenv(PREFIX + "POSTHOG_API_KEY")
+    no_key = cli("flags", "--refresh", code=EXIT_FAILURE)
+    assert "no PostHog API key" in no_key["error"]
+    assert receiver.flag_requests() == []
+    assert not (_state_dir(clean_env) / FLAGS_FILE).exists()
+
+
+def test_a_disabled_client_never_writes_the_flag_file(
+    clean_env: Path,
+    receiver: PostHogReceiver,
+    make_client: Callable[..., TelemetryClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Telemetry off: no flag request and no flags.json. A running client whose consent is
+    withdrawn (`codeweaver-telemetry disable`) stops writing it too."""
+    receiver.set_flags({"exp": "a"})
+    monkeypatch.setenv("DO_NOT_TRACK", "1")
+    off = make_client(posthog_api_key=API_KEY, posthog_host=receiver.url)
+    assert not off.enabled
+    assert off.get_feature_flag("exp", default="control") == "control"
+    assert not (_state_dir(clean_env) / FLAGS_FILE).exists()
+    assert receiver.flag_requests() == []
+    monkeypatch.delenv("DO_NOT_TRACK")
+    client = make_client(posthog_api_key=API_KEY, posthog_host=receiver.url)
+    assert client.get_feature_flag("exp") == "a"
+    path = _state_dir(clean_env) / FLAGS_FILE
+    assert wait_until(path.exists)
+    assert main(["disable"], out=io.StringIO()) == EXIT_OK
+    assert not path.exists()
+    client.refresh_feature_flags()
+    assert wait_until(lambda: len(receiver.flag_requests()) >= 2)
+    time.sleep(0.2)
+    assert not path.exists(), "written after the user disabled telemetry"
+
+
+def test_the_flag_file_is_written_on_the_flag_thread(
+    receiver: PostHogReceiver, make_cache: MakeCache
+) -> None:
+    """on_fetched runs on the flag thread, after lookups can see the values; what it
+    raises costs the lookups nothing."""
+    receiver.set_flags({"exp": "a"})
+    seen: list[tuple[str, dict[str, Any], Any]] = []
+    _, source = make_cache()
+    cache = FlagCache(source, budget_s=1.0, refresh_s=600.0, on_fetched=None)
+
+    def on_fetched(values: dict[str, Any]) -> None:
+        seen.append((threading.current_thread().name, values, cache._values))
+        raise OSError("boom")
+
+    cache._on_fetched = on_fetched
+    assert cache.get("exp") == "a"
+    assert wait_until(lambda: not cache._fetching)
+    assert seen == [("codeweaver-telemetry-flags", {"exp": "a"}, {"exp": "a"})]
+    receiver.set_flags({"exp": "b"})
+    cache.refresh()
+    assert wait_until(lambda: cache.get("exp") == "b")
+    cache.close()
+
+
+def test_flag_file_write_failures_are_logged_once(
+    tmp_path: Path, telemetry_logs: pytest.LogCaptureFixture
+) -> None:
+    """A state directory that is gone is never created; the failure is logged once."""
+    from codeweaver_telemetry._internal import forget_duplicates
+
+    forget_duplicates()
+    gone = tmp_path / "gone"
+    writer = FlagFile(gone, install_id="id", source="remote")
+    assert writer({"exp": "a"}) is None
+    assert writer({"exp": "b"}) is None
+    assert not gone.exists()
+    warnings = [r for r in telemetry_logs.records if "flag cache" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "could not be written" in warnings[0].getMessage()
+
+
+def test_flag_file_never_writes_through_a_link(tmp_path: Path) -> None:
+    """A symbolic link planted at flags.json is replaced, never followed; a closed gate
+    writes nothing."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text("theirs", encoding="utf-8")
+    directory = tmp_path / "state"
+    directory.mkdir()
+    (directory / FLAGS_FILE).symlink_to(outside)
+    FlagFile(directory, install_id="id", source="local")({"exp": "a"})
+    assert outside.read_text(encoding="utf-8") == "theirs"
+    assert not (directory / FLAGS_FILE).is_symlink()
+    stored = read_flag_file(directory)
+    assert stored is not None
+    assert (stored.values, stored.source) == ({"exp": "a"}, "local")
+    assert (
+        FlagFile(directory, install_id="id", source="local", gate=lambda: False)({"exp": "b"})
+        is None
+    )
+    stored = read_flag_file(directory)
+    assert stored is not None
+    assert stored.values == {"exp": "a"}
