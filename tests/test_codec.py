@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import hashlib
 import json
 import pickle
 import re
@@ -104,8 +105,16 @@ WIRE_BODY = (
 
 
 def test_the_local_log_lines_are_pinned(tmp_path: Path) -> None:
+    """Each line is the payload, byte for byte, with the chain's ``seq`` and ``prev`` (the
+    SHA-256 of the line before; 64 zeros first) spliced in at its end."""
     assert LocalJSONLSink(tmp_path).export(events()) == ExportResult.SUCCESS
-    assert (tmp_path / LOG_FILE).read_bytes() == LOG_LINES.encode("utf-8")
+    prev = "0" * 64
+    expected = []
+    for seq, line in enumerate(LOG_LINES.splitlines(), start=1):
+        chained = f'{line[:-1]},"seq":{seq},"prev":"{prev}"}}'
+        expected.append(chained)
+        prev = hashlib.sha256(chained.encode("utf-8")).hexdigest()
+    assert (tmp_path / LOG_FILE).read_bytes() == "".join(f"{x}\n" for x in expected).encode()
 
 
 def test_the_preview_payloads_are_pinned() -> None:

@@ -5,12 +5,20 @@ With no PostHog key it is the only sink (the embedded default); with a key it re
 PostHog accepted. The file is ``<state_dir>/events.jsonl`` (mode 0600); past ``max_bytes``
 it is rotated once to ``events.jsonl.1``, so at most twice ``max_bytes`` is kept. A batch
 is written whole or not at all, and never through a symbolic link.
+
+The log is tamper-evident: each line also carries ``seq`` and ``prev`` (the hash of the
+line before), and ``events.head`` records the chain's end; see
+:mod:`codeweaver_telemetry._logchain` and its ``verify_log``. :func:`read_log` returns
+the payloads without these two fields.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +26,7 @@ from typing import Any
 from codeweaver_telemetry._codec import payload_line
 from codeweaver_telemetry._files import (
     LOCK_FILE,
+    NotRegularFileError,
     append_whole,
     describe_os_error,
     ensure_private_dir,
@@ -26,11 +35,22 @@ from codeweaver_telemetry._files import (
     read_regular,
 )
 from codeweaver_telemetry._internal import logger
+from codeweaver_telemetry._logchain import (
+    HEAD_FILE,
+    LOG_FILE,
+    OLD_LOG_FILE,
+    Head,
+    chain_lines,
+    read_head,
+    rebuild_head,
+    reconcile,
+    write_head,
+)
 from codeweaver_telemetry._types import Event, ExportResult
 
 __all__ = ["LOG_FILE", "LocalJSONLSink", "read_log"]
 
-LOG_FILE = "events.jsonl"
+_MAX_LOG_READ = 64 * 1024 * 1024  # far above what rotation keeps (2 x 5 MiB by default)
 
 
 class LocalJSONLSink:
@@ -38,7 +58,9 @@ class LocalJSONLSink:
 
     Each batch is appended whole or not at all, under the state directory's lock (several
     processes may share the log): a full disk never leaves half a line. The file is never
-    written through a symbolic link.
+    written through a symbolic link. Each line is chained (``seq``, ``prev``) from the head
+    in ``events.head``, which moves with the same lock right after the append; if it cannot
+    be written, the batch is cut back out and kept for a later try.
 
     Args:
         directory: the state directory; created (0700) on first write.
@@ -53,7 +75,7 @@ class LocalJSONLSink:
 
     def export(self, batch: Sequence[Event]) -> ExportResult:
         """Append the batch; RETRY (with one warning saying why) if it cannot be written."""
-        data = "".join(payload_line(e) + "\n" for e in batch).encode("utf-8")
+        lines = [payload_line(e) for e in batch]
         directory = self.path.parent
         try:
             ensure_private_dir(directory, parents=True, follow=True)
@@ -61,12 +83,7 @@ class LocalJSONLSink:
             # (each export opens the lock file anew), and no thread lock is left locked
             # in a forked child.
             with exclusive_lock(directory / LOCK_FILE):
-                self._rotate_if_needed()
-                fd = open_append(self.path)
-                try:
-                    append_whole(fd, data)
-                finally:
-                    os.close(fd)
+                self._append(directory, lines)
         except OSError as exc:
             logger.warning(
                 "codeweaver_telemetry: events could not be written to the local log %s: %s; "
@@ -77,19 +94,63 @@ class LocalJSONLSink:
             return ExportResult.RETRY
         return ExportResult.SUCCESS
 
-    def _rotate_if_needed(self) -> None:
+    def _append(self, directory: Path, lines: list[str]) -> None:
+        """Chain ``lines`` from the head, append them, then move the head (under the lock)."""
+        head = self._head(directory)
         try:
-            if os.lstat(self.path).st_size > self._max_bytes:
-                # Renames the entry itself: a link at either name is never followed.
-                os.replace(self.path, self.path.with_name(LOG_FILE + ".1"))
+            info = os.lstat(self.path)
         except FileNotFoundError:
-            pass
+            size = 0
+        else:
+            if not stat.S_ISREG(info.st_mode):  # a link, a FIFO: never read nor written
+                raise NotRegularFileError(errno.EINVAL, "not a regular file", str(self.path))
+            size = info.st_size
+        separator = b""
+        if size != head.size:  # a crash before the head update, a cut end, another writer
+            head, separator = reconcile(read_regular(self.path, _MAX_LOG_READ), head)
+            size = head.size - len(separator)
+        if size > self._max_bytes:
+            # The head moves first: a crash after it leaves the chain longer than the head
+            # says at its start, which verifies; the other order would not.
+            head = head.rotated()
+            write_head(directory, head)
+            # Renames the entry itself: a link at either name is never followed.
+            os.replace(self.path, directory / OLD_LOG_FILE)
+            separator = b""
+        data, seq, last = chain_lines(lines, head.seq, head.hash)
+        fd = open_append(self.path)
+        try:
+            before = os.fstat(fd).st_size
+            append_whole(fd, separator + data)
+            try:
+                write_head(directory, head.advanced(seq, last, before + len(separator + data)))
+            except OSError:
+                # The lines and the head go together: without the head, take the lines back.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, before)
+                raise
+        finally:
+            os.close(fd)
+
+    def _head(self, directory: Path) -> Head:
+        try:
+            head = read_head(directory)
+        except (OSError, ValueError):
+            head = None
+        if head is None:
+            head = rebuild_head(directory)
+            if head.seq:
+                logger.warning(
+                    "codeweaver_telemetry: the head of the local log (%s) was missing or "
+                    "unreadable; it was rebuilt from the log",
+                    directory / HEAD_FILE,
+                )
+            # Written before any line, so that a crash in the first batch leaves a head.
+            write_head(directory, head)
+        return head
 
     def shutdown(self, timeout_s: float) -> None:
         """Nothing is held open between writes."""
-
-
-_MAX_LOG_READ = 64 * 1024 * 1024  # far above what rotation keeps (2 x 5 MiB by default)
 
 
 def read_log(directory: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
@@ -102,12 +163,13 @@ def read_log(directory: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
 
     Returns:
         An iterator of dicts (``event``, ``distinct_id``, ``timestamp``, ``uuid``,
-        ``properties``); the rotated file comes first. Broken lines (a partial last line
+        ``properties``), without the chain's ``seq`` and ``prev``; the rotated file comes
+        first. Broken lines (a partial last line
         left by an older version on a full disk, say) are skipped. A path that is not a
         regular file (a FIFO) reads as empty rather than blocking.
     """
-    base = Path(directory) / LOG_FILE
-    for path in (base.with_name(LOG_FILE + ".1"), base):
+    base = Path(directory)
+    for path in (base / OLD_LOG_FILE, base / LOG_FILE):
         try:
             data = read_regular(path, _MAX_LOG_READ)
         except OSError:  # missing, not a regular file, unreadable
@@ -118,4 +180,6 @@ def read_log(directory: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
             except ValueError:
                 continue
             if isinstance(payload, dict):
+                payload.pop("seq", None)  # the chain's fields are the log's, not the payload's
+                payload.pop("prev", None)
                 yield payload

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from codeweaver_telemetry._logchain import HEAD_FILE, OLD_LOG_FILE, LogCheck, verify_log
 from codeweaver_telemetry._types import Event, ExportResult
 from codeweaver_telemetry.sinks.jsonl import LOG_FILE, LocalJSONLSink, read_log
 from tests.helpers import within
@@ -105,6 +106,7 @@ def test_a_full_disk_leaves_no_partial_line_and_says_why(tmp_path: Path) -> None
     text = (state / LOG_FILE).read_text(encoding="utf-8")
     assert text.endswith("\n")
     assert [json.loads(line)["properties"]["i"] for line in text.splitlines()] == [0, 1, 2]
+    assert verify_log(state) == LogCheck(True, 3)  # the head never moved past the cut
 
 
 def _append_many(directory: str, tag: int) -> None:
@@ -130,3 +132,54 @@ def test_processes_sharing_the_log_write_whole_lines(tmp_path: Path) -> None:
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 json.loads(line)  # raises on a torn line
+    assert verify_log(tmp_path).intact
+
+
+def test_lines_are_taken_back_when_the_head_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lines and the head go together: if the head update fails, the batch is cut
+    back out of the log and kept for a later try, and the chain stays intact."""
+    from codeweaver_telemetry.sinks import jsonl
+
+    sink = LocalJSONLSink(tmp_path)
+    assert sink.export([ev(1)]) == ExportResult.SUCCESS
+    before = (tmp_path / LOG_FILE).read_bytes()
+
+    def fail(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(jsonl, "write_head", fail)
+    assert sink.export([ev(2), ev(3)]) == ExportResult.RETRY
+    assert (tmp_path / LOG_FILE).read_bytes() == before
+    monkeypatch.undo()
+    assert sink.export([ev(2), ev(3)]) == ExportResult.SUCCESS
+    assert verify_log(tmp_path) == LogCheck(True, 3)
+    assert [e["properties"]["i"] for e in read_log(tmp_path)] == [1, 2, 3]
+
+
+@posix_only
+def test_a_symlinked_head_is_never_written_through(tmp_path: Path) -> None:
+    """events.head planted as a link: the batch is refused and the file it names is kept."""
+    target = tmp_path / "victim.txt"
+    target.write_text("precious\n", encoding="utf-8")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.symlink(target, state / HEAD_FILE)
+    assert LocalJSONLSink(state).export([ev(1)]) == ExportResult.RETRY
+    assert target.read_text(encoding="utf-8") == "precious\n"
+
+
+def test_rotation_continues_the_chain_into_the_new_file(tmp_path: Path) -> None:
+    """The new file's first line carries the next seq and the hash of the old file's last."""
+    from codeweaver_telemetry._logchain import line_hash
+
+    sink = LocalJSONLSink(tmp_path, max_bytes=500)
+    while not (tmp_path / OLD_LOG_FILE).exists():
+        assert sink.export([ev(1, pad=50)]) == ExportResult.SUCCESS
+    assert sink.export([ev(2)]) == ExportResult.SUCCESS
+    last_old = (tmp_path / OLD_LOG_FILE).read_bytes().split(b"\n")[-2]
+    first_new = json.loads((tmp_path / LOG_FILE).read_bytes().split(b"\n")[0])
+    assert first_new["prev"] == line_hash(last_old)
+    assert first_new["seq"] == json.loads(last_old)["seq"] + 1
+    assert verify_log(tmp_path).intact
