@@ -25,7 +25,12 @@ from codeweaver_telemetry._instruments import ErrorCapture, Timer
 from codeweaver_telemetry._internal import internal_errors, logger
 from codeweaver_telemetry._process import PROCESS
 from codeweaver_telemetry._types import Sink
-from codeweaver_telemetry.consent import ConsentDecision, environment_decision
+from codeweaver_telemetry.consent import (
+    AppNotice,
+    ConsentDecision,
+    environment_decision,
+    notice_version_error,
+)
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -71,9 +76,14 @@ class TelemetryClient:
         sink: where finished events go; default: PostHog when an API key is set, else the
             local JSON Lines log in the state directory.
         config_error: a settings problem found while loading (telemetry is then off).
-        on_notice: shows the one-time notice to the user under the opt-out policy (for
-            example ``lambda text: print(text, file=sys.stderr)``). Without it the opt-out
-            policy cannot show its notice, so telemetry stays off.
+        on_notice: shows the one-time notice to the user under the opt-out policy:
+            ``consent.terminal_notice`` (standard error, only when it is a terminal) or the
+            app's own callback. Without it the opt-out policy cannot show its notice, so
+            telemetry stays off.
+        notice_version: the version of the notice (a whole number, 1 by default). Raise it
+            when what the app collects changes: the notice is then shown again, and the run
+            that shows it sends nothing. A bad value is a configuration error (telemetry
+            off, one warning).
     """
 
     def __init__(
@@ -83,8 +93,11 @@ class TelemetryClient:
         sink: Sink | None = None,
         config_error: str | None = None,
         on_notice: Callable[[str], None] | None = None,
+        notice_version: int = 1,
     ) -> None:
-        self._init(settings, sink, config_error, on_notice, forced=None)
+        self._init(
+            settings, sink, config_error, on_notice, forced=None, notice_version=notice_version
+        )
 
     @classmethod
     def _decided(
@@ -108,6 +121,7 @@ class TelemetryClient:
         on_notice: Callable[[str], None] | None,
         *,
         forced: ConsentDecision | None,
+        notice_version: int = 1,
     ) -> None:
         self._settings = settings
         # What start-up read: the settings given, or those the quick resolver read (the
@@ -144,6 +158,14 @@ class TelemetryClient:
             view, config_error = load_settings()
             self._settings = view
         self._view = view
+        problem = notice_version_error(notice_version)
+        if problem is not None:
+            if config_error is None:
+                config_error = problem
+                logger.warning("codeweaver_telemetry: %s; telemetry is off", problem)
+        elif notice_version != 1:
+            # Start-up passes the callback on to consent, which takes the version out.
+            on_notice = AppNotice(on_notice, notice_version)
         with internal_errors("client start"):
             from codeweaver_telemetry._startup import start
 
@@ -189,19 +211,27 @@ class TelemetryClient:
         *,
         sink: Sink | None = None,
         on_notice: Callable[[str], None] | None = None,
+        notice_version: int = 1,
         **options: Any,
     ) -> TelemetryClient:
         """Build a client from setting values given in code, over environment and file.
 
         Unlike ``TelemetrySettings(...)``, a bad value never raises (outside strict mode):
-        it is logged once and telemetry stays off, as for the environment.
+        it is logged once and telemetry stays off, as for the environment. ``on_notice``
+        and ``notice_version`` are as for the constructor.
 
         Example: ``TelemetryClient.from_options(enabled=True, posthog_api_key="phc_...")``.
         """
         from codeweaver_telemetry.settings import load_settings
 
         settings, error = load_settings(**options)
-        return cls(settings, sink=sink, config_error=error, on_notice=on_notice)
+        return cls(
+            settings,
+            sink=sink,
+            config_error=error,
+            on_notice=on_notice,
+            notice_version=notice_version,
+        )
 
     @property
     def enabled(self) -> bool:
@@ -569,16 +599,25 @@ class TelemetryClient:
         return self._core.end()
 
 
-def get_telemetry_client(*, on_notice: Callable[[str], None] | None = None) -> TelemetryClient:
+def get_telemetry_client(
+    *, on_notice: Callable[[str], None] | None = None, notice_version: int = 1
+) -> TelemetryClient:
     """The process-wide client, created on first call from the environment and config file.
 
+    Only the first call's arguments are used.
+
     Args:
-        on_notice: shows the one-time notice to the user (for example ``print`` to stderr)
-            under the opt-out policy. Only the first call's value is used. Without it, the
-            opt-out policy cannot show its notice, so telemetry stays off.
+        on_notice: shows the one-time notice to the user under the opt-out policy:
+            ``consent.terminal_notice`` (standard error, only when it is a terminal) or the
+            app's own callback; a callback that raises (``consent.NoticeNotShown`` to say
+            why) has not shown it. Without it, the opt-out policy cannot show its notice,
+            so telemetry stays off.
+        notice_version: the version of the notice (a whole number, 1 by default). Raise it
+            when what the app collects changes: the notice is shown again, and the run that
+            shows it sends nothing, as on a first run.
     """
     client = PROCESS.client(
-        lambda: TelemetryClient(on_notice=on_notice),
+        lambda: TelemetryClient(on_notice=on_notice, notice_version=notice_version),
         # Asked again while it is being built (say, from on_notice): an off client.
         lambda: TelemetryClient._decided(ConsentDecision(False, "init", "still starting")),
     )

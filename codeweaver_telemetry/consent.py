@@ -10,6 +10,10 @@ Every "off" source comes before every "on" source, so off always wins. ``policy`
 decides: under ``opt-in`` it says off until something enables; under ``opt-out`` it says on,
 except in the run that shows the notice (that run sends nothing and writes no id).
 
+The notice has a version (an int, 1 by default). An app raises it when what it collects
+changes: the state file records the version shown, and a higher one is shown again, in a
+run that sends nothing, as on a first run.
+
 The table is :data:`SOURCES`: one small function per source, each reading
 :class:`ConsentInputs` and returning a vote or None. Only showing the opt-out notice has a
 side effect, and it is explicit: :func:`policy_verdict` returns a :class:`ShowNotice`
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeAlias
@@ -35,15 +40,21 @@ __all__ = [
     "CI_VARIABLES",
     "ENVIRONMENT_SOURCES",
     "NOTICE",
+    "NOTICE_UPDATED",
     "SOURCES",
+    "AppNotice",
     "ConsentDecision",
     "ConsentInputs",
+    "NoticeNotShown",
     "ShowNotice",
     "consent_sources",
     "decide",
     "environment_decision",
     "in_ci",
+    "notice_text",
+    "notice_version_error",
     "policy_verdict",
+    "terminal_notice",
 ]
 
 CI_VARIABLES = (
@@ -74,6 +85,78 @@ NOTICE = (
     "DO_NOT_TRACK=1 or run `codeweaver-telemetry disable`."
 )
 """The notice shown once under the opt-out policy."""
+
+NOTICE_UPDATED = "What this tool collects has changed since you were last told. " + NOTICE
+"""The notice shown again to a user who saw an earlier version of it."""
+
+
+def notice_text(shown_version: int) -> str:
+    """The text to show a user who has seen notice ``shown_version`` (0: none) so far."""
+    return NOTICE_UPDATED if shown_version > 0 else NOTICE
+
+
+class NoticeNotShown(Exception):
+    """Raised by a notice callback that could not show the notice to anyone.
+
+    The notice then counts as not shown, as when the callback raises anything else: the run
+    stays off, nothing is recorded, and the notice is offered again on the next run. The
+    message says why, and appears in the decision's reason.
+    """
+
+
+def terminal_notice(text: str) -> None:
+    """Show the notice on standard error, when standard error is a terminal (a TTY).
+
+    The built-in ``on_notice``: pass ``on_notice=terminal_notice`` to
+    :func:`~codeweaver_telemetry.get_telemetry_client`. A person at a terminal reads it; piped
+    output and the logs of a non-interactive run never receive it. In such a run it raises
+    :class:`NoticeNotShown` and writes nothing, so telemetry stays off and sends nothing
+    until a run at a terminal shows the notice.
+
+    Raises:
+        NoticeNotShown: standard error is not a terminal, or writing to it failed.
+    """
+    stream = sys.stderr
+    try:
+        interactive = stream is not None and stream.isatty()
+    except (OSError, ValueError):  # closed, or a stand-in without a descriptor
+        interactive = False
+    if not interactive:
+        raise NoticeNotShown("standard error is not a terminal")
+    try:
+        stream.write(text + "\n")
+        stream.flush()
+    except (OSError, ValueError) as exc:
+        raise NoticeNotShown(f"writing to the terminal failed ({type(exc).__name__})") from None
+
+
+def notice_version_error(version: object) -> str | None:
+    """Why ``version`` is not a notice version (a whole number from 1), or None if it is."""
+    if isinstance(version, int) and not isinstance(version, bool) and version >= 1:
+        return None
+    return f"notice_version must be a whole number from 1, not {version!r}"
+
+
+@dataclass(frozen=True)
+class AppNotice:
+    """What the app gave for the notice: how to show it and its version.
+
+    A client hands it to start-up in place of the ``on_notice`` callback, and
+    :func:`consent_sources` takes it apart again; the callback and the version then reach
+    :class:`ConsentInputs` separately. Calling it calls ``show``.
+
+    Args:
+        show: the app's ``on_notice`` callback; None: the app gave no way to show it.
+        version: the version of the notice (a whole number from 1).
+    """
+
+    show: Callable[[str], None] | None
+    version: int = 1
+
+    def __call__(self, text: str) -> None:
+        if self.show is None:
+            raise NoticeNotShown("the app gave no way to show the notice (on_notice)")
+        self.show(text)
 
 
 @dataclass(frozen=True)
@@ -122,6 +205,8 @@ class ConsentInputs:
         on_notice: shows the opt-out notice to the user; None: no way to show it.
         record_notice: False to never show (nor record) the notice: a read-only look
             (``codeweaver-telemetry status``).
+        notice_version: the version of the app's notice; shown again when the state file
+            records a lower one.
     """
 
     settings: SettingsView
@@ -129,6 +214,7 @@ class ConsentInputs:
     config_error: str | None = None
     on_notice: Callable[[str], None] | None = None
     record_notice: bool = True
+    notice_version: int = 1
 
     @functools.cached_property
     def state(self) -> TelemetryState | StateError:
@@ -250,25 +336,37 @@ class ShowNotice:
 
     :func:`policy_verdict` returns it instead of acting; :meth:`perform` is the one side
     effect of consent (the app's callback, and a write to the state file).
+
+    Args:
+        on_notice: the app's callback.
+        store: the state directory, where the notice is recorded as shown.
+        version: the version of the notice to show and record.
+        text: the text to show (:data:`NOTICE`, or :data:`NOTICE_UPDATED` for a user who
+            saw an earlier version).
     """
 
     on_notice: Callable[[str], None]
     store: StateStore
+    version: int = 1
+    text: str = NOTICE
 
     def perform(self) -> ConsentVote:
-        """Show the notice and record it as shown; the vote is off either way.
+        """Show the notice and record its version as shown; the vote is off either way.
 
         The run that shows the notice sends nothing; the next run is on. If the app's
-        callback raises, or the state file cannot record the notice, it counts as not
-        shown: off, and it is shown again next run.
+        callback raises (:class:`NoticeNotShown` or anything else), or the state file
+        cannot record the notice, it counts as not shown: off, and it is shown again next
+        run.
         """
         try:
-            self.on_notice(NOTICE)
+            self.on_notice(self.text)
+        except NoticeNotShown as exc:  # nobody could see it: not shown, and it says why
+            return ConsentVote(False, f"opt-out policy, but the notice was not shown ({exc})")
         except Exception:  # the app's callback failed: the notice was not shown
             return ConsentVote(False, "opt-out policy, but showing the notice failed")
         try:
-            self.store.mark_notice_shown()
-        except (OSError, StateError):
+            self.store.mark_notice_shown(self.version)
+        except (OSError, StateError, ValueError):
             return ConsentVote(False, "opt-out policy, but the notice could not be recorded")
         return ConsentVote(
             False, "opt-out policy; the notice was shown this run, so nothing is sent"
@@ -277,7 +375,8 @@ class ShowNotice:
 
 def policy_verdict(inputs: ConsentInputs) -> ConsentVote | ShowNotice:
     """The consent policy's vote, without side effects; a :class:`ShowNotice` when this run
-    must show the opt-out notice (the vote then comes from performing it)."""
+    must show the opt-out notice (the vote then comes from performing it): no notice shown
+    yet, or only a version lower than ``inputs.notice_version``."""
     if inputs.settings.consent_policy == "opt-in":
         return ConsentVote(
             False,
@@ -285,17 +384,28 @@ def policy_verdict(inputs: ConsentInputs) -> ConsentVote | ShowNotice:
             f"or set {ENV_PREFIX}ENABLED=1)",
         )
     current = inputs.state
-    if isinstance(current, TelemetryState) and current.notice_shown_at:
-        return ConsentVote(True, f"opt-out policy; notice shown on {current.notice_shown_at}")
+    wanted = inputs.notice_version
+    problem = notice_version_error(wanted)
+    if problem:
+        return ConsentVote(False, f"opt-out policy, but {problem}")
+    shown = current.shown_notice_version if isinstance(current, TelemetryState) else 0
+    if isinstance(current, TelemetryState) and shown >= wanted:
+        which = "notice" if wanted == 1 else f"notice version {wanted}"
+        return ConsentVote(True, f"opt-out policy; {which} shown on {current.notice_shown_at}")
     if not inputs.record_notice:
-        return ConsentVote(False, "opt-out policy; the notice has not been shown yet")
+        if shown == 0:
+            return ConsentVote(False, "opt-out policy; the notice has not been shown yet")
+        return ConsentVote(
+            False,
+            f"opt-out policy; notice version {wanted} has not been shown yet (version {shown} was)",
+        )
     if inputs.on_notice is None:
         # A notice nobody sees is no notice: stay off, and do not record it as shown.
         return ConsentVote(
             False,
             "opt-out policy, but the app gave no way to show the notice (on_notice)",
         )
-    return ShowNotice(inputs.on_notice, inputs.store)
+    return ShowNotice(inputs.on_notice, inputs.store, wanted, notice_text(shown))
 
 
 def policy_vote(inputs: ConsentInputs) -> ConsentVote:
@@ -349,12 +459,28 @@ def consent_sources(
     config_error: str | None = None,
     on_notice: Callable[[str], None] | None = None,
     record_notice: bool = True,
+    notice_version: int | None = None,
 ) -> tuple[tuple[str, ConsentSource], ...]:
     """:data:`SOURCES`, bound to these settings and this state directory, for :func:`decide`.
 
     Nothing is read until a source is asked; the state file is read at most once.
+
+    Args:
+        on_notice: shows the opt-out notice; an :class:`AppNotice` also brings its version.
+        notice_version: the version of the notice; default: the :class:`AppNotice`'s, or 1.
     """
-    inputs = ConsentInputs(settings, store, config_error, on_notice, record_notice)
+    if isinstance(on_notice, AppNotice):
+        if notice_version is None:
+            notice_version = on_notice.version
+        on_notice = on_notice.show
+    inputs = ConsentInputs(
+        settings,
+        store,
+        config_error,
+        on_notice,
+        record_notice,
+        1 if notice_version is None else notice_version,
+    )
     return tuple((name, functools.partial(source, inputs)) for name, source in SOURCES)
 
 

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT OR Apache-2.0
-"""The state file: consent choice, notice flag, anonymous install id and HASH key.
+"""The state file: consent choice, notice shown (date and version), install id and HASH key.
 
 ``<state_dir>/state.json`` (mode 0600) is written atomically (temp file, fsync, rename)
 under an exclusive lock file, so several processes can share one state directory. The id and
@@ -44,8 +44,18 @@ class TelemetryState:
     consent_at: str | None = None
     consent_by: str | None = None
     notice_shown_at: str | None = None
+    notice_version: int | None = None
+    """The version of the opt-out notice last shown (None: never shown). A file written
+    before notices had versions, with only ``notice_shown_at``, reads as version 1."""
     install_id: str | None = None
     hash_key: str | None = None
+
+    @property
+    def shown_notice_version(self) -> int:
+        """The highest notice version shown to this install; 0 when none was."""
+        if self.notice_version is not None:
+            return self.notice_version
+        return 1 if self.notice_shown_at else 0
 
     def to_json(self) -> dict[str, Any]:
         return {"version": _VERSION, **dataclasses.asdict(self)}
@@ -56,9 +66,14 @@ class TelemetryState:
             raise StateError("the state file does not hold a JSON object")
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in fields}
+        notice_version = values.pop("notice_version", None)
         for key, value in values.items():
             if value is not None and not isinstance(value, str):
                 raise StateError(f"the state file has a bad value for {key!r}")
+        if notice_version is not None and not _is_notice_version(notice_version):
+            raise StateError("the state file has a bad value for 'notice_version'")
+        if notice_version is None and values.get("notice_shown_at"):
+            notice_version = 1  # written before notices had versions
         if values.get("consent") not in (None, "enabled", "disabled"):
             raise StateError("the state file has a bad consent value")
         install_id = values.get("install_id")
@@ -73,7 +88,12 @@ class TelemetryState:
                     raise ValueError
             except ValueError:
                 raise StateError("the state file has a bad hash key") from None
-        return cls(**values)
+        return cls(**values, notice_version=notice_version)
+
+
+def _is_notice_version(value: object) -> bool:
+    """A notice version is a whole number from 1 (a bool is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 _CANONICAL_UUID = re.compile(
@@ -154,11 +174,24 @@ class StateStore:
 
         return self.update(change)
 
-    def mark_notice_shown(self) -> TelemetryState:
-        """Record that the opt-out notice was shown (no id is created)."""
-        return self.update(
-            lambda s: s if s.notice_shown_at else dataclasses.replace(s, notice_shown_at=_now())
-        )
+    def mark_notice_shown(self, version: int = 1) -> TelemetryState:
+        """Record that the opt-out notice ``version`` was shown, and when (no id is created).
+
+        A version at or below the one recorded changes nothing: the date stays that of the
+        first showing of the highest version, and the recorded version never goes down.
+
+        Raises:
+            ValueError: ``version`` is not a whole number from 1.
+        """
+        if not _is_notice_version(version):
+            raise ValueError(f"a notice version is a whole number from 1, not {version!r}")
+
+        def change(state: TelemetryState) -> TelemetryState:
+            if state.shown_notice_version >= version:
+                return state
+            return dataclasses.replace(state, notice_shown_at=_now(), notice_version=version)
+
+        return self.update(change)
 
     def ensure_identity(self) -> tuple[str, bytes]:
         """Return ``(install_id, hash_key)``, creating both on first call. Needs consent."""

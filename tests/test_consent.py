@@ -25,9 +25,12 @@ from codeweaver_telemetry._types import ConsentVote
 from codeweaver_telemetry.consent import (
     ENVIRONMENT_SOURCES,
     NOTICE,
+    NOTICE_UPDATED,
     SOURCES,
+    AppNotice,
     ConsentDecision,
     ConsentInputs,
+    NoticeNotShown,
     ShowNotice,
     ci_vote,
     config_error_vote,
@@ -39,6 +42,7 @@ from codeweaver_telemetry.consent import (
     enabled_true_vote,
     environment_decision,
     in_ci,
+    notice_text,
     policy_verdict,
     policy_vote,
     state_error_vote,
@@ -827,3 +831,130 @@ def test_enabled_client_does_import_posthog() -> None:
     assert result["enabled_at_start"] is True
     assert result["source"] == "enabled"
     assert result["posthog"] is True
+
+
+# -- the notice version -------------------------------------------------------------------------
+
+
+def test_a_higher_notice_version_is_shown_again(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opt-out: once version 1 was shown, an app at version 2 shows the updated notice
+    again (an off vote, from ShowNotice), and version 1 alone no longer turns it on."""
+    monkeypatch.setenv(PREFIX + "CONSENT_POLICY", "opt-out")
+    store.mark_notice_shown(1)
+    notices: list[str] = []
+    inputs = ConsentInputs(_settings(), store, on_notice=notices.append, notice_version=2)
+    verdict = policy_verdict(inputs)
+    assert verdict == ShowNotice(notices.append, store, 2, NOTICE_UPDATED)
+    assert isinstance(verdict, ShowNotice)
+    assert not verdict.perform().allowed
+    assert notices == [NOTICE_UPDATED]
+    assert store.read().notice_version == 2
+    again = policy_verdict(ConsentInputs(_settings(), store, notice_version=2))
+    assert again == ConsentVote(
+        True, f"opt-out policy; notice version 2 shown on {store.read().notice_shown_at}"
+    )
+
+
+def test_a_first_notice_at_a_higher_version_is_the_plain_notice(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user who never saw any notice sees the plain one, whatever its version."""
+    monkeypatch.setenv(PREFIX + "CONSENT_POLICY", "opt-out")
+    notices: list[str] = []
+    decision = _decide(store, on_notice=notices.append, notice_version=3)
+    assert (decision.allowed, decision.source) == (False, "policy")
+    assert notices == [NOTICE]
+    assert store.read().notice_version == 3
+    assert store.read().install_id is None
+
+
+def test_a_lower_or_equal_notice_version_is_not_shown_again(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app at or below the recorded version shows nothing and is on."""
+    monkeypatch.setenv(PREFIX + "CONSENT_POLICY", "opt-out")
+    store.mark_notice_shown(2)
+    notices: list[str] = []
+    for version in (1, 2):
+        decision = _decide(store, on_notice=notices.append, notice_version=version)
+        assert (decision.allowed, decision.source) == (True, "policy")
+    assert notices == []
+
+
+def test_consent_sources_takes_the_version_from_an_app_notice(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An AppNotice (what a client hands to start-up) brings its version; the callback the
+    app gave is the one called."""
+    monkeypatch.setenv(PREFIX + "CONSENT_POLICY", "opt-out")
+    store.mark_notice_shown(1)
+    notices: list[str] = []
+    decision = _decide(store, on_notice=AppNotice(notices.append, 2))
+    assert not decision.allowed
+    assert "shown this run" in decision.reason
+    assert notices == [NOTICE_UPDATED]
+
+
+def test_a_raised_version_without_a_callback_stays_off(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 1 was shown, the app is at version 2 and gave no on_notice: off, and the
+    new version is not recorded."""
+    monkeypatch.setenv(PREFIX + "CONSENT_POLICY", "opt-out")
+    store.mark_notice_shown(1)
+    decision = _decide(store, on_notice=AppNotice(None, 2))
+    assert not decision.allowed
+    assert "(on_notice)" in decision.reason
+    assert store.read().notice_version == 1
+
+
+def test_a_read_only_look_names_the_version_not_yet_shown(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only look at a raised version says which version is missing, and writes
+    nothing."""
+    monkeypatch.setenv(PREFIX + "CONSENT_POLICY", "opt-out")
+    store.mark_notice_shown(1)
+    before = store.path.read_bytes()
+    decision = _decide(store, on_notice=print, record_notice=False, notice_version=2)
+    assert not decision.allowed
+    assert "notice version 2 has not been shown yet (version 1 was)" in decision.reason
+    assert store.path.read_bytes() == before
+
+
+@pytest.mark.parametrize("version", [0, -1, True])
+def test_a_bad_notice_version_votes_off(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch, version: Any
+) -> None:
+    """A notice version that is not a whole number from 1 votes off, shows nothing."""
+    monkeypatch.setenv(PREFIX + "CONSENT_POLICY", "opt-out")
+    notices: list[str] = []
+    verdict = policy_verdict(
+        ConsentInputs(_settings(), store, on_notice=notices.append, notice_version=version)
+    )
+    assert isinstance(verdict, ConsentVote)
+    assert not verdict.allowed
+    assert "notice_version" in verdict.reason
+    assert notices == []
+    assert not store.path.exists()
+
+
+def test_a_callback_that_raises_notice_not_shown_says_why(store: StateStore) -> None:
+    """A callback may raise NoticeNotShown: not shown, not recorded, and its message is in
+    the reason."""
+
+    def no_display(text: str) -> None:
+        raise NoticeNotShown("no display")
+
+    vote = ShowNotice(no_display, store).perform()
+    assert vote == ConsentVote(False, "opt-out policy, but the notice was not shown (no display)")
+    assert not store.path.exists()
+
+
+def test_notice_text_depends_on_what_was_shown() -> None:
+    """The plain notice for a user who saw none; the updated one after an earlier version."""
+    assert notice_text(0) == NOTICE
+    assert notice_text(1) == notice_text(4) == NOTICE_UPDATED
+    assert NOTICE_UPDATED.endswith(NOTICE)

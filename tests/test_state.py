@@ -375,3 +375,83 @@ def test_install_id_check_is_the_canonical_uuid_form(value: str) -> None:
     except ValueError:
         canonical = False
     assert state_module._is_uuid(value) is canonical
+
+
+# -- the notice version -------------------------------------------------------------------------
+
+
+def test_notice_version_is_recorded_with_its_date(store: StateStore) -> None:
+    """Marking the notice shown records its version (1 by default) and a date, in the file."""
+    state = store.mark_notice_shown()
+    assert (state.notice_version, state.shown_notice_version) == (1, 1)
+    assert state.notice_shown_at
+    assert _raw(store)["notice_version"] == 1
+    assert store.read() == state
+
+
+def test_an_old_state_file_reads_as_notice_version_1(store: StateStore) -> None:
+    """A state file written before notices had versions (only ``notice_shown_at``) reads as
+    version 1, and marking version 1 again does not even rewrite it."""
+    store.directory.mkdir(parents=True)
+    old = {
+        "version": 1,
+        "consent": None,
+        "notice_shown_at": "2024-05-01T10:00:00+00:00",
+        "install_id": str(uuid.uuid4()),
+        "hash_key": "ab" * 32,
+    }
+    store.path.write_text(json.dumps(old), encoding="utf-8")
+    before = store.path.read_bytes()
+    state = store.read()
+    assert (state.notice_version, state.shown_notice_version) == (1, 1)
+    assert state.install_id == old["install_id"]
+    store.mark_notice_shown(1)
+    assert store.path.read_bytes() == before
+
+
+def test_no_notice_is_version_0(store: StateStore) -> None:
+    """A state with no notice shown has shown version 0 (and records no version)."""
+    store.set_consent("enabled", by="cli")
+    state = store.read()
+    assert state.notice_version is None
+    assert state.shown_notice_version == 0
+
+
+def test_a_higher_notice_version_is_recorded_with_a_new_date(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Showing a higher version records it and its date; the id and key are kept."""
+    monkeypatch.setattr(state_module, "_now", lambda: "2024-01-01T00:00:00+00:00")
+    store.mark_notice_shown(1)
+    install_id, _ = store.ensure_identity()
+    monkeypatch.setattr(state_module, "_now", lambda: "2025-01-01T00:00:00+00:00")
+    state = store.mark_notice_shown(3)
+    assert (state.notice_version, state.notice_shown_at) == (3, "2025-01-01T00:00:00+00:00")
+    assert state.install_id == install_id
+
+
+def test_the_notice_version_never_goes_down(store: StateStore) -> None:
+    """Marking a version at or below the recorded one changes nothing (an older app sharing
+    the state directory does not undo a newer app's notice)."""
+    shown = store.mark_notice_shown(2)
+    assert store.mark_notice_shown(1) == shown
+    assert store.mark_notice_shown(2) == shown
+    assert store.read().notice_version == 2
+
+
+@pytest.mark.parametrize("version", [0, -1, True, 1.5, "2"])
+def test_marking_a_bad_notice_version_raises(store: StateStore, version: Any) -> None:
+    """A notice version is a whole number from 1; anything else is refused before writing."""
+    with pytest.raises(ValueError, match="notice version"):
+        store.mark_notice_shown(version)
+    assert not store.path.exists()
+
+
+@pytest.mark.parametrize("value", [0, -2, True, 1.0, "1", [1]])
+def test_a_bad_notice_version_is_a_corrupt_state_file(store: StateStore, value: Any) -> None:
+    """A stored notice version that is not a whole number from 1 makes the file unusable."""
+    store.directory.mkdir(parents=True)
+    data = {"version": 1, "notice_shown_at": "2024-05-01T10:00:00+00:00", "notice_version": value}
+    store.path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(StateError, match="notice_version"):
+        store.read()
