@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import attrs
 from pydantic import Field
@@ -30,10 +30,18 @@ from codeweaver_telemetry._types import (
     SESSION_EVENT,
 )
 from codeweaver_telemetry.events._gather import MAX_MATCHES, PendingSearch, _list
+from codeweaver_telemetry.events._props import Prop
 from codeweaver_telemetry.events.stats import (
     MAX_KEY_CHARS,
     MAX_KEYS,
     OTHER_KEY,
+    FailoverStats,
+    HeartbeatCounters,
+    RequestStats,
+    SearchStats,
+    SetupStats,
+    TimingStats,
+    TokenStats,
     as_key,
     error_kind,
     finite_float,
@@ -58,6 +66,7 @@ __all__ = [
     "HeartbeatEvent",
     "IntentType",
     "MatchSummary",
+    "Prop",
     "SearchEvent",
     "SearchResponseSummary",
     "SearchStrategy",
@@ -161,25 +170,34 @@ def _round(value: float) -> float:
     return round(value, 4)
 
 
+_SCHEMA_VERSION = Prop("the version of the event's property names and meanings")
+_LABEL = "label"
+"""Rule of an app-given label: scrubbed, cut to 64 characters at a word boundary."""
+
+
 @attrs.frozen(slots=True)
 class _Results(DataclassSerializationMixin):
+    """Result counts of a search."""
+
     _telemetry_strict: ClassVar[bool] = True
     _telemetry_allow: ClassVar[frozenset[str]] = frozenset(
         {"candidates", "returned", "token_count"}
     )
-    candidates: int
-    returned: int
-    token_count: int
+    candidates: Annotated[int, Prop("results considered before cutting")]
+    returned: Annotated[int, Prop("results returned (default: number of matches)")]
+    token_count: Annotated[int, Prop("tokens in the response")]
 
 
 @attrs.frozen(slots=True)
 class _Quality(DataclassSerializationMixin):
+    """Relevance scores of the matches (4 decimals; null when there are none)."""
+
     _telemetry_strict: ClassVar[bool] = True
     _telemetry_allow: ClassVar[frozenset[str]] = frozenset({"avg", "min", "max", "median"})
-    avg: float | None
-    min: float | None
-    max: float | None
-    median: float | None
+    avg: Annotated[float | None, Prop("mean relevance score of the matches")]
+    min: Annotated[float | None, Prop("lowest relevance score of the matches")]
+    max: Annotated[float | None, Prop("highest relevance score of the matches")]
+    median: Annotated[float | None, Prop("median relevance score of the matches")]
 
     @classmethod
     def of(cls, scores: list[float]) -> _Quality:
@@ -194,10 +212,14 @@ class _Quality(DataclassSerializationMixin):
 
 @attrs.frozen(slots=True)
 class _Index(DataclassSerializationMixin):
+    """The state of the app's search index."""
+
     _telemetry_strict: ClassVar[bool] = True
     _telemetry_allow: ClassVar[frozenset[str]] = frozenset({"state", "coverage"})
-    state: str | None
-    coverage: float | None
+    state: Annotated[
+        str | None, Prop("for example `ready`, `indexing`; null when not given", rule=_LABEL)
+    ]
+    coverage: Annotated[float | None, Prop("share indexed, 0-1, 4 decimals")]
 
 
 @attrs.frozen(slots=True)
@@ -206,13 +228,23 @@ class _Query(DataclassSerializationMixin):
 
     _telemetry_strict: ClassVar[bool] = True
     _telemetry_allow: ClassVar[frozenset[str]] = frozenset({"char_count", "term_count", "text"})
-    char_count: int
-    term_count: int
-    text: str | None = None
-    hash: str | None = None
-
-    def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
-        return {FilteredKey("hash"): AnonymityConversion.HASH}
+    _telemetry_rules: ClassVar[Mapping[FilteredKey, AnonymityConversion] | None] = {
+        FilteredKey("hash"): AnonymityConversion.HASH
+    }
+    char_count: Annotated[int, Prop("characters in the query", rule="text count")]
+    term_count: Annotated[int, Prop("whitespace-separated terms in the query", rule="count")]
+    text: Annotated[
+        str | None,
+        Prop(
+            "the query, only with `tools_over_privacy`",
+            rule="scrubbed, then cut to 200",
+            omitted_when_none=True,
+        ),
+    ] = None
+    hash: Annotated[
+        str | None,
+        Prop("keyed hash of the query, only with `tools_over_privacy`", omitted_when_none=True),
+    ] = None
 
     def _telemetry_handler(self, serialized: dict[str, Any]) -> dict[str, Any]:
         # Absent unless opted in (not null); the text is cut after the scrubber ran.
@@ -261,24 +293,23 @@ class SearchEvent(ShippedEvent):
         }
     )
 
-    intent: str
-    strategies: tuple[str, ...]
-    execution_time_ms: float | None
-    results: _Results
-    quality: _Quality
-    match_types: tuple[str, ...]
-    languages: tuple[str, ...]
-    status: str
-    warning_count: int
-    index: _Index
-    query: _Query
-    schema_version: int = SCHEMA_VERSION
+    _telemetry_rules: ClassVar[Mapping[FilteredKey, AnonymityConversion] | None] = {
+        FilteredKey("match_types"): AnonymityConversion.DISTRIBUTION,
+        FilteredKey("languages"): AnonymityConversion.DISTRIBUTION,
+    }
 
-    def _telemetry_keys(self) -> dict[FilteredKey, AnonymityConversion]:
-        return {
-            FilteredKey("match_types"): AnonymityConversion.DISTRIBUTION,
-            FilteredKey("languages"): AnonymityConversion.DISTRIBUTION,
-        }
+    intent: Annotated[str, Prop("why the user searched (`unknown` when not given)", rule=_LABEL)]
+    strategies: Annotated[tuple[str, ...], Prop("how the search was run", rule=_LABEL)]
+    execution_time_ms: Annotated[float | None, Prop("as given, 3 decimals; null when not given")]
+    results: Annotated[_Results, Prop("result counts")]
+    quality: Annotated[_Quality, Prop("relevance scores of the matches; null with none")]
+    match_types: Annotated[tuple[str, ...], Prop("how the matches matched, counted")]
+    languages: Annotated[tuple[str, ...], Prop("languages of the results, counted")]
+    status: Annotated[str, Prop("for example `success`, `partial`", rule=_LABEL)]
+    warning_count: Annotated[int, Prop("number of warnings; their text is never sent")]
+    index: Annotated[_Index, Prop("the search index")]
+    query: Annotated[_Query, Prop("the query, as counts unless `tools_over_privacy`")]
+    schema_version: Annotated[int, _SCHEMA_VERSION] = SCHEMA_VERSION
 
     @classmethod
     def from_response(
@@ -372,18 +403,43 @@ class SessionEvent(ShippedEvent):
         }
     )
 
-    duration_seconds: float | None
-    setup: dict[str, Any]
-    requests: dict[str, Any]
-    searches: dict[str, Any]
-    tokens: dict[str, Any]
-    languages: dict[str, Any]
-    failover: dict[str, Any]
-    usage: dict[str, Any]
-    timings: dict[str, Any]
-    errors: dict[str, Any]
-    version: str | None = None
-    schema_version: int = SCHEMA_VERSION
+    duration_seconds: Annotated[
+        float | None, Prop("session length (or as given), 3 decimals; null when unknown")
+    ]
+    setup: Annotated[dict[str, Any], Prop("the app's set-up", wire=SetupStats)]
+    requests: Annotated[dict[str, Any], Prop("requests", wire=RequestStats)]
+    searches: Annotated[dict[str, Any], Prop("searches", wire=SearchStats)]
+    tokens: Annotated[dict[str, Any], Prop("tokens", wire=TokenStats)]
+    languages: Annotated[
+        dict[str, Any],
+        Prop("`record_languages`, counted per language", rule="distribution", wire=dict[str, int]),
+    ]
+    failover: Annotated[dict[str, Any], Prop("failovers", wire=FailoverStats)]
+    usage: Annotated[
+        dict[str, Any],
+        Prop(
+            "`record_usage`, `@track_usage` calls per name", rule="label keys", wire=dict[str, int]
+        ),
+    ]
+    timings: Annotated[
+        dict[str, Any],
+        Prop(
+            "timers by name (ms); `record_request` latencies under `request`",
+            rule="label keys",
+            wire=dict[str, TimingStats],
+        ),
+    ]
+    errors: Annotated[
+        dict[str, Any],
+        Prop(
+            "errors captured in the session, per fingerprint", rule="hash keys", wire=dict[str, int]
+        ),
+    ]
+    version: Annotated[
+        str | None,
+        Prop("only when given to `capture_session_event`", rule=_LABEL, omitted_when_none=True),
+    ] = None
+    schema_version: Annotated[int, _SCHEMA_VERSION] = SCHEMA_VERSION
 
     @classmethod
     def from_snapshot(
@@ -453,13 +509,27 @@ class ErrorEvent(ShippedEvent):
         {"type", "frames", "cause_types", "message", "schema_version", "fingerprint", "handled"}
     )
 
-    type: str
-    frames: tuple[str, ...]
-    fingerprint: str
-    handled: bool
-    cause_types: tuple[str, ...] = ()
-    message: str | None = None
-    schema_version: int = SCHEMA_VERSION
+    type: Annotated[str, Prop("`ValueError`; `mypkg.errors.ConfigError` for non-builtins")]
+    frames: Annotated[
+        tuple[str, ...],
+        Prop("in-app `module:function`, outermost first, the innermost 20; no paths or lines"),
+    ]
+    fingerprint: Annotated[
+        str, Prop("keyed hash of type and frames (16 hex), computed by the library", rule="hash")
+    ]
+    handled: Annotated[bool, Prop("false from `capture_exceptions` and the excepthook")]
+    cause_types: Annotated[
+        tuple[str, ...], Prop("types along `__cause__` / `__context__`, at most 5")
+    ] = ()
+    message: Annotated[
+        str | None,
+        Prop(
+            "only with `include_message=True`",
+            rule="scrubbed, then cut to 200",
+            omitted_when_none=True,
+        ),
+    ] = None
+    schema_version: Annotated[int, _SCHEMA_VERSION] = SCHEMA_VERSION
 
     def _telemetry_handler(self, serialized: dict[str, Any]) -> dict[str, Any]:
         message = serialized.get("message")
@@ -480,11 +550,21 @@ class HeartbeatEvent(ShippedEvent):
         {"schema_version", "uptime_seconds", "beat", "session_seconds", "counters"}
     )
 
-    uptime_seconds: float
-    beat: int
-    session_seconds: float | None = None
-    counters: dict[str, int] | None = None
-    schema_version: int = SCHEMA_VERSION
+    uptime_seconds: Annotated[float, Prop("seconds since the client started")]
+    beat: Annotated[int, Prop("1, 2, 3, ...")]
+    session_seconds: Annotated[
+        float | None,
+        Prop("seconds since the session started; in a session only", omitted_when_none=True),
+    ] = None
+    counters: Annotated[
+        dict[str, int] | None,
+        Prop(
+            "the session's counts so far; in a session only",
+            wire=HeartbeatCounters,
+            omitted_when_none=True,
+        ),
+    ] = None
+    schema_version: Annotated[int, _SCHEMA_VERSION] = SCHEMA_VERSION
 
     def _telemetry_handler(self, serialized: dict[str, Any]) -> dict[str, Any]:
         for key in ("session_seconds", "counters"):

@@ -21,10 +21,11 @@ import numbers
 import threading
 from array import array
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ParamSpec, cast
+from typing import Annotated, Any, ParamSpec, TypedDict, cast
 
 import attrs
 
+from codeweaver_telemetry.events._props import Prop
 from codeweaver_telemetry.events.errors import type_name
 from codeweaver_telemetry.privacy.conversions import (
     MAX_COUNTED_KEYS,
@@ -39,8 +40,16 @@ __all__ = [
     "MAX_KEY_CHARS",
     "OTHER_KEY",
     "RELATIVE_ACCURACY",
+    "FailoverStats",
+    "HeartbeatCounters",
     "LatencySketch",
+    "LatencyStats",
+    "RequestStats",
+    "SearchStats",
     "SessionStatistics",
+    "SetupStats",
+    "TimingStats",
+    "TokenStats",
     "as_key",
     "error_kind",
     "finite_float",
@@ -57,6 +66,85 @@ MAX_KEYS = MAX_COUNTED_KEYS
 
 MAX_KEY_CHARS = STATISTICS_KEY_LENGTH
 """Keys are cut to this many characters."""
+
+
+# -- the shapes of a snapshot, as the session and heartbeat events send them ----------------------
+class LatencyStats(TypedDict):
+    """A latency summary in milliseconds (floats rounded to 3 places)."""
+
+    avg: Annotated[float | None, Prop("mean; null when nothing was recorded")]
+    min: Annotated[float | None, Prop("smallest; null when nothing was recorded")]
+    max: Annotated[float | None, Prop("largest; null when nothing was recorded")]
+    p50: Annotated[float | None, Prop("median, within 1% relative error")]
+    p95: Annotated[float | None, Prop("95th percentile, within 1% relative error")]
+
+
+class TimingStats(LatencyStats):
+    """One timer's summary: how many times it ran, and its latency in milliseconds."""
+
+    count: Annotated[int, Prop("runs timed")]
+
+
+class SetupStats(TypedDict):
+    """``setup`` of the session event."""
+
+    success: Annotated[
+        bool | None,
+        Prop("last `record_setup` (or `setup_success`); null if never recorded", rule="boolean"),
+    ]
+    attempts: Annotated[int, Prop("sum of `record_setup` attempts (or `setup_attempts`)")]
+    error_kinds: Annotated[
+        dict[str, int],
+        Prop(
+            "`record_setup` error kinds and `config_errors`, counted by exception type name",
+            rule="type-name keys, never messages",
+        ),
+    ]
+
+
+class RequestStats(TypedDict):
+    """``requests`` of the session event."""
+
+    total: Annotated[int, Prop("`record_request` calls")]
+    successful: Annotated[int, Prop("`record_request(ok=True)` calls")]
+    failed: Annotated[int, Prop("`record_request(ok=False)` calls")]
+    success_rate: Annotated[
+        float | None, Prop("successful / total, 4 decimals; null without requests")
+    ]
+
+
+class SearchStats(TypedDict):
+    """``searches`` of the session event."""
+
+    total: Annotated[int, Prop("search events captured in the session")]
+    by_intent: Annotated[dict[str, int], Prop("searches per intent", rule="label keys")]
+    by_strategy: Annotated[dict[str, int], Prop("searches per strategy", rule="label keys")]
+    latency_ms: Annotated[LatencyStats, Prop("`execution_time_ms` of the searches")]
+
+
+class TokenStats(TypedDict):
+    """``tokens`` of the session event: sums of ``record_tokens``."""
+
+    generated: Annotated[int, Prop("tokens generated (sum of `record_tokens`)")]
+    delivered: Annotated[int, Prop("tokens delivered (sum of `record_tokens`)")]
+    saved: Annotated[int, Prop("tokens saved (sum of `record_tokens`)")]
+
+
+class FailoverStats(TypedDict):
+    """``failover`` of the session event."""
+
+    count: Annotated[int, Prop("`record_failover` calls")]
+    seconds: Annotated[float, Prop("seconds spent in failover, 3 decimals")]
+
+
+class HeartbeatCounters(TypedDict):
+    """``counters`` of the heartbeat event: the session's totals so far."""
+
+    requests: Annotated[int, Prop("requests recorded in the session so far")]
+    searches: Annotated[int, Prop("searches captured in the session so far")]
+    errors: Annotated[int, Prop("errors captured in the session so far")]
+    failovers: Annotated[int, Prop("failovers recorded in the session so far")]
+
 
 _GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
 _LOG_GAMMA = math.log(_GAMMA)
