@@ -11,7 +11,8 @@ The worker hands it finished batches; it owns everything after that:
   60 s); after ``max_retries`` failed tries they go to the disk spool instead. A flush
   may try before the back-off ends (as an explicit request to send now). One WARNING
   says when the host stops answering and one when it answers again, however long the
-  outage and however many events wait meanwhile.
+  outage and however many events wait meanwhile (a single failed export, a blip, says
+  nothing: the host counts as down once the retry has failed too).
 * **The host's rate limit, for the whole client.** A RETRY answer can carry the host's
   ``Retry-After`` (``result.retry_after``; or, from sinks that predate it, the sink's
   ``retry_after_s`` attribute). No request of any kind (live batch, flush, the other
@@ -53,6 +54,7 @@ MAX_BATCH = 1000
 that answers 413 gets the batch again in halves."""
 _MIN_BACKOFF_S = 1.0
 _MAX_BACKOFF_S = 60.0  # also the longest Retry-After honoured
+_DOWN_AFTER = 2  # failed exports in a row after which the host counts as down
 
 
 class _Waitable(Protocol):
@@ -309,7 +311,9 @@ class Delivery:
                 )
                 self.host.down_since = None
             return
-        if self.host.down_since is None:
+        # One failure may be a blip (a slow answer, a dropped connection): the host counts
+        # as down (one WARNING; flag fetches wait) once the retry has failed too.
+        if self.host.down_since is None and self.consecutive_failures >= _DOWN_AFTER:
             self.host.down_since = now
             logger.warning(
                 "codeweaver_telemetry: the telemetry host does not answer; events are kept "

@@ -101,19 +101,14 @@ def post_batch(
     packer = zlib.compressobj(1, zlib.DEFLATED, 31)
     data = packer.compress(encode_batch(batch, api_key)) + packer.flush()
     try:
-        answer = _session().post(
-            host.rstrip("/") + "/batch/",
-            data=data,
-            headers={
-                "Content-Type": "application/json",
-                "Content-Encoding": "gzip",
-                "User-Agent": _USER_AGENT,
-            },
-            timeout=timeout_s,
-        )
-        status = answer.status_code
-        retry_after = _retry_after(answer.headers.get("Retry-After"))
-        answer.content  # noqa: B018  (read whole: the connection goes back to the pool)
+        try:
+            status, retry_after = _post(host, data, timeout_s)
+        except Exception as exc:
+            if not _stale_connection(exc):
+                raise
+            # A kept-alive connection the host had closed (its idle timeout, a restart):
+            # the request never reached it. Once more, on a new connection.
+            status, retry_after = _post(host, data, timeout_s)
     except Exception as exc:  # network errors, timeouts, malformed answers
         logger.info(
             "codeweaver_telemetry: PostHog unreachable (%s); will retry", type(exc).__name__
@@ -130,6 +125,36 @@ def post_batch(
     if retry_after is not None:
         return ExportResult.retry(retry_after)
     return ExportResult.RETRY
+
+
+def _post(host: str, data: bytes, timeout_s: float) -> tuple[int, float | None]:
+    """POST ``data`` to ``<host>/batch/``: (status, Retry-After seconds or None)."""
+    answer = _session().post(
+        host.rstrip("/") + "/batch/",
+        data=data,
+        headers={
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+            "User-Agent": _USER_AGENT,
+        },
+        timeout=timeout_s,
+    )
+    status: int = answer.status_code
+    retry_after = _retry_after(answer.headers.get("Retry-After"))
+    answer.content  # noqa: B018  (read whole: the connection goes back to the pool)
+    return status, retry_after
+
+
+def _stale_connection(exc: Exception) -> bool:
+    """Whether ``exc`` is a reused connection found closed when the request was written
+    (``requests``' ConnectionError over urllib3's ProtocolError), not a host that refuses,
+    times out or answers badly."""
+    import requests
+    from urllib3.exceptions import ProtocolError
+
+    return isinstance(exc, requests.exceptions.ConnectionError) and any(
+        isinstance(arg, ProtocolError) for arg in exc.args
+    )
 
 
 def _retry_after(value: str | None) -> float | None:

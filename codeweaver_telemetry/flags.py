@@ -211,6 +211,9 @@ class FlagCache:
         now = time.monotonic()
         with self._lock:
             if self._fetching:
+                if force:  # a new session: the running fetch asks again once it is done
+                    self._again = True
+                    self._wake.notify_all()
                 return False
             fresh = (
                 not force and self._values is not None and now - self._fetched_at < self._refresh_s

@@ -51,6 +51,13 @@ def child_env(home: Path, url: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def _down(client: TelemetryClient) -> bool:
+    """The client's host state says down (read through its internals: no public view)."""
+    worker = getattr(client._running, "_worker", None)
+    delivery = getattr(worker, "_delivery", None)
+    return getattr(getattr(delivery, "host", None), "down_since", None) is not None
+
+
 def accepted_uuids(receiver: PostHogReceiver) -> list[str]:
     return [e["uuid"] for e in receiver.events()]
 
@@ -256,7 +263,9 @@ def test_flags_are_not_fetched_while_the_host_does_not_answer_events(
     client = wire(make_client, receiver, flag_timeout_seconds=0.5)
     client.capture("x")
     client.flush(1.0)
-    receiver.wait_for_requests(1, route=CAPTURE)
+    # Down once the retry has failed too (after the 1 s back-off): one failure is a blip.
+    receiver.wait_for_requests(2, route=CAPTURE, timeout=10)
+    assert wait_until(lambda: _down(client))
     started = time.monotonic()
     assert client.get_feature_flag("exp", "default") == "default"
     assert time.monotonic() - started < 0.5, "no wait for a request that is not made"
