@@ -38,11 +38,15 @@ __all__ = [
     "CONFIG_FILE_MAX_BYTES",
     "CONFIG_FILE_NAME",
     "DEFAULT_HOST",
+    "DENY_FILE_NAME",
+    "DENY_KEYS",
     "FIELDS",
     "ResolvedSettings",
     "TelemetryConfigError",
     "config_file_candidates",
     "default_state_dir",
+    "deny_file",
+    "parse_deny_list",
     "resolve",
 ]
 
@@ -51,6 +55,11 @@ CONFIG_FILE_NAME = "codeweaver.toml"
 CONFIG_FILE_MAX_BYTES = 1 << 20
 """The largest config file read (1 MiB); a larger one is a configuration error."""
 FILE_ALIASES = {"tools_above_privacy": "tools_over_privacy"}
+DENY_KEYS = ("deny_events", "deny_properties")
+"""The deny-list settings: their values from every source are joined, never replaced."""
+DENY_FILE_NAME = "telemetry-deny.toml"
+"""The trusted file ``codeweaver-telemetry deny`` / ``allow`` edit, in the user config
+directory's ``codeweaver`` folder; always read, whichever config file is."""
 
 # What a codeweaver.toml found in the working directory (an untrusted repository file) may set:
 # only settings that reduce collection or tune timing and size.
@@ -66,6 +75,9 @@ UNTRUSTED_FILE_KEYS = frozenset(
         "flag_refresh_seconds",
         "request_timeout_seconds",
         "max_retries",
+        # Deny lists only remove data; a repository's entries are added to the user's.
+        "deny_events",
+        "deny_properties",
     }
 )
 UNTRUSTED_FALSE_ONLY_KEYS = frozenset({"enabled", "tools_over_privacy", "send_feature_flag_events"})
@@ -82,7 +94,9 @@ class TelemetryConfigError(ValueError):
 
 # -- the fields ---------------------------------------------------------------------------------
 
-_Kind = Literal["bool", "opt_bool", "policy", "secret", "host", "int", "float", "opt_float", "path"]
+_Kind = Literal[
+    "bool", "opt_bool", "policy", "secret", "host", "int", "float", "opt_float", "path", "deny"
+]
 
 
 class FieldSpec:
@@ -140,6 +154,8 @@ FIELDS: dict[str, FieldSpec] = {
     "audit_log": FieldSpec("bool", True),
     "config_file": FieldSpec("path", None),
     "strict": FieldSpec("bool", False),
+    "deny_events": FieldSpec("deny", ()),
+    "deny_properties": FieldSpec("deny", ()),
 }
 """Every setting, in the order of ``TelemetrySettings``."""
 
@@ -212,6 +228,86 @@ def user_config_file() -> Path:
     return platform_dir("config") / "codeweaver" / CONFIG_FILE_NAME
 
 
+def deny_file() -> Path:
+    """The deny-list file the CLI edits (``<user config dir>/codeweaver/telemetry-deny.toml``)."""
+    return platform_dir("config") / "codeweaver" / DENY_FILE_NAME
+
+
+def parse_deny_list(value: object) -> tuple[str, ...]:
+    """A deny list as given (a comma-separated string, or a list of such strings) as a tuple
+    of entries: each stripped, empty ones left out, duplicates dropped (first kept).
+
+    Raises:
+        ValueError: ``value`` is neither a string nor a list or tuple of strings.
+    """
+    if isinstance(value, str):
+        items: list[object] = [value]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValueError("must be a comma-separated string or a list of strings")
+    out: dict[str, None] = {}
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError("must be a comma-separated string or a list of strings")
+        for part in item.split(","):
+            entry = part.strip()
+            if entry:
+                out[entry] = None
+    return tuple(out)
+
+
+def read_toml_table(path: Path, label: str) -> dict[str, Any] | None:
+    """The ``[telemetry]`` table of ``path`` (empty-string values left out), or None when
+    the file does not exist. ``label`` names the setting in error messages.
+
+    Raises:
+        TelemetryConfigError: the file is not a regular file, too large, unreadable or not
+            TOML, or its ``[telemetry]`` is not a table.
+    """
+    try:
+        raw = read_regular(path, CONFIG_FILE_MAX_BYTES)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except NotRegularFileError:
+        raise TelemetryConfigError(
+            f"{label}: {path} is not a regular file; replace it with a regular TOML file, "
+            "or remove it"
+        ) from None
+    except TooLargeError:
+        raise TelemetryConfigError(
+            f"{label}: {path} is larger than {CONFIG_FILE_MAX_BYTES // (1 << 20)} MiB; "
+            "fix or remove the file"
+        ) from None
+    except OSError as exc:
+        raise TelemetryConfigError(
+            f"{label}: {path} could not be read ({describe_os_error(exc)}); "
+            "fix its permissions or remove the file"
+        ) from None
+    data = _parse_toml(raw, path, label)
+    table = data.get("telemetry", {})
+    if not isinstance(table, dict):
+        raise TelemetryConfigError(
+            f"{label}: [telemetry] in {path} must be a table; fix or remove it"
+        )
+    return {str(k): v for k, v in table.items() if not is_blank(v)}
+
+
+def _parse_toml(raw: bytes, path: Path, label: str) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+    try:
+        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise TelemetryConfigError(
+            f"{label}: {path} could not be read ({type(exc).__name__}: {exc}); "
+            "fix or remove the file"
+        ) from None
+    return data
+
+
 def _same_path(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve()
@@ -266,17 +362,7 @@ def read_config_table(
                 f"config_file: {path} could not be read ({describe_os_error(exc)}); "
                 "fix its permissions or remove the file"
             ) from None
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover - exercised on 3.10 only
-            import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
-        try:
-            data = tomllib.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise TelemetryConfigError(
-                f"config_file: {path} could not be read ({type(exc).__name__}: {exc}); "
-                "fix or remove the file"
-            ) from None
+        data = _parse_toml(raw, path, "config_file")
         table = data.get("telemetry", {})
         if not isinstance(table, dict):
             raise TelemetryConfigError(
@@ -471,6 +557,10 @@ if TYPE_CHECKING:  # only annotations name them: no Protocol classes built at st
         @property
         def audit_log(self) -> bool: ...
         @property
+        def deny_events(self) -> tuple[str, ...]: ...
+        @property
+        def deny_properties(self) -> tuple[str, ...]: ...
+        @property
         def resolved_state_dir(self) -> Path: ...
         @property
         def model_fields_set(self) -> set[str]: ...
@@ -526,6 +616,8 @@ class ResolvedSettings:
     audit_log: bool
     config_file: Path | None
     strict: bool
+    deny_events: tuple[str, ...]
+    deny_properties: tuple[str, ...]
 
     def __init__(self, values: Mapping[str, object]) -> None:
         for name, field in FIELDS.items():
@@ -635,6 +727,8 @@ def _from_text(field: FieldSpec, text: str) -> object:
         return Secret(text)
     if kind == "path":
         return Path(text)
+    if kind == "deny":  # never read here: resolve() steps aside for deny lists
+        raise _Unsure
     if kind == "host":
         stripped = text.strip()
         if host_problem(stripped) is not None:
@@ -666,7 +760,9 @@ def resolve() -> ResolvedSettings | None:
 
     Returns None unless every value given is one this reads exactly as ``TelemetrySettings``
     does; the caller then builds the model (through ``load_settings``), which reports
-    anything wrong. No side effects: nothing is logged or written.
+    anything wrong. Deny lists are left to the model: any deny setting (in the environment,
+    the config file read, the deny file, or the user config file behind a working-directory
+    file) gives None. No side effects: nothing is logged or written.
     """
     try:
         return _resolve()
@@ -691,7 +787,11 @@ def _resolve() -> ResolvedSettings:
             if text is not None:
                 values[name] = _from_env(field, text)
                 break
+    if os.path.lexists(deny_file()):
+        raise _Unsure  # deny lists: the model joins them
     _, table, trusted = read_config_table(None)
+    if not trusted and os.path.lexists(user_config_file()):
+        raise _Unsure  # its deny lists count too: the model reads them
     for key, value in table.items():
         spec = FIELDS.get(key)
         if spec is None:

@@ -58,6 +58,32 @@ def _run_pipeline(event: Event, on_drop: Callable[[str], None]) -> Event | None:
     return pipeline.run(event, on_drop=on_drop)
 
 
+class _DenyingPipeline:
+    """:func:`_run_pipeline` with the user's deny lists applied last (built on the worker
+    thread, at its first event)."""
+
+    def __init__(self, events: tuple[str, ...], properties: tuple[str, ...]) -> None:
+        self._events = events
+        self._properties = properties
+        self._stage: Any = None
+
+    def __call__(self, event: Event, on_drop: Callable[[str], None]) -> Event | None:
+        from codeweaver_telemetry import pipeline
+
+        if self._stage is None:
+            self._stage = pipeline.DenyStage(events=self._events, properties=self._properties)
+        result: Event | None = pipeline.run(event, on_drop=on_drop, deny=self._stage)
+        return result
+
+
+def _pipeline(settings: SettingsView) -> Callable[[Event, Callable[[str], None]], Event | None]:
+    """The worker's pipeline: the default one, or with the deny lists when there are any."""
+    events, properties = _deny_lists(settings)
+    if not events and not properties:
+        return _run_pipeline
+    return _DenyingPipeline(events, properties)
+
+
 class AuditedSink:
     """Deliver to ``remote``; record in the local log what it accepted."""
 
@@ -88,7 +114,59 @@ class AuditedSink:
         return float(getattr(self._remote, "retry_after_s", 0.0) or 0.0)
 
 
+class _DenyingSink:
+    """The default sink, behind the deny lists once more: events spooled by an earlier run
+    (before an entry was added) are filtered as they are drained, so nothing denied now is
+    sent or logged. Live events have passed the same stage already (it changes them no
+    further)."""
+
+    def __init__(self, sink: Sink, events: tuple[str, ...], properties: tuple[str, ...]) -> None:
+        self._sink = sink
+        self._events = events
+        self._properties = properties
+        self._stage: Any = None
+
+    def export(self, batch: Any) -> Any:
+        if self._stage is None:
+            from codeweaver_telemetry.pipeline import DenyStage
+
+            self._stage = DenyStage(events=self._events, properties=self._properties)
+        kept = [event for event in batch if self._stage(event) is not None]
+        if not kept:
+            return ExportResult.SUCCESS
+        return self._sink.export(kept)
+
+    def shutdown(self, timeout_s: float) -> None:
+        self._sink.shutdown(timeout_s)
+
+    def prepare(self) -> None:
+        """The wrapped sink's imports, done when the worker thread starts."""
+        prepare = getattr(self._sink, "prepare", None)
+        if callable(prepare):
+            prepare()
+
+    @property
+    def retry_after_s(self) -> float:
+        """The wrapped sink's Retry-After."""
+        return float(getattr(self._sink, "retry_after_s", 0.0) or 0.0)
+
+
+def _deny_lists(settings: SettingsView) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return (
+        tuple(getattr(settings, "deny_events", ()) or ()),
+        tuple(getattr(settings, "deny_properties", ()) or ()),
+    )
+
+
 def _default_sink(settings: SettingsView) -> Sink:
+    events, properties = _deny_lists(settings)
+    sink = _plain_sink(settings)
+    if events or properties:
+        return _DenyingSink(sink, events, properties)
+    return sink
+
+
+def _plain_sink(settings: SettingsView) -> Sink:
     from codeweaver_telemetry.sinks.jsonl import LocalJSONLSink
 
     log = LocalJSONLSink(settings.resolved_state_dir)
@@ -151,7 +229,7 @@ def start(
     host = HostState()  # the host's rate limit and outage: events and flags both obey it
     worker = Worker(
         sink=_default_sink(settings) if sink is None else sink,
-        process=_run_pipeline,
+        process=_pipeline(settings),
         batch_size=settings.batch_size,
         interval_s=settings.batch_interval_seconds,
         max_queue=settings.max_queue_size,

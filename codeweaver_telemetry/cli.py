@@ -10,6 +10,14 @@ Commands::
     export    write the state (without secrets) and the local log as JSON
     delete    remove the files telemetry keeps locally; prints the id to quote to the vendor
     flags     the feature flags cached for this install; ``--refresh`` fetches them first
+    deny      ``deny event NAME`` / ``deny property PATH``: never send that event or property
+    allow     ``allow event NAME`` / ``allow property PATH``: undo a ``deny``
+
+``deny`` and ``allow`` edit the deny file, ``telemetry-deny.toml`` beside the user config file
+(``<user config dir>/codeweaver/``, created 0600 when missing); the settings always read it.
+NAME and PATH may use the ``*`` and ``?`` globs. ``allow`` removes only what ``deny`` wrote:
+an entry that the environment or a config file sets must be removed there, and one that a
+repository's ``codeweaver.toml`` adds cannot be removed at all (exit status 1, saying so).
 
 ``python -m codeweaver_telemetry`` runs the same commands.
 
@@ -32,7 +40,8 @@ status     ``enabled`` (bool), ``source`` (the deciding source), ``reason`` (str
            (``opt-in``/``opt-out``), ``destination`` (``posthog``/``local``),
            ``posthog_host`` (str or null), ``state_dir``, ``state_file``, ``log_file``
            (str), ``install_id`` (str or null), ``logged_payloads`` (int),
-           ``config_error`` (str or null)
+           ``config_error`` (str or null), ``deny_events``, ``deny_properties`` (lists of
+           str: the deny lists in effect)
 enable     ``recorded`` (``"enabled"``), ``enabled``, ``source``, ``reason`` (the decision
            now: DO_NOT_TRACK and the other off-sources still win), ``config_error``
 disable    ``recorded`` (``"disabled"``), ``enabled``, ``source``, ``reason``,
@@ -47,6 +56,10 @@ delete     ``state_dir`` (str), ``deleted`` (list of paths), ``state_dir_removed
 flags      ``install_id`` (str or null), ``refreshed`` (bool), ``flags_file`` (str),
            ``fetched_at`` (ISO 8601 UTC, or null), ``source`` (``remote``/``local``, or
            null), ``flags`` (list of ``{"key", "value", "fetched_at", "source"}``)
+deny       ``kind`` (``event``/``property``), ``entry`` (str), ``changed`` (bool: false when
+           it was already in the deny file), ``deny_file`` (str), ``deny_events``,
+           ``deny_properties`` (lists of str: the deny lists in effect afterwards)
+allow      the same fields as ``deny``; ``changed`` is false when the entry was not denied
 =========  ==================================================================================
 
 :data:`JSON_FIELDS` holds the same table as types.
@@ -66,7 +79,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from codeweaver_telemetry._config import (
+    CONFIG_FILE_NAME,
+    deny_file,
+    parse_deny_list,
+    read_config_table,
+    read_toml_table,
+    user_config_file,
+)
 from codeweaver_telemetry._files import LOCK_FILE as _LOCK_FILE
+from codeweaver_telemetry._files import ensure_private_dir, write_atomic
+from codeweaver_telemetry._internal import ENV_PREFIX
 from codeweaver_telemetry._spool import SPOOL_DIR, Spool
 from codeweaver_telemetry.consent import ConsentDecision, consent_sources, decide
 from codeweaver_telemetry.flags import (
@@ -77,7 +100,11 @@ from codeweaver_telemetry.flags import (
     read_flag_file,
 )
 from codeweaver_telemetry.privacy.hashing import KEY_FILE_NAME
-from codeweaver_telemetry.settings import TelemetrySettings, load_settings
+from codeweaver_telemetry.settings import (
+    TelemetryConfigError,
+    TelemetrySettings,
+    load_settings,
+)
 from codeweaver_telemetry.sinks.jsonl import LOG_FILE, read_log
 from codeweaver_telemetry.state import (
     STATE_FILE,
@@ -139,6 +166,8 @@ JSON_FIELDS: dict[str, dict[str, Any]] = {
         "install_id": str | None,
         "logged_payloads": int,
         "config_error": str | None,
+        "deny_events": list,
+        "deny_properties": list,
     },
     "enable": {
         "recorded": str,
@@ -175,6 +204,22 @@ JSON_FIELDS: dict[str, dict[str, Any]] = {
         "fetched_at": str | None,
         "source": str | None,
         "flags": list,
+    },
+    "deny": {
+        "kind": str,
+        "entry": str,
+        "changed": bool,
+        "deny_file": str,
+        "deny_events": list,
+        "deny_properties": list,
+    },
+    "allow": {
+        "kind": str,
+        "entry": str,
+        "changed": bool,
+        "deny_file": str,
+        "deny_events": list,
+        "deny_properties": list,
     },
 }
 """Each command's own ``--json`` fields (beside :data:`JSON_COMMON_FIELDS`), with their JSON
@@ -275,6 +320,8 @@ def cmd_status(out: _Output) -> int:
     out.line(f"  state:      {store.path}")
     out.line(f"  install id: {install_id or '(none)'}")
     out.line(f"  logged:     {logged} payloads in {log_file}")
+    out.line(f"  denied events:     {_listed(settings.deny_events)}")
+    out.line(f"  denied properties: {_listed(settings.deny_properties)}")
     out.document(
         {
             "enabled": decision.allowed,
@@ -289,9 +336,15 @@ def cmd_status(out: _Output) -> int:
             "install_id": install_id,
             "logged_payloads": logged,
             "config_error": error,
+            "deny_events": list(settings.deny_events),
+            "deny_properties": list(settings.deny_properties),
         }
     )
     return EXIT_OK
+
+
+def _listed(entries: Sequence[str]) -> str:
+    return ", ".join(entries) if entries else "(none)"
 
 
 def _decision_fields(decision: ConsentDecision) -> dict[str, Any]:
@@ -556,6 +609,132 @@ def cmd_flags(out: _Output, *, refresh: bool) -> int:
     return EXIT_OK
 
 
+_DENY_KEY = {"event": "deny_events", "property": "deny_properties"}
+_DENY_LABEL = "deny_events/deny_properties"
+
+
+def _deny_file_table() -> dict[str, Any]:
+    """The deny file's ``[telemetry]`` table (empty when there is no file).
+
+    Raises:
+        CommandFailed: the file is unreadable or not TOML.
+    """
+    try:
+        return read_toml_table(deny_file(), _DENY_LABEL) or {}
+    except TelemetryConfigError as exc:
+        raise CommandFailed(str(exc)) from None
+
+
+def _deny_file_text(table: dict[str, Any]) -> str:
+    lines = [
+        "# The deny lists of codeweaver telemetry, edited by `codeweaver-telemetry deny` and",
+        "# `codeweaver-telemetry allow` (globs: * any run of characters, ? one character).",
+        "[telemetry]",
+    ]
+    for key in ("deny_events", "deny_properties"):
+        entries = parse_deny_list(table.get(key, ()))
+        # A JSON string is a TOML basic string (escapes included; no lone surrogates here).
+        quoted = ", ".join(json.dumps(e, ensure_ascii=False) for e in entries)
+        lines.append(f"{key} = [{quoted}]")
+    return "\n".join(lines) + "\n"
+
+
+def _other_sources(key: str, entry: str) -> tuple[list[str], Path | None]:
+    """Where else ``entry`` is listed under ``key``: (trusted places, the repository file
+    that lists it, if any)."""
+    trusted: list[str] = []
+    repository: Path | None = None
+    env_name = ENV_PREFIX + key.upper()
+    env = os.environ.get(env_name)
+    if env is not None and entry in parse_deny_list(env):
+        trusted.append(env_name)
+    tables: list[tuple[Path | None, dict[str, Any], bool]] = []
+    try:
+        path, table, is_trusted = read_config_table(None)
+        tables.append((path, table, is_trusted))
+        if not is_trusted:
+            user_table = read_toml_table(user_config_file(), _DENY_LABEL)
+            if user_table is not None:
+                tables.append((user_config_file(), user_table, True))
+    except TelemetryConfigError as exc:
+        raise CommandFailed(str(exc)) from None
+    for file_path, file_table, file_trusted in tables:
+        try:
+            listed = entry in parse_deny_list(file_table.get(key, ()))
+        except ValueError:
+            listed = False
+        if listed and file_path is not None:
+            if file_trusted:
+                trusted.append(str(file_path))
+            else:
+                repository = file_path
+    return trusted, repository
+
+
+def cmd_deny(out: _Output, kind: str, entry: str, *, allow: bool) -> int:
+    """``deny``/``allow``: add ``entry`` to, or remove it from, the deny file."""
+    key = _DENY_KEY[kind]
+    table = _deny_file_table()
+    path = deny_file()
+    try:
+        entries = list(parse_deny_list(table.get(key, ())))
+    except ValueError as exc:
+        raise CommandFailed(f"{key} in {path}: {exc}; fix or remove the file") from None
+    changed = (entry in entries) is allow
+    if changed:
+        if allow:
+            entries.remove(entry)
+        else:
+            entries.append(entry)
+        ensure_private_dir(path.parent, parents=True, follow=True)
+        write_atomic(path.parent, path.name, _deny_file_text({**table, key: entries}).encode())
+    settings, _ = load_settings()
+    effective: tuple[str, ...] = getattr(settings, key)
+    if allow and entry in effective:
+        trusted, repository = _other_sources(key, entry)
+        if repository is not None and not trusted:
+            raise CommandFailed(
+                f"{kind} {entry!r} is denied by the repository's {CONFIG_FILE_NAME} "
+                f"({repository}); a repository file may add deny entries, and they cannot "
+                "be removed here: it stays denied"
+            )
+        where = ", ".join(trusted) if trusted else "another source"
+        raise CommandFailed(
+            f"{kind} {entry!r} is also denied by {where}; remove it there (it stays denied)"
+        )
+    what = f"{kind} {entry!r}"
+    if allow:
+        out.line(f"Allowed: {what}." if changed else f"Nothing to do: {what} was not denied.")
+    else:
+        out.line(f"Denied: {what}." if changed else f"Nothing to do: {what} was already denied.")
+    out.line(f"  deny file:         {path}")
+    out.line(f"  denied events:     {_listed(settings.deny_events)}")
+    out.line(f"  denied properties: {_listed(settings.deny_properties)}")
+    out.document(
+        {
+            "kind": kind,
+            "entry": entry,
+            "changed": changed,
+            "deny_file": str(path),
+            "deny_events": list(settings.deny_events),
+            "deny_properties": list(settings.deny_properties),
+        }
+    )
+    return EXIT_OK
+
+
+def _deny_entry(parser: argparse.ArgumentParser, text: str) -> str:
+    """The NAME or PATH of ``deny``/``allow``, stripped; a usage error when unusable."""
+    entry = text.strip()
+    if not entry or "," in entry or any(not c.isprintable() for c in entry):
+        parser.error(f"{text!r}: give one name or path, without commas or control characters")
+    try:
+        entry.encode("utf-8")
+    except UnicodeEncodeError:
+        parser.error(f"{text!r}: not valid text")
+    return entry
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="codeweaver-telemetry", description="See and control codeweaver telemetry."
@@ -582,13 +761,25 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fetch them from PostHog first (the only command that sends a request)",
     )
+    for command, help_text in (
+        ("deny", "never send an event or property (edits the deny file)"),
+        ("allow", "undo a deny (edits the deny file)"),
+    ):
+        edit = sub.add_parser(command, parents=[common], help=help_text)
+        edit.add_argument("kind", choices=("event", "property"), help="what NAME is")
+        edit.add_argument(
+            "name", help="an event name, or a dotted property path; * and ? are globs"
+        )
     return parser
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the CLI; returns the exit code (see the module: 0, 1, 2 or 141)."""
     stream = out or sys.stdout
-    args = _parser().parse_args(argv)  # a usage error exits 2 here (argparse)
+    parser = _parser()
+    args = parser.parse_args(argv)  # a usage error exits 2 here (argparse)
+    if args.command in ("deny", "allow"):
+        args.name = _deny_entry(parser, args.name)
     output = _Output(stream, args.command, as_json=args.json)
     try:
         try:
@@ -620,6 +811,8 @@ def _run(args: argparse.Namespace, out: _Output) -> int:
         return cmd_export(out, args.output)
     if args.command == "flags":
         return cmd_flags(out, refresh=args.refresh)
+    if args.command in ("deny", "allow"):
+        return cmd_deny(out, args.kind, args.name, allow=args.command == "allow")
     return cmd_delete(out)
 
 

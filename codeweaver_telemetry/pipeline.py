@@ -25,6 +25,17 @@ The session's metadata (serialized once, by the first event of the session that 
 is merged under the event's own properties in step 1, so it counts towards the limits of
 step 2.
 
+:class:`DenyStage` applies the user's deny lists (``deny_events``, ``deny_properties``) after
+those three, when :func:`run` is given one (``deny=``): a denied event is dropped (reason
+``denied``), denied properties are removed. Glob syntax: ``*`` matches any run of
+characters (dots included), ``?`` exactly one; every other character stands for itself,
+and a glob must match the whole name or path. A property's path is its keys from the top
+joined with dots (``query.text``); paths go through maps only (a list is one value, removed
+whole or not at all). A path that matches removes the whole value at that path; a map that
+the removal leaves empty is removed too (so ``query.*`` removes ``query``), while a map that
+was empty before stays. ``$process_person_profile`` and ``$geoip_disable`` are never
+removed: they keep PostHog from building a person profile and from looking up a location.
+
 A stage returns None to drop the event; a stage that raises drops the event too (never passes
 it on raw). Stages are plain callables ``(Event) -> Event | None``.
 
@@ -37,6 +48,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -67,7 +79,10 @@ __all__ = [
     "MAX_KEY_CHARS",
     "MAX_NAME_CHARS",
     "MAX_STRING_CHARS",
+    "PROTECTED_PROPERTIES",
     "TRUNCATION_MARK",
+    "DenyStage",
+    "compile_globs",
     "context_stage",
     "library_properties",
     "limits_stage",
@@ -368,20 +383,89 @@ def context_stage(event: Event) -> Event | None:
 DEFAULT_STAGES: tuple[Stage, ...] = (serialize_stage, limits_stage, context_stage)
 """The privacy pipeline, in order."""
 
+PROTECTED_PROPERTIES = frozenset({"$process_person_profile", "$geoip_disable"})
+"""Top-level properties no deny glob removes: the privacy flags PostHog obeys."""
+
+
+def compile_globs(globs: Iterable[str]) -> re.Pattern[str] | None:
+    """One pattern matching any of ``globs`` whole (``*``: any run, ``?``: one character,
+    anything else literal); None for no globs."""
+    parts = []
+    for glob in globs:
+        parts.append("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob))
+    if not parts:
+        return None
+    return re.compile("(?:" + "|".join(parts) + r")\Z", re.DOTALL)
+
+
+class DenyStage:
+    """Drop denied events and remove denied property paths (the user's deny lists).
+
+    Args:
+        events: globs on event names; a match drops the event.
+        properties: globs on dotted property paths; a match removes the value there.
+    """
+
+    def __init__(self, *, events: Iterable[str] = (), properties: Iterable[str] = ()) -> None:
+        self.events = tuple(events)
+        self.properties = tuple(properties)
+        self._events = compile_globs(self.events)
+        self._properties = compile_globs(self.properties)
+
+    def __bool__(self) -> bool:
+        return self._events is not None or self._properties is not None
+
+    def denies_event(self, name: str) -> bool:
+        """Whether an event named ``name`` is dropped."""
+        return self._events is not None and self._events.match(name) is not None
+
+    def __call__(self, event: Event) -> Event | None:
+        if self._events is not None and self._events.match(event.name) is not None:
+            return None
+        if self._properties is not None:
+            _remove_paths(event.properties, "", self._properties, top=True)
+        return event
+
+
+def _remove_paths(
+    props: dict[str, Any], prefix: str, pattern: re.Pattern[str], *, top: bool
+) -> None:
+    """Remove from ``props`` (in place) every key whose path matches, and maps the removal
+    leaves empty."""
+    for key in list(props):
+        path = prefix + str(key)
+        if top and key in PROTECTED_PROPERTIES:
+            continue
+        if pattern.match(path) is not None:
+            del props[key]
+            continue
+        value = props[key]
+        if type(value) is dict and value:
+            _remove_paths(value, path + ".", pattern, top=False)
+            if not value:
+                del props[key]
+
 
 def run(
     event: Event,
     stages: Sequence[Stage] | Iterable[Stage] = DEFAULT_STAGES,
     on_drop: Callable[[str], None] | None = None,
+    *,
+    deny: DenyStage | None = None,
 ) -> Event | None:
-    """Pass ``event`` through ``stages``; None if a stage dropped it or raised.
+    """Pass ``event`` through ``stages``, then ``deny``; None if a stage dropped it or raised.
 
-    ``on_drop`` is told why: ``"stage_error"``, or ``"dropped_by_<stage name>"``.
+    ``on_drop`` is told why: ``"stage_error"``, ``"denied"`` (``deny`` dropped it), or
+    ``"dropped_by_<stage name>"``.
 
     With :data:`DEFAULT_STAGES` (the object itself), :func:`limits_stage` is skipped for an
     event whose properties the serializer has measured to be within every limit, where it
     would only copy them: the result is the same.
+
+    .. versionchanged:: deny lists: ``deny=``.
     """
+    if deny is not None:
+        return _run_denying(event, stages, on_drop, deny)
     if stages is not DEFAULT_STAGES:
         return _run(event, stages, on_drop)
     try:
@@ -395,6 +479,26 @@ def run(
     if size is not None and size <= MAX_EVENT_BYTES and len(done.properties) <= MAX_ITEMS:
         return _run(done, (context_stage,), on_drop)
     return _run(done, (limits_stage, context_stage), on_drop)
+
+
+def _run_denying(
+    event: Event,
+    stages: Sequence[Stage] | Iterable[Stage],
+    on_drop: Callable[[str], None] | None,
+    deny: DenyStage,
+) -> Event | None:
+    """:func:`run` with a deny stage: ``stages`` first, then ``deny``."""
+    done = run(event, stages, on_drop)
+    if done is None:
+        return None
+    try:
+        kept = deny(done)
+    except Exception as exc:  # a failing stage drops the event, never passes it on raw
+        _failed(deny, exc, on_drop)
+        return None
+    if kept is None and on_drop is not None:
+        on_drop("denied")
+    return kept
 
 
 def _run(

@@ -20,12 +20,20 @@ that file only ``disable_telemetry``, ``enabled = false``, ``tools_over_privacy 
 ``send_feature_flag_events = false``, ``strict`` and the numeric timing and size settings
 (``batch_size``, ``batch_interval_seconds``, ``max_queue_size``, ``exit_timeout_seconds``,
 ``flag_timeout_seconds``, ``flag_refresh_seconds``, ``request_timeout_seconds``,
-``max_retries``) are used.
+``max_retries``) and the deny lists (``deny_events``, ``deny_properties``: added to the
+user's, never replacing them) are used.
 Any other key there (``enabled = true``, ``consent_policy``, ``posthog_host``, the API keys,
 ``state_dir``, ``audit_log``, ``config_file``, ...) is ignored with one warning that names it;
 put such settings in the user config file or in a file named by
 ``CODEWEAVER__TELEMETRY__CONFIG_FILE``. A file named explicitly, or the one in the user config
 directory, is trusted with every setting.
+
+The deny lists (``deny_events``, ``deny_properties``: a comma-separated string, or in TOML a
+list of strings) are joined from every source instead of the first one winning: code, the
+environment, the config file read (a working-directory file too: it may add entries, never
+remove one), the user config file when a working-directory file is read instead of it, and
+the deny file ``telemetry-deny.toml`` next to the user config file, which
+``codeweaver-telemetry deny`` / ``allow`` edit and which is always read.
 
 An empty (or whitespace-only) value means unset, the same way for every setting and every
 source: ``CODEWEAVER__TELEMETRY__POSTHOG_API_KEY=`` in the environment, ``posthog_api_key = ""``
@@ -73,9 +81,13 @@ from codeweaver_telemetry._config import (
     CONFIG_FILE_MAX_BYTES,
     CONFIG_FILE_NAME,
     DEFAULT_HOST,
+    DENY_KEYS,
     TelemetryConfigError,
     config_file_candidates,
     default_state_dir,
+    deny_file,
+    parse_deny_list,
+    read_toml_table,
 )
 from codeweaver_telemetry._config import UNTRUSTED_FALSE_ONLY_KEYS as _UNTRUSTED_FALSE_ONLY_KEYS
 from codeweaver_telemetry._config import UNTRUSTED_FILE_KEYS as _UNTRUSTED_FILE_KEYS
@@ -138,14 +150,72 @@ class _ConfigFileSource:
 
     From an untrusted file (``codeweaver.toml`` in the working directory) only the keys that
     reduce collection or tune timing are kept; the rest are dropped with one warning.
+
+    :meth:`deny` is the source of the deny lists, first in precedence: it joins them from
+    every source (see the module), reading the config file once for both.
     """
 
-    def __init__(self, explicit: str | os.PathLike[str] | None) -> None:
+    def __init__(self, explicit: str | os.PathLike[str] | None, in_code: Mapping[str, Any]) -> None:
         self.explicit = explicit
+        self.in_code = in_code
         self.path: Path | None = None
+        self._read: tuple[Path | None, dict[str, Any], bool] | None = None
+
+    def _table(self) -> tuple[Path | None, dict[str, Any], bool]:
+        if self._read is None:
+            self._read = _read_config_table(self.explicit)
+        return self._read
+
+    def deny(self) -> dict[str, Any]:
+        """The deny lists, joined from code, environment, the config files and the deny file.
+
+        Raises:
+            TelemetryConfigError: a deny list is not a string or a list of strings, or a file
+                holding one is unreadable.
+        """
+        path, table, trusted = self._table()
+        given: list[tuple[str, str, object]] = []  # (key, where, value)
+        for key in DENY_KEYS:
+            if key in self.in_code:
+                given.append((key, "given in code", self.in_code[key]))
+            env_name = ENV_PREFIX + key.upper()
+            text = _env_value(env_name)
+            if text is not None:
+                given.append((key, env_name, text))
+        files: list[tuple[Path, dict[str, Any]]] = []
+        if path is not None:
+            files.append((path, table))
+        if not trusted:  # the user's own file still counts for what it denies
+            user_table = read_toml_table(_user_config_file(), "deny_events/deny_properties")
+            if user_table is not None:
+                files.append((_user_config_file(), user_table))
+        deny_path = deny_file()
+        deny_table = read_toml_table(deny_path, "deny_events/deny_properties")
+        if deny_table is not None:
+            extra = sorted(set(deny_table) - set(DENY_KEYS))
+            if extra:
+                raise TelemetryConfigError(
+                    f"{', '.join(extra)}: not a deny setting, in {deny_path}; only "
+                    "deny_events and deny_properties belong in that file; remove it"
+                )
+            files.append((deny_path, deny_table))
+        for file_path, file_table in files:
+            for key in DENY_KEYS:
+                if key in file_table:
+                    given.append((key, f"in [telemetry] of {file_path}", file_table[key]))
+        joined: dict[str, dict[str, None]] = {}
+        for key, where, value in given:
+            try:
+                entries = parse_deny_list(value)
+            except ValueError as exc:
+                raise TelemetryConfigError(
+                    f"{key} ({where}): {exc}; give names or globs separated by commas"
+                ) from None
+            joined.setdefault(key, {}).update(dict.fromkeys(entries))
+        return {key: tuple(entries) for key, entries in joined.items()}
 
     def __call__(self) -> dict[str, Any]:
-        self.path, table, trusted = _read_config_table(self.explicit)
+        self.path, table, trusted = self._table()
         _CONFIG_PATH.set(self.path)
         known = set(TelemetrySettings.model_fields)
         for key in table:
@@ -173,6 +243,13 @@ class _ConfigFileSource:
                 ENV_PREFIX,
             )
         return {key: value for key, value in table.items() if key not in ignored}
+
+
+def _deny_help(what: str) -> str:
+    return (
+        f"{what} never sent: comma-separated names with * and ? globs, joined from every "
+        "source (a repository's codeweaver.toml may add entries, never remove one)"
+    )
 
 
 def _did_you_mean(name: str, known: set[str]) -> str:
@@ -298,6 +375,18 @@ class TelemetrySettings(BaseSettings):
     strict: bool = Field(
         default=False, description="true raises configuration errors instead of logging them"
     )
+    deny_events: tuple[str, ...] = Field(
+        default=(), description=_deny_help("event names (globs match the whole name)")
+    )
+    deny_properties: tuple[str, ...] = Field(
+        default=(),
+        description=_deny_help("dotted property paths (query.*, results.token_count)"),
+    )
+
+    @field_validator("deny_events", "deny_properties", mode="before")
+    @classmethod
+    def _split_deny(cls, value: object) -> tuple[str, ...]:
+        return parse_deny_list(value)
 
     @field_validator("posthog_host")
     @classmethod
@@ -327,13 +416,19 @@ class TelemetrySettings(BaseSettings):
         explicit = init_kwargs.get("config_file")
         if isinstance(env_settings, EnvSettingsSource):
             # Whitespace-only counts as empty, so it means unset: drop it before any name
-            # is looked up, so that it cannot hide the API key's other name either.
+            # is looked up, so that it cannot hide the API key's other name either. The deny
+            # lists are read by the deny source (comma lists, not JSON).
             env_settings.env_vars = {
                 name: value
                 for name, value in env_settings.env_vars.items()
-                if value is None or not _is_blank(value)
+                if (value is None or not _is_blank(value)) and name not in _DENY_ENV_NAMES
             }
-        return (init_settings, env_settings, _ConfigFileSource(explicit))  # type: ignore[return-value]
+        files = _ConfigFileSource(explicit, init_kwargs)
+        # The deny source comes first: its joined lists win over each source's own.
+        return (files.deny, init_settings, env_settings, files)  # type: ignore[return-value]
+
+
+_DENY_ENV_NAMES = frozenset((ENV_PREFIX + key).lower() for key in DENY_KEYS)
 
 
 def _unknown_env_setting() -> str | None:

@@ -278,6 +278,8 @@ def test_the_documented_shapes_cover_every_command() -> None:
         "export",
         "delete",
         "flags",
+        "deny",
+        "allow",
     }
     for fields in JSON_FIELDS.values():
         assert not set(fields) & set(JSON_COMMON_FIELDS)
@@ -344,8 +346,8 @@ def test_json_may_come_before_or_after_the_command(clean_env: Path) -> None:
     check_shape(json.loads(before.getvalue()), "status")
     assert run("status").startswith("Telemetry is OFF.")
     for command in JSON_FIELDS:
-        if command in ("enable", "disable", "delete"):
-            continue  # they change things; covered above
+        if command in ("enable", "disable", "delete", "deny", "allow"):
+            continue  # they change things (deny/allow: tests/test_deny.py)
         out = io.StringIO()
         assert main(["--json", command], out=out) == 0
         check_shape(json.loads(out.getvalue()), command)

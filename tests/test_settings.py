@@ -1636,11 +1636,43 @@ def test_quick_resolver_agrees_on_mostly_valid_settings(
     _check_agreement(environment, table, trusted)
 
 
+_deny_lists = st.lists(st.sampled_from(["a", "b*", "q.?", " ", "x,y", ""]), max_size=3)
+
+
+@given(
+    environment=_plain_environments,
+    table=st.none() | _tables,
+    trusted=st.booleans(),
+    deny=st.none() | st.fixed_dictionaries({"deny_events": _deny_lists}),
+)
+@hypothesis_settings(max_examples=150, deadline=None)
+def test_quick_resolver_agrees_with_deny_lists_anywhere(
+    environment: dict[str, str],
+    table: dict[str, object] | None,
+    trusted: bool,
+    deny: dict[str, list[str]] | None,
+) -> None:
+    """The same agreement with a deny file (``telemetry-deny.toml``) present or not: the
+    resolver steps aside whenever a deny list may be set, so the model joins them."""
+    _check_agreement(environment, table, trusted, deny)
+
+
 def _check_agreement(
-    environment: dict[str, str], table: dict[str, object] | None, trusted: bool
+    environment: dict[str, str],
+    table: dict[str, object] | None,
+    trusted: bool,
+    deny: dict[str, list[str]] | None = None,
 ) -> None:
     base = {k: v for k, v in os.environ.items() if not k.upper().startswith("CODEWEAVER__")}
     with tempfile.TemporaryDirectory() as folder:
+        base["XDG_CONFIG_HOME"] = str(Path(folder) / "xdg")
+        if deny is not None:
+            deny_path = Path(folder) / "xdg" / "codeweaver" / _config.DENY_FILE_NAME
+            deny_path.parent.mkdir(parents=True)
+            deny_path.write_text(
+                "[telemetry]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in deny.items()),
+                encoding="utf-8",
+            )
         if table is not None:
             text = "[telemetry]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items())
             if trusted:
@@ -1677,6 +1709,7 @@ def _check_agreement(
             assert ours == theirs, name
             assert type(ours) is type(theirs), name
     assert quick.resolved_state_dir == model.resolved_state_dir
+    assert deny is None, "a deny file makes the resolver step aside"
 
 
 def test_quick_resolver_reads_plain_settings() -> None:
