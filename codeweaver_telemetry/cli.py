@@ -12,6 +12,8 @@ Commands::
     flags     the feature flags cached for this install; ``--refresh`` fetches them first
     deny      ``deny event NAME`` / ``deny property PATH``: never send that event or property
     allow     ``allow event NAME`` / ``allow property PATH``: undo a ``deny``
+    verify-log  check the local log's hash chain; exit 1 with the first broken line
+    schema    every event the library ships and every property it can carry
 
 ``deny`` and ``allow`` edit the deny file, ``telemetry-deny.toml`` beside the user config file
 (``<user config dir>/codeweaver/``, created 0600 when missing); the settings always read it.
@@ -60,6 +62,14 @@ deny       ``kind`` (``event``/``property``), ``entry`` (str), ``changed`` (bool
            it was already in the deny file), ``deny_file`` (str), ``deny_events``,
            ``deny_properties`` (lists of str: the deny lists in effect afterwards)
 allow      the same fields as ``deny``; ``changed`` is false when the entry was not denied
+verify-log ``log_file`` (str), ``intact`` (bool), ``lines`` (int: lines checked),
+           ``unchained`` (int: older lines without the chain), ``first_break`` (int or
+           null: 1-based, the rotated file's lines first), ``file`` (str or null),
+           ``reason`` (str or null: ``edited``, ``removed``, ``reordered``, ``inserted``,
+           ``truncated``, ``rotated_file_missing``, ...); not intact: ``ok`` false, exit 1,
+           with ``error`` saying where
+schema     ``event_schema_version`` (int), ``events`` (event name -> JSON Schema, draft
+           2020-12, each property with ``description`` and ``x-privacy-rule``)
 =========  ==================================================================================
 
 :data:`JSON_FIELDS` holds the same table as types.
@@ -221,6 +231,16 @@ JSON_FIELDS: dict[str, dict[str, Any]] = {
         "deny_events": list,
         "deny_properties": list,
     },
+    "verify-log": {
+        "log_file": str,
+        "intact": bool,
+        "lines": int,
+        "unchained": int,
+        "first_break": int | None,
+        "file": str | None,
+        "reason": str | None,
+    },
+    "schema": {"event_schema_version": int, "events": dict},
 }
 """Each command's own ``--json`` fields (beside :data:`JSON_COMMON_FIELDS`), with their JSON
 types as Python types (``None`` for null). Every field is always present. Each entry of
@@ -266,10 +286,14 @@ class _Output:
         if not self.as_json:
             print(text, file=self.stream)
 
-    def document(self, fields: dict[str, Any]) -> None:
-        """The ``--json`` document (nothing without ``--json``)."""
+    def document(self, fields: dict[str, Any], *, error: str | None = None) -> None:
+        """The ``--json`` document (nothing without ``--json``); with ``error``, ``ok`` is
+        false and the document says why (the command exits 1)."""
         if self.as_json:
-            self._dump({"ok": True, **fields})
+            if error is None:
+                self._dump({"ok": True, **fields})
+            else:
+                self._dump({"ok": False, **fields, "error": error})
 
     def failure(self, message: str) -> None:
         """Say why the command failed: the JSON error document, or a line on stderr."""
@@ -770,6 +794,14 @@ def _parser() -> argparse.ArgumentParser:
         edit.add_argument(
             "name", help="an event name, or a dotted property path; * and ? are globs"
         )
+    sub.add_parser(
+        "verify-log",
+        parents=[common],
+        help="check that the local log is complete and unaltered (exit 1 where it is not)",
+    )
+    sub.add_parser(
+        "schema", parents=[common], help="every event shipped and every property it can carry"
+    )
     return parser
 
 
@@ -798,6 +830,48 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     return code
 
 
+def cmd_verify_log(out: _Output) -> int:
+    from codeweaver_telemetry._logchain import verify_log
+
+    settings, _ = load_settings()
+    directory = settings.resolved_state_dir
+    check = verify_log(directory)
+    where = (
+        f"line {check.first_break} ({check.file})"
+        if check.first_break is not None
+        else (check.file or str(directory / LOG_FILE))
+    )
+    error = None if check.intact else f"the local log is not intact: {where}: {check.reason}"
+    out.document(
+        {
+            "log_file": str(directory / LOG_FILE),
+            "intact": check.intact,
+            "lines": check.lines,
+            "unchained": check.unchained,
+            "first_break": check.first_break,
+            "file": check.file,
+            "reason": check.reason,
+        },
+        error=error,
+    )
+    if not check.intact:
+        out.line(f"The local log is NOT intact: {where}: {check.reason}.")
+        return EXIT_FAILURE
+    older = f" ({check.unchained} older lines have no chain)" if check.unchained else ""
+    out.line(f"The local log is intact: {check.lines} chained lines{older}.")
+    return EXIT_OK
+
+
+def cmd_schema(out: _Output) -> int:
+    from codeweaver_telemetry.events.catalog import json_schemas, schema_document
+    from codeweaver_telemetry.events.schemas import SCHEMA_VERSION
+
+    out.document({"event_schema_version": SCHEMA_VERSION, "events": json_schemas()})
+    if not out.as_json:
+        out.stream.write(schema_document(as_json=False))
+    return EXIT_OK
+
+
 def _run(args: argparse.Namespace, out: _Output) -> int:
     if args.command == "status":
         return cmd_status(out)
@@ -813,6 +887,10 @@ def _run(args: argparse.Namespace, out: _Output) -> int:
         return cmd_flags(out, refresh=args.refresh)
     if args.command in ("deny", "allow"):
         return cmd_deny(out, args.kind, args.name, allow=args.command == "allow")
+    if args.command == "verify-log":
+        return cmd_verify_log(out)
+    if args.command == "schema":
+        return cmd_schema(out)
     return cmd_delete(out)
 
 

@@ -235,6 +235,8 @@ def check_shape(document: Any, command: str) -> dict[str, Any]:
     assert document["schema_version"] == JSON_SCHEMA_VERSION == 1
     assert document["command"] == command
     own = JSON_FIELDS[command] if document.get("ok") else JSON_ERROR_FIELDS
+    if command == "verify-log" and not document.get("ok"):  # a broken chain: where, and why
+        own = {**JSON_FIELDS[command], **JSON_ERROR_FIELDS}
     expected = {**JSON_COMMON_FIELDS, **own}
     assert set(document) == set(expected), (command, sorted(document))
     for field, kind in expected.items():
@@ -280,6 +282,8 @@ def test_the_documented_shapes_cover_every_command() -> None:
         "flags",
         "deny",
         "allow",
+        "verify-log",
+        "schema",
     }
     for fields in JSON_FIELDS.values():
         assert not set(fields) & set(JSON_COMMON_FIELDS)
@@ -510,3 +514,43 @@ def test_disable_and_delete_remove_the_flag_cache(
     assert f"Deleted {path}" in text
     assert not path.exists()
     assert not list(state_dir(clean_env).glob(f".{FLAGS_FILE}.*")), "its temp files too"
+
+
+def test_verify_log_says_intact_or_where_the_chain_breaks(
+    clean_env: Path, make_client: Callable[..., TelemetryClient]
+) -> None:
+    """verify-log exits 0 on the log a client wrote, and 1 with the line and the reason once
+    a byte of it is changed (text and --json)."""
+    assert run_json("verify-log")["intact"] is True  # no log yet: nothing to doubt
+    client = make_client()
+    for i in range(3):
+        client.capture("logged", {"i": i})
+    assert client.flush(5)
+    client.shutdown(timeout=5)
+    intact = run_json("verify-log")
+    assert (intact["intact"], intact["lines"], intact["first_break"]) == (True, 3, None)
+    assert "intact: 3 chained lines" in run("verify-log")
+    log = state_dir(clean_env) / "events.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"i":1', b'"i":7')
+    log.write_bytes(b"".join(lines))
+    broken = run_json("verify-log", code=EXIT_FAILURE)
+    assert (broken["intact"], broken["first_break"], broken["reason"]) == (False, 2, "edited")
+    assert "line 2" in broken["error"]
+    out = io.StringIO()
+    assert main(["verify-log"], out=out) == EXIT_FAILURE
+    assert "NOT intact: line 2 (events.jsonl): edited" in out.getvalue()
+
+
+def test_schema_lists_every_shipped_event(clean_env: Path) -> None:
+    """schema prints every shipped event with its properties; --json gives one JSON Schema
+    per event, each property with a description and a privacy rule."""
+    document = run_json("schema")
+    events = document["events"]
+    assert {"codeweaver_search", "codeweaver_session", "codeweaver_error"} <= set(events)
+    search = events["codeweaver_search"]
+    assert search["properties"]["intent"]["x-privacy-rule"]
+    assert search["properties"]["intent"]["description"]
+    text = run("schema")
+    assert "codeweaver_session" in text
+    assert "intent" in text

@@ -330,7 +330,6 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     Returns:
         A new dict, ``{event name: schema}``, in table order, ``$feature_flag_called`` last.
 
-    .. versionadded:: 0.6
     """
     out: dict[str, dict[str, Any]] = {}
     for model in EVENT_MODELS:
@@ -395,7 +394,6 @@ def schema_rows() -> list[Row]:
     ``$feature_flag_called``'s own, then, under :data:`ALL_EVENTS`, the library's ``$``
     properties and ``$feature/<key>``.
 
-    .. versionadded:: 0.6
     """
     schemas = json_schemas()
     rows: list[Row] = []
@@ -453,8 +451,6 @@ def schema_document(*, as_json: bool = False) -> str:
 
     Returns:
         The document, ending in a newline.
-
-    .. versionadded:: 0.6
     """
     if as_json:
         return (
