@@ -473,7 +473,7 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
         "xml_secret_element",
         # (the look-ahead: the shape of an element, checked before the lazy search for a
         # secret word that ends the tag; the tag's characters include the words' separators)
-        rf"<(?=[\w:. -]*>[^<\n]+</)(?P<tag>[\w:.-]*?{_SECRET_WORD_RE})>(?P<secret>[^<\n]++)"
+        rf"<(?=[\w:. -]*>[^<\n]+</)(?P<tag>[\w:.-]*?{_SECRET_WORD_RE})>(?P<secret>[^<\n]+)"
         r"</(?P=tag)>",
         SECRET_MARKER,
         "XML 1.0 element syntax",
