@@ -14,6 +14,9 @@ Commands::
     allow     ``allow event NAME`` / ``allow property PATH``: undo a ``deny``
     verify-log  check the local log's hash chain; exit 1 with the first broken line
     schema    every event the library ships and every property it can carry
+    report    a summary of the local log: events per name and day, sessions, search
+              latency, errors, usage, flags, size, and what is not in the log;
+              ``--since``/``--until`` (ISO 8601, UTC without an offset) narrow it
 
 ``deny`` and ``allow`` edit the deny file, ``telemetry-deny.toml`` beside the user config file
 (``<user config dir>/codeweaver/``, created 0600 when missing); the settings always read it.
@@ -26,7 +29,8 @@ repository's ``codeweaver.toml`` adds cannot be removed at all (exit status 1, s
 Exit status: 0 when the command did what it was asked (``status`` exits 0 whether telemetry
 is on or off); 1 when it failed (a file could not be read or written, or ``flags
 --refresh`` could not fetch: telemetry off, no PostHog key, no install id yet, the host
-refused); 2 for a usage error (argparse's: an unknown command or option); 141 when stdout
+refused); 2 for a usage error (argparse's: an unknown command or option, or a
+``report --since``/``--until`` that is not an ISO 8601 date or date-time); 141 when stdout
 was closed early (``| head``), as a shell reports for SIGPIPE.
 
 ``--json`` (before or after the command) prints one JSON document on stdout instead of
@@ -70,6 +74,17 @@ verify-log ``log_file`` (str), ``intact`` (bool), ``lines`` (int: lines checked)
            with ``error`` saying where
 schema     ``event_schema_version`` (int), ``events`` (event name -> JSON Schema, draft
            2020-12, each property with ``description`` and ``x-privacy-rule``)
+report     ``log_file`` (str), ``since``, ``until`` (ISO 8601 UTC, or null),
+           ``percentile_method`` (``"nearest-rank"``), ``payloads``, ``bytes`` (int: compact
+           JSON size), ``events`` (name -> int), ``days`` (UTC ``YYYY-MM-DD`` or
+           ``unknown`` -> int), ``sessions`` (``{"count", "session_ids",
+           "duration_seconds"}``), ``search_latency_ms`` (a summary: ``{"count", "total",
+           "min", "p50", "p95", "max"}``, numbers or null), ``errors`` (list of
+           ``{"fingerprint", "type", "count", "unhandled"}``, most first), ``usage`` (name
+           -> int), ``flags``, ``flag_exposures`` (key -> value -> int), ``deny_events``,
+           ``deny_properties`` (lists of str), ``spooled`` (int: events waiting in the
+           spool, unsent), ``dropped`` (always null here: only a running client counts
+           its drops); see :mod:`codeweaver_telemetry.report`
 =========  ==================================================================================
 
 :data:`JSON_FIELDS` holds the same table as types.
@@ -85,7 +100,8 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -241,6 +257,26 @@ JSON_FIELDS: dict[str, dict[str, Any]] = {
         "reason": str | None,
     },
     "schema": {"event_schema_version": int, "events": dict},
+    "report": {
+        "log_file": str,
+        "since": str | None,
+        "until": str | None,
+        "percentile_method": str,
+        "payloads": int,
+        "bytes": int,
+        "events": dict,
+        "days": dict,
+        "sessions": dict,
+        "search_latency_ms": dict,
+        "errors": list,
+        "usage": dict,
+        "flags": dict,
+        "flag_exposures": dict,
+        "deny_events": list,
+        "deny_properties": list,
+        "spooled": int,
+        "dropped": dict | None,
+    },
 }
 """Each command's own ``--json`` fields (beside :data:`JSON_COMMON_FIELDS`), with their JSON
 types as Python types (``None`` for null). Every field is always present. Each entry of
@@ -802,7 +838,29 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "schema", parents=[common], help="every event shipped and every property it can carry"
     )
+    report = sub.add_parser(
+        "report", parents=[common], help="a summary of the local log (what was sent)"
+    )
+    when = "an ISO 8601 date or date-time, UTC when it has no offset"
+    report.add_argument(
+        "--since", type=_instant, metavar="WHEN", help=f"from this instant on ({when})"
+    )
+    report.add_argument(
+        "--until", type=_instant, metavar="WHEN", help=f"before this instant ({when})"
+    )
     return parser
+
+
+def _instant(text: str) -> datetime:
+    """``--since``/``--until``: an aware UTC datetime; a usage error (exit 2) otherwise."""
+    from codeweaver_telemetry.report import parse_instant
+
+    try:
+        return parse_instant(text)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 date or date-time (2026-12-01, 2026-12-01T09:30Z)"
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
@@ -872,6 +930,84 @@ def cmd_schema(out: _Output) -> int:
     return EXIT_OK
 
 
+def cmd_report(out: _Output, *, since: datetime | None, until: datetime | None) -> int:
+    from codeweaver_telemetry.report import spooled_events, summarize
+
+    settings, _ = load_settings()
+    directory = settings.resolved_state_dir
+    report = summarize(
+        read_log(directory),
+        since=since,
+        until=until,
+        deny_events=settings.deny_events,
+        deny_properties=settings.deny_properties,
+        spooled=spooled_events(directory / SPOOL_DIR),
+    )
+    fields = report.to_json()
+    out.document({"log_file": str(directory / LOG_FILE), **fields})
+    if out.as_json:
+        return EXIT_OK
+    window = ""
+    if since or until:
+        window = f" from {fields['since'] or 'the start'} until {fields['until'] or 'now'}"
+    out.line(f"Local log report{window} ({directory / LOG_FILE})")
+    out.line(f"  payloads: {report.payloads} ({_size(report.bytes)} as compact JSON)")
+    _table(out, "Events per name", report.events)
+    _table(out, "Events per day (UTC)", report.days)
+    durations = report.session_duration_seconds
+    out.line(f"Sessions: {report.sessions} session events, {report.session_ids} session ids")
+    out.line(
+        f"  duration (s): {durations.count} known, total {_num(durations.total)}, "
+        f"p50 {_num(durations.p50)}, p95 {_num(durations.p95)}, max {_num(durations.max)}"
+    )
+    latency = report.search_latency_ms
+    out.line(
+        f"Search latency (ms): {latency.count} searches, p50 {_num(latency.p50)}, "
+        f"p95 {_num(latency.p95)}, max {_num(latency.max)} (nearest-rank percentiles)"
+    )
+    out.line("Errors by fingerprint:" + ("" if report.errors else " (none)"))
+    for group in report.errors:
+        unhandled = f", {group.unhandled} unhandled" if group.unhandled else ""
+        label = group.fingerprint or "(no fingerprint)"
+        out.line(f"  {label}  {group.type or '?'}  {group.count}{unhandled}")
+    _table(out, "Usage (summed over sessions)", report.usage)
+    for title, flags in (
+        ("Flags seen (payloads per value)", report.flags),
+        ("Flag exposures ($feature_flag_called)", report.flag_exposures),
+    ):
+        _table(
+            out,
+            title,
+            {k: ", ".join(f"{v}: {n}" for v, n in values.items()) for k, values in flags.items()},
+        )
+    out.line("Not in this log:")
+    out.line(f"  denied events:     {_listed(report.deny_events)}")
+    out.line(f"  denied properties: {_listed(report.deny_properties)}")
+    out.line(f"  spooled, not sent yet: {report.spooled} events")
+    out.line(
+        "  dropped: not known here (the log holds only what was sent; a running client "
+        'counts its drops: client.stats()["dropped"])'
+    )
+    return EXIT_OK
+
+
+def _table(out: _Output, title: str, rows: Mapping[str, object]) -> None:
+    out.line(f"{title}:" + ("" if rows else " (none)"))
+    width = max((len(k) for k in rows), default=0)
+    for key, value in rows.items():
+        out.line(f"  {key.ljust(width)}  {value}")
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def _size(size: int) -> str:
+    return f"{size} bytes" if size < 1024 else f"{size} bytes, {size / 1024:.1f} KiB"
+
+
 def _run(args: argparse.Namespace, out: _Output) -> int:
     if args.command == "status":
         return cmd_status(out)
@@ -891,6 +1027,8 @@ def _run(args: argparse.Namespace, out: _Output) -> int:
         return cmd_verify_log(out)
     if args.command == "schema":
         return cmd_schema(out)
+    if args.command == "report":
+        return cmd_report(out, since=args.since, until=args.until)
     return cmd_delete(out)
 
 

@@ -284,6 +284,7 @@ def test_the_documented_shapes_cover_every_command() -> None:
         "allow",
         "verify-log",
         "schema",
+        "report",
     }
     for fields in JSON_FIELDS.values():
         assert not set(fields) & set(JSON_COMMON_FIELDS)
