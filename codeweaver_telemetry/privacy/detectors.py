@@ -617,10 +617,10 @@ def _rules_by_start(rules: Sequence[TokenRule]) -> dict[str, tuple[TokenRule, ..
 
 
 # Where a vendor token may start inside a run: its start, or just after a separator.
-# (also just after an escape: ``%3Dxoxb-...``, ``\u0022xoxb-...``)
+# (also just after an escape: ``%3Dxoxb-...``, ``\u0022xoxb-...``, ``\nAKIA...`` in JSON text)
 _TOKEN_START: Final = (  # the class first, so the regex engine skips ahead in C
     r"[{}](?:(?<![A-Za-z0-9].)|(?<=%[0-9A-Fa-f]{{2}}.)"  # noqa: S105 - a regex, no credential
-    r"|(?<=\\u[0-9A-Fa-f]{{4}}.)|(?<=\\x[0-9A-Fa-f]{{2}}.))"
+    r"|(?<=\\u[0-9A-Fa-f]{{4}}.)|(?<=\\x[0-9A-Fa-f]{{2}}.)|(?<=\\[nrtfv].))"
 )
 # The same starts in text without an escape (no ``%`` and no backslash), which is most text:
 # a separator before one of the first characters, found with one class and no look-behind.

@@ -533,3 +533,22 @@ def test_the_number_candidates_give_what_trying_every_group_gives(text: str) -> 
     for match in detectors_module._NUMBER_CANDIDATE.finditer(text):
         start, end = match.span()
         assert detectors_module._numbers_in(text, start, end) == _plain_numbers_in(text, start, end)
+
+
+@pytest.mark.parametrize("escape", ["\\n", "\\r", "\\t", "\\u0022", "%0A"])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "AKIA0000000000000000",
+        "ghp_0123456789abcdefghijABCDEFGHIJ012345",
+        "xoxb-1234-5678-abcdefghij",
+    ],
+)
+def test_a_vendor_token_right_after_an_escape_is_found(escape: str, token: str) -> None:
+    """JSON text and URLs carry escapes (``\\n``, ``\\u0022``, ``%0A``) glued to the next
+    word: a vendor token right after one still loses itself (found on Python 3.10 by the
+    surroundings property test: ``{"detail": "end\\nAKIA...\\nend"}``)."""
+    text = f'{{"detail": "end{escape}{token}{escape}end"}}'
+    scrubbed = module.scrub(text)
+    assert token not in scrubbed
+    assert token[-8:] not in scrubbed
