@@ -7,7 +7,8 @@ JSON takes its shape from here:
 - :func:`to_payload`: the payload dict (``event``, ``distinct_id``, ``timestamp`` as
   ISO 8601 in UTC, ``uuid``, ``properties``) that previews and ``InMemorySink`` show;
   :func:`payload_line` is that dict as one compact JSON line of the local log.
-- :func:`to_message`: the same fields as a PostHog ``capture`` message for ``/batch/``.
+- :func:`to_message`: the same fields as a PostHog ``capture`` message for ``/batch/``;
+  :func:`message_json` is that message as JSON text.
 - :func:`spool_line`: the spool's line, the payload with the timestamp kept as epoch
   seconds (so a spooled event keeps its exact timestamp).
 
@@ -30,6 +31,7 @@ from codeweaver_telemetry._types import FLAG_CALLED_EVENT, LIBRARY_KEYS, Event
 __all__ = [
     "from_payload",
     "from_spool_line",
+    "message_json",
     "payload_line",
     "spool_line",
     "to_message",
@@ -42,11 +44,37 @@ def _iso(timestamp: float) -> str:
 
 
 # One encoder for every line: json.dumps() with arguments builds a new encoder per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# No NaN or Infinity (not JSON): the pipeline makes none; should one be there, it is null.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_text = _ENCODER.encode  # a str as a JSON string literal (the C encoder's fast path)
 
 
-def _compact(data: dict[str, Any]) -> str:
-    return _ENCODER.encode(data)
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no such number)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _compact(data: Any) -> str:
+    try:
+        return _ENCODER.encode(data)
+    except ValueError:  # a non-finite float
+        return _ENCODER.encode(_finite(data))
+
+
+def _parts(event: Event) -> tuple[str, str]:
+    """(the properties as compact JSON, the timestamp as ISO 8601), encoded once per event:
+    the wire, the local log and the spool each reuse them (a finished event's properties
+    do not change)."""
+    parts = event.encoded
+    if parts is None:
+        parts = event.encoded = (_compact(event.properties), _iso(event.timestamp))
+    return parts
 
 
 def to_payload(event: Event) -> dict[str, Any]:
@@ -65,7 +93,11 @@ def to_payload(event: Event) -> dict[str, Any]:
 
 def payload_line(event: Event) -> str:
     """:func:`to_payload` as one line of compact JSON, non-ASCII kept (no newline)."""
-    return _compact(to_payload(event))
+    properties, timestamp = _parts(event)
+    return (
+        f'{{"event":{_text(event.name)},"distinct_id":{_text(event.distinct_id)},'
+        f'"timestamp":"{timestamp}","uuid":{_text(event.uuid)},"properties":{properties}}}'
+    )
 
 
 def to_message(event: Event) -> dict[str, Any]:
@@ -80,18 +112,25 @@ def to_message(event: Event) -> dict[str, Any]:
     }
 
 
+def message_json(event: Event) -> str:
+    """:func:`to_message` as compact JSON, non-ASCII kept: one item of a ``/batch/`` body."""
+    properties, timestamp = _parts(event)
+    return (
+        f'{{"type":"capture","event":{_text(event.name)},'
+        f'"distinct_id":{_text(event.distinct_id)},"properties":{properties},'
+        f'"timestamp":"{timestamp}","uuid":{_text(event.uuid)}}}'
+    )
+
+
 def spool_line(event: Event) -> str:
     """The event as one line of a spool file (no newline): the payload's fields, in its
     order, with ``timestamp`` as epoch seconds. The install id it was made for is its
     ``distinct_id``; the destination is the spool file's tag, not a field."""
-    return _compact(
-        {
-            "event": event.name,
-            "distinct_id": event.distinct_id,
-            "timestamp": event.timestamp,
-            "uuid": event.uuid,
-            "properties": event.properties,
-        }
+    properties, _ = _parts(event)
+    return (
+        f'{{"event":{_text(event.name)},"distinct_id":{_text(event.distinct_id)},'
+        f'"timestamp":{_compact(event.timestamp)},"uuid":{_text(event.uuid)},'
+        f'"properties":{properties}}}'
     )
 
 

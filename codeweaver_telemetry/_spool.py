@@ -7,7 +7,7 @@ segments: one gzip-compressed JSON-lines file of at most :data:`SEGMENT_EVENTS` 
 ``spool-<tag>-<time>-<pid>-<random>-<count>.jsonl.gz`` (mode 0600), written to a temp
 file, fsynced once and renamed into place. The tag names the destination (a hash of the
 PostHog host and project key, or ``local``), so spooled events only ever go where they
-were meant to; the time (when the segment's oldest event was captured) orders segments
+were meant to; the time (when the segment's newest event was captured) orders segments
 oldest first, for draining and for dropping, and the count lets a full spool say how
 many events it dropped without reading them.
 
@@ -160,23 +160,23 @@ class Spool:
         for start in range(0, len(events), SEGMENT_EVENTS):
             part = events[start : start + SEGMENT_EVENTS]
             data = _encode(part)
-            oldest = _oldest_ns(part)
+            age = _newest_ns(part)
             with self._lock:
-                room, freed = self._make_room(len(data), oldest, replacing)
+                room, freed = self._make_room(len(data), age, replacing)
                 evicted += freed
                 if not room:
                     refused += len(part)
                     continue
                 name = (
-                    f"{self._prefix}{oldest:020d}-{os.getpid()}-"
+                    f"{self._prefix}{age:020d}-{os.getpid()}-"
                     f"{secrets.token_hex(4)}-{len(part)}{_SUFFIX}"
                 )
                 write_atomic(self.directory, name, data)
             kept += len(part)
         return Stored(kept, refused, evicted)
 
-    def _make_room(self, need: int, oldest_ns: int, replacing: Path | None) -> tuple[bool, int]:
-        """Make room for a segment of ``need`` bytes whose oldest event is ``oldest_ns``
+    def _make_room(self, need: int, age_ns: int, replacing: Path | None) -> tuple[bool, int]:
+        """Make room for a segment of ``need`` bytes whose newest event is ``age_ns``
         (under the lock): (whether it may be written, events deleted for it)."""
         if need > self.max_bytes:
             return False, 0
@@ -196,7 +196,7 @@ class Spool:
         victims: list[str] = []
         fits = True
         # The new segment (rank 1) counts as newer than a stored one of the same age.
-        for _, _, name, size in sorted([*segments, (oldest_ns / 1e9, 1, "", need)]):
+        for _, _, name, size in sorted([*segments, (age_ns / 1e9, 1, "", need)]):
             if total + need <= self.max_bytes:
                 break
             if not name:  # the new segment is the oldest left: it is the one that goes
@@ -343,7 +343,7 @@ def _alive(pid: int) -> bool:
 
 
 def _order(entry: os.DirEntry[str]) -> float:
-    """How old a spool file's events are: the capture time of its oldest event (in its
+    """How old a spool file's events are: the capture time of its newest event (in its
     name), else the file's mtime."""
     parts = entry.name.split("-")
     if len(parts) >= 6 and parts[2].isdigit() and len(parts[2]) == 20:
@@ -358,10 +358,13 @@ def _capture_time(event: Event) -> float:
     return event.timestamp
 
 
-def _oldest_ns(events: Sequence[Event]) -> int:
-    """When the oldest of ``events`` was captured, in nanoseconds (now, if none can say)."""
+def _newest_ns(events: Sequence[Event]) -> int:
+    """When the newest of ``events`` was captured, in nanoseconds (now, if none can say).
+
+    A segment is as old as its newest event: one that also holds an old event kept for
+    retry (spooled at exit with the newest ones) is still among the newest segments."""
     try:
-        return max(0, min(int(min(e.timestamp for e in events) * 1e9), 10**20 - 1))
+        return max(0, min(int(max(e.timestamp for e in events) * 1e9), 10**20 - 1))
     except (OverflowError, ValueError):
         return time.time_ns()
 

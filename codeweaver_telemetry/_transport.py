@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from codeweaver_telemetry._codec import to_message
+from codeweaver_telemetry._codec import message_json
 from codeweaver_telemetry._internal import fork_safe_imports, in_forked_child, logger
 from codeweaver_telemetry._types import Event, ExportResult
 
@@ -66,27 +66,11 @@ def _forget_session() -> None:
 
 def encode_batch(batch: Sequence[Event], api_key: str) -> bytes:
     """The request body: ``{"batch", "sent_at", "api_key"}`` as compact UTF-8 JSON, non-ASCII
-    kept."""
-    body = {
-        "batch": [to_message(e) for e in batch],
-        "sent_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "api_key": api_key,
-    }
-    try:
-        text = _ENCODER.encode(body)
-    except ValueError:  # a non-finite float: JSON has no such number; send null
-        text = _ENCODER.encode(_finite(body))
+    kept; each event's properties are encoded once (``_codec.message_json``)."""
+    sent_at = dt.datetime.now(dt.timezone.utc).isoformat()
+    items = ",".join([message_json(e) for e in batch])
+    text = f'{{"batch":[{items}],"sent_at":"{sent_at}","api_key":{_ENCODER.encode(api_key)}}}'
     return text.encode("utf-8")
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def post_batch(

@@ -51,6 +51,9 @@ class Event:
     """System properties set by the library (session id, flags); added after privacy stages."""
     attempts: int = 0
     """Failed deliveries so far (the worker spools an event after ``max_retries``)."""
+    encoded: tuple[str, str] | None = field(default=None, repr=False, compare=False)
+    """The finished properties as JSON and the timestamp as ISO 8601, once encoded
+    (``_codec``): the wire, the local log and the spool share them."""
 
 
 SESSION_EVENT = "codeweaver_session"
