@@ -279,15 +279,7 @@ def _flags(
         return None, None
     from codeweaver_telemetry.flags import FlagCache, FlagFile, PostHogFlags
 
-    personal = settings.posthog_personal_api_key
-    source = PostHogFlags(
-        api_key=settings.posthog_api_key.get_secret_value(),
-        host=settings.posthog_host,
-        distinct_id=install_id,
-        timeout_s=settings.request_timeout_seconds,
-        personal_api_key=personal.get_secret_value() if personal else None,
-        host_state=host,
-    )
+    source = PostHogFlags.from_settings(settings, install_id, host_state=host)
     cache = FlagCache(
         source,
         budget_s=settings.flag_timeout_seconds,

@@ -178,6 +178,15 @@ _FLAG_ENTRY_FIELDS: dict[str, Any] = {
     "source": str,
 }
 
+_DENY_EDIT_FIELDS: dict[str, Any] = {
+    "kind": str,
+    "entry": str,
+    "changed": bool,
+    "deny_file": str,
+    "deny_events": list,
+    "deny_properties": list,
+}
+
 JSON_FIELDS: dict[str, dict[str, Any]] = {
     "status": {
         "enabled": bool,
@@ -231,22 +240,8 @@ JSON_FIELDS: dict[str, dict[str, Any]] = {
         "source": str | None,
         "flags": list,
     },
-    "deny": {
-        "kind": str,
-        "entry": str,
-        "changed": bool,
-        "deny_file": str,
-        "deny_events": list,
-        "deny_properties": list,
-    },
-    "allow": {
-        "kind": str,
-        "entry": str,
-        "changed": bool,
-        "deny_file": str,
-        "deny_events": list,
-        "deny_properties": list,
-    },
+    "deny": _DENY_EDIT_FIELDS,
+    "allow": _DENY_EDIT_FIELDS,
     "verify-log": {
         "log_file": str,
         "intact": bool,
@@ -577,14 +572,7 @@ def _fetch_flags(settings: TelemetrySettings, error: str | None) -> StoredFlags:
         )
     from codeweaver_telemetry.flags import PostHogFlags
 
-    personal = settings.posthog_personal_api_key
-    source = PostHogFlags(
-        api_key=settings.posthog_api_key.get_secret_value(),
-        host=settings.posthog_host,
-        distinct_id=install_id,
-        timeout_s=settings.request_timeout_seconds,
-        personal_api_key=personal.get_secret_value() if personal else None,
-    )
+    source = PostHogFlags.from_settings(settings, install_id)
     try:
         values = source()
     except Exception as exc:  # FlagFetchError, or whatever local evaluation raised

@@ -480,6 +480,22 @@ class PostHogFlags:
         """``"local"`` with a feature-flags secret key (local evaluation), else ``"remote"``."""
         return "local" if self._personal_api_key else "remote"
 
+    @classmethod
+    def from_settings(
+        cls, settings: Any, distinct_id: str, *, host_state: HostState | None = None
+    ) -> PostHogFlags:
+        """The source for the PostHog project of ``settings`` (which must have an API key):
+        its host, key, request timeout and feature-flags secret key."""
+        personal = settings.posthog_personal_api_key
+        return cls(
+            api_key=settings.posthog_api_key.get_secret_value(),
+            host=settings.posthog_host,
+            distinct_id=distinct_id,
+            timeout_s=settings.request_timeout_seconds,
+            personal_api_key=personal.get_secret_value() if personal else None,
+            host_state=host_state,
+        )
+
     def __call__(self) -> dict[str, FlagValue]:
         """One fetch of all flags (blocking; runs on the flag cache's thread).
 
