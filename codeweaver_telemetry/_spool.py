@@ -119,22 +119,15 @@ class Spool:
         self.max_bytes = max_bytes
         self._prefix = f"{_PREFIX}{tag}-"
         self._lock = threading.Lock()  # the worker and a capturing thread may both save
-        self.evicted = 0
-        """Events of old segments deleted to make room (read and reset by the owner)."""
 
     def save(self, events: Sequence[Event], *, replacing: Path | None = None) -> int:
-        """Write ``events`` in segments; returns how many were kept (see :meth:`store`).
-
-        The events the bound cost (older ones deleted, or these refused) are added to
-        :attr:`evicted`.
+        """Write ``events`` in segments; returns how many were kept (see :meth:`store`,
+        which also says what the bound cost).
 
         Raises:
             OSError: as :meth:`store`.
         """
-        stored = self.store(events, replacing=replacing)
-        with self._lock:
-            self.evicted += stored.refused + stored.evicted
-        return stored.kept
+        return self.store(events, replacing=replacing).kept
 
     def store(self, events: Sequence[Event], *, replacing: Path | None = None) -> Stored:
         """Write ``events`` in segments of at most :data:`SEGMENT_EVENTS`.

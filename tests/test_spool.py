@@ -100,8 +100,8 @@ def test_spool_files_are_private(tmp_path: Path) -> None:
 
 
 def test_a_full_spool_drops_its_oldest_events_and_counts_them(tmp_path: Path) -> None:
-    """Past max_bytes the oldest segments make room for the new ones (counted in
-    ``evicted``); a save larger than the whole bound keeps nothing."""
+    """Past max_bytes the oldest segments make room for the new ones (``store()`` counts
+    them as ``evicted``); a save larger than the whole bound keeps nothing."""
     spool = Spool(tmp_path / "spool", max_bytes=4000)
 
     def event(i: int) -> Event:  # random padding: about 800 bytes even compressed
@@ -109,13 +109,16 @@ def test_a_full_spool_drops_its_oldest_events_and_counts_them(tmp_path: Path) ->
             "e", {"i": i, "pad": base64.b64encode(os.urandom(750)).decode()}, float(i), f"u{i}", "d"
         )
 
+    evicted = 0
     for i in range(10):
-        assert spool.save([event(i)]) == 1
+        stored = spool.store([event(i)])
+        assert stored.kept == 1
+        evicted += stored.evicted
     on_disk = sum(p.stat().st_size for p in (tmp_path / "spool").iterdir())
     assert on_disk <= 4000
     kept = [e.properties["i"] for e in spool.load()]
     assert kept == list(range(10 - len(kept), 10)), "the newest are kept, in order"
-    assert spool.evicted == 10 - len(kept) > 0
+    assert evicted == 10 - len(kept) > 0
     assert spool.save([event(i) for i in range(20)]) == 0  # one segment past the bound
 
 
