@@ -231,6 +231,16 @@ def test_a_deleted_log_is_found_as_truncated(tmp_path: Path) -> None:
     assert broken(verify_log(tmp_path), "truncated", 1)
 
 
+def test_a_deleted_log_is_written_again_and_the_gap_stays_visible(tmp_path: Path) -> None:
+    """Removing events.jsonl by hand (the head stays) does not stop the log: the next batch
+    starts a new file, chained from the head, so the removed lines show as a break."""
+    fill(tmp_path, 2)
+    (tmp_path / LOG_FILE).unlink()
+    fill(tmp_path, 1)
+    assert [p["properties"]["i"] for p in read_log(tmp_path)] == [0, 1, 2]
+    assert broken(verify_log(tmp_path), "removed", 1)
+
+
 def test_a_missing_head_is_reported_then_rebuilt_by_the_writer(tmp_path: Path) -> None:
     """Without events.head nothing bounds the end: `head_missing`. The next append rebuilds
     it from the log (with a warning) and the chain goes on."""

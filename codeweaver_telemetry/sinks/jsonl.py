@@ -107,7 +107,11 @@ class LocalJSONLSink:
             size = info.st_size
         separator = b""
         if size != head.size:  # a crash before the head update, a cut end, another writer
-            head, separator = reconcile(read_regular(self.path, _MAX_LOG_READ), head)
+            try:
+                data = read_regular(self.path, _MAX_LOG_READ)
+            except FileNotFoundError:  # removed by hand: the chain goes on, the gap shows
+                data = b""
+            head, separator = reconcile(data, head)
             size = head.size - len(separator)
         if size > self._max_bytes:
             # The head moves first: a crash after it leaves the chain longer than the head
