@@ -19,6 +19,7 @@ out of the distributions.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import json
 import math
@@ -38,11 +39,13 @@ from codeweaver_telemetry._types import (
 )
 
 __all__ = [
+    "LATENCY_BUCKETS_MS",
     "PERCENTILE_METHOD",
     "UNKNOWN_DAY",
     "ErrorGroup",
     "Report",
     "Summary",
+    "histogram",
     "parse_instant",
     "payload_size",
     "percentile",
@@ -54,6 +57,11 @@ PERCENTILE_METHOD = "nearest-rank"
 """How :func:`percentile` picks its value (see the module docstring)."""
 UNKNOWN_DAY = "unknown"
 """The day a payload counts under when its timestamp cannot be read."""
+LATENCY_BUCKETS_MS: tuple[float, ...] = (
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000,
+)  # fmt: skip
+"""Upper bounds (inclusive, ms) of the search latency histogram; a last bucket (``le``
+null) holds everything slower."""
 
 _FLAG_PREFIX = "$feature/"
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
@@ -77,6 +85,17 @@ def percentile(values: Sequence[float], p: int) -> float | None:
     ordered = sorted(values)
     rank = max(1, -(-p * len(ordered) // 100))  # ceil, in integers
     return ordered[rank - 1]
+
+
+def histogram(
+    values: Sequence[float], bounds: Sequence[float] = LATENCY_BUCKETS_MS
+) -> tuple[int, ...]:
+    """How many ``values`` fall in each bucket: ``(-inf, b0]``, ``(b0, b1]``, ..., then
+    one bucket above the last bound (``len(bounds) + 1`` counts)."""
+    counts = [0] * (len(bounds) + 1)
+    for value in values:
+        counts[bisect.bisect_left(bounds, value)] += 1
+    return tuple(counts)
 
 
 def parse_instant(text: str) -> dt.datetime:
@@ -204,6 +223,9 @@ class Report:
     ``true``/``false`` for a bool, the variant as it is."""
     flag_exposures: dict[str, dict[str, int]]
     """The same, counting ``$feature_flag_called`` events only."""
+    latency_histogram: tuple[int, ...] = ()
+    """Searches per latency bucket: one count per bound of :data:`LATENCY_BUCKETS_MS`
+    (latency <= the bound and above the one before), then one for slower ones."""
     deny_events: tuple[str, ...] = ()
     """The deny lists in effect (what the pipeline refuses to send)."""
     deny_properties: tuple[str, ...] = ()
@@ -229,6 +251,12 @@ class Report:
                 "duration_seconds": self.session_duration_seconds.to_json(),
             },
             "search_latency_ms": self.search_latency_ms.to_json(),
+            "latency_histogram": [
+                {"le": bound, "count": count}
+                for bound, count in zip(
+                    (*LATENCY_BUCKETS_MS, None), self.latency_histogram, strict=False
+                )
+            ],
             "errors": [group.to_json() for group in self.errors],
             "usage": dict(self.usage),
             "flags": {k: dict(v) for k, v in self.flags.items()},
@@ -395,6 +423,7 @@ def summarize(
         session_ids=len(session_ids),
         session_duration_seconds=Summary.of(durations),
         search_latency_ms=Summary.of(latencies),
+        latency_histogram=histogram(latencies),
         errors=tuple(groups),
         usage=_sorted(usage),
         flags={k: _sorted(v) for k, v in sorted(flags.items())},

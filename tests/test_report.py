@@ -177,6 +177,16 @@ def test_report_numbers_match_the_raw_log(
     assert latency["min"] == 5.0
     assert latency["max"] == 1000.0
     assert latency["total"] == pytest.approx(sum(want["latencies"]))
+    bounds = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, None]
+    per_bucket = [0] * len(bounds)
+    for ms in want["latencies"]:  # the first bucket whose bound is >= the latency
+        per_bucket[next(i for i, b in enumerate(bounds) if b is None or ms <= b)] += 1
+    assert got["latency_histogram"] == [
+        {"le": b, "count": n} for b, n in zip(bounds, per_bucket, strict=True)
+    ]
+    assert per_bucket[bounds.index(5)] == 1  # 5.0 is in the bucket it bounds
+    assert per_bucket[bounds.index(10)] == 2  # 7.5 and 9.0
+    assert per_bucket[bounds.index(1000)] == 1  # 1000.0 is in the bucket it bounds
     assert {e["fingerprint"]: e["count"] for e in got["errors"]} == dict(want["errors"])
     assert [e["count"] for e in got["errors"]] == sorted(want["errors"].values(), reverse=True)
     by_type = {e["type"]: e for e in got["errors"]}
