@@ -72,19 +72,21 @@ verify-log ``log_file`` (str), ``intact`` (bool), ``lines`` (int: lines checked)
            ``reason`` (str or null: ``edited``, ``removed``, ``reordered``, ``inserted``,
            ``truncated``, ``rotated_file_missing``, ...); not intact: ``ok`` false, exit 1,
            with ``error`` saying where
+serve      ``url`` (str: the address to open, token included), ``port`` (int); printed once
+           the server listens, which then runs until interrupted
 schema     ``event_schema_version`` (int), ``events`` (event name -> JSON Schema, draft
            2020-12, each property with ``description`` and ``x-privacy-rule``)
-report     ``log_file`` (str), ``since``, ``until`` (ISO 8601 UTC, or null),
-           ``percentile_method`` (``"nearest-rank"``), ``payloads``, ``bytes`` (int: compact
-           JSON size), ``events`` (name -> int), ``days`` (UTC ``YYYY-MM-DD`` or
-           ``unknown`` -> int), ``sessions`` (``{"count", "session_ids",
-           "duration_seconds"}``), ``search_latency_ms`` (a summary: ``{"count", "total",
-           "min", "p50", "p95", "max"}``, numbers or null), ``errors`` (list of
-           ``{"fingerprint", "type", "count", "unhandled"}``, most first), ``usage`` (name
-           -> int), ``flags``, ``flag_exposures`` (key -> value -> int), ``deny_events``,
-           ``deny_properties`` (lists of str), ``spooled`` (int: events waiting in the
-           spool, unsent), ``dropped`` (always null here: only a running client counts
-           its drops); see :mod:`codeweaver_telemetry.report`
+report     ``log_file`` (str), ``html`` (the file ``--html`` wrote, or null), ``since``, ``until``
+           (ISO 8601 UTC, or null), ``percentile_method`` (``"nearest-rank"``), ``payloads``,
+           ``bytes`` (int: compact JSON size), ``events`` (name -> int), ``days`` (UTC
+           ``YYYY-MM-DD`` or ``unknown`` -> int), ``sessions`` (``{"count", "session_ids",
+           "duration_seconds"}``), ``search_latency_ms`` (a summary: ``{"count", "total", "min",
+           "p50", "p95", "max"}``, numbers or null), ``latency_histogram`` (list of ``{"le": bound
+           in ms or null for the last, "count"}``), ``errors`` (list of ``{"fingerprint", "type",
+           "count", "unhandled"}``, most first), ``usage`` (name -> int), ``flags``,
+           ``flag_exposures`` (key -> value -> int), ``deny_events``, ``deny_properties`` (lists of
+           str), ``spooled`` (int: events waiting in the spool, unsent), ``dropped`` (always null
+           here: only a running client counts its drops); see :mod:`codeweaver_telemetry.report`
 =========  ==================================================================================
 
 :data:`JSON_FIELDS` holds the same table as types.
@@ -97,13 +99,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from codeweaver_telemetry._config import (
     CONFIG_FILE_NAME,
@@ -139,6 +142,9 @@ from codeweaver_telemetry.state import (
     TelemetryState,
 )
 
+if TYPE_CHECKING:
+    from codeweaver_telemetry.report import Report
+
 __all__ = [
     "EXIT_BROKEN_PIPE",
     "EXIT_FAILURE",
@@ -150,6 +156,7 @@ __all__ = [
     "JSON_SCHEMA_VERSION",
     "CommandFailed",
     "main",
+    "run_command",
 ]
 
 EXIT_OK = 0
@@ -252,8 +259,10 @@ JSON_FIELDS: dict[str, dict[str, Any]] = {
         "reason": str | None,
     },
     "schema": {"event_schema_version": int, "events": dict},
+    "serve": {"url": str, "port": int},
     "report": {
         "log_file": str,
+        "html": str | None,
         "since": str | None,
         "until": str | None,
         "percentile_method": str,
@@ -263,6 +272,7 @@ JSON_FIELDS: dict[str, dict[str, Any]] = {
         "days": dict,
         "sessions": dict,
         "search_latency_ms": dict,
+        "latency_histogram": list,
         "errors": list,
         "usage": dict,
         "flags": dict,
@@ -336,6 +346,51 @@ class _Output:
     def _dump(self, fields: dict[str, Any]) -> None:
         head = {"schema_version": JSON_SCHEMA_VERSION, "command": self.command}
         print(json.dumps({**head, **fields}, indent=2, ensure_ascii=False), file=self.stream)
+
+
+class _Capture(_Output):
+    """An output that keeps the ``--json`` document instead of printing it."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__(io.StringIO(), command, as_json=True)
+        self.result: dict[str, Any] | None = None
+
+    def _dump(self, fields: dict[str, Any]) -> None:
+        self.result = {"schema_version": JSON_SCHEMA_VERSION, "command": self.command, **fields}
+
+
+_DEFAULT_OPTIONS: dict[str, Any] = {
+    "n": 10,
+    "output": None,
+    "refresh": False,
+    "since": None,
+    "until": None,
+    "html": None,
+}
+
+
+def run_command(command: str, **options: Any) -> tuple[int, dict[str, Any]]:
+    """Run one command in this process as ``--json`` would: (exit status, its document).
+
+    This is how the web API (:mod:`codeweaver_telemetry.web`) applies exactly the CLI's
+    rules. ``options`` are the parsed options of the command, by their argparse names
+    (``n`` for ``preview``, ``output`` for ``export``, ``refresh`` for ``flags``, ``since``
+    and ``until`` (aware datetimes) and ``html`` for ``report``, ``kind`` and ``name`` for
+    ``deny``/``allow``). A command that fails gives status 1 and
+    ``{"schema_version", "command", "ok": false, "error"}``; nothing is printed.
+    """
+    args = argparse.Namespace(command=command, json=True, **{**_DEFAULT_OPTIONS, **options})
+    output = _Capture(command)
+    try:
+        code = _run(args, output)
+    except (CommandFailed, OSError, StateError) as exc:
+        output.failure(str(exc))
+        code = EXIT_FAILURE
+    if output.result is None:  # every command writes its document; this is a guard
+        output.failure(f"{command} gave no result")
+        code = EXIT_FAILURE
+    assert output.result is not None
+    return code, output.result
 
 
 def _decision(settings: TelemetrySettings, store: StateStore, error: str | None) -> ConsentDecision:
@@ -836,6 +891,20 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--until", type=_instant, metavar="WHEN", help=f"before this instant ({when})"
     )
+    report.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write the report as one self-contained HTML page (charts and payloads; "
+        "it loads nothing from the network when opened)",
+    )
+    serve = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="the dashboard and web API on 127.0.0.1, behind a random token ([web] extra)",
+    )
+    serve.add_argument(
+        "--port", type=int, default=0, help="the port to listen on (default: a free one)"
+    )
     return parser
 
 
@@ -918,21 +987,46 @@ def cmd_schema(out: _Output) -> int:
     return EXIT_OK
 
 
-def cmd_report(out: _Output, *, since: datetime | None, until: datetime | None) -> int:
+def local_report(
+    *, since: datetime | None = None, until: datetime | None = None
+) -> tuple[Report, list[dict[str, Any]], Path]:
+    """The report of the local log as the settings place it: (the report, every payload of
+    the log oldest first, the log file)."""
     from codeweaver_telemetry.report import spooled_events, summarize
 
     settings, _ = load_settings()
     directory = settings.resolved_state_dir
+    payloads = list(read_log(directory))
     report = summarize(
-        read_log(directory),
+        payloads,
         since=since,
         until=until,
         deny_events=settings.deny_events,
         deny_properties=settings.deny_properties,
         spooled=spooled_events(directory / SPOOL_DIR),
     )
+    return report, payloads, directory / LOG_FILE
+
+
+def cmd_report(
+    out: _Output, *, since: datetime | None, until: datetime | None, html: str | None = None
+) -> int:
+    report, payloads, log_file = local_report(since=since, until=until)
+    directory = log_file.parent
     fields = report.to_json()
-    out.document({"log_file": str(directory / LOG_FILE), **fields})
+    if html is not None:
+        from codeweaver_telemetry._html import render_report_html, report_payloads
+
+        page = render_report_html(
+            report,
+            report_payloads(payloads, since=since, until=until),
+            log_file=str(directory / LOG_FILE),
+            generated_at=datetime.now(timezone.utc),
+        )
+        Path(html).write_text(page, encoding="utf-8")
+    out.document({"log_file": str(directory / LOG_FILE), "html": html, **fields})
+    if html is not None:
+        out.line(f"Wrote {html} (open it in a browser; it loads nothing from the network).")
     if out.as_json:
         return EXIT_OK
     window = ""
@@ -979,6 +1073,26 @@ def cmd_report(out: _Output, *, since: datetime | None, until: datetime | None) 
     return EXIT_OK
 
 
+def cmd_serve(out: _Output, *, port: int) -> int:
+    try:
+        from codeweaver_telemetry.web import start_dashboard
+    except ImportError as exc:
+        raise CommandFailed(
+            f"serve needs the web extra ({exc.name or exc} is missing): "
+            "pip install 'codeweaver-telemetry[web]'"
+        ) from None
+    if not 0 <= port <= 65535:
+        raise CommandFailed(f"--port must be between 0 and 65535, not {port}")
+    dashboard = start_dashboard(port)
+    out.line(f"Telemetry dashboard: {dashboard.url}")
+    out.line("Serving on 127.0.0.1 only; the token in the URL is needed. Ctrl-C stops it.")
+    out.document({"url": dashboard.url, "port": dashboard.port})
+    out.stream.flush()
+    with contextlib.suppress(KeyboardInterrupt):
+        dashboard.wait()
+    return EXIT_OK
+
+
 def _table(out: _Output, title: str, rows: Mapping[str, object]) -> None:
     out.line(f"{title}:" + ("" if rows else " (none)"))
     width = max((len(k) for k in rows), default=0)
@@ -1015,8 +1129,10 @@ def _run(args: argparse.Namespace, out: _Output) -> int:
         return cmd_verify_log(out)
     if args.command == "schema":
         return cmd_schema(out)
+    if args.command == "serve":
+        return cmd_serve(out, port=args.port)
     if args.command == "report":
-        return cmd_report(out, since=args.since, until=args.until)
+        return cmd_report(out, since=args.since, until=args.until, html=args.html)
     return cmd_delete(out)
 
 
