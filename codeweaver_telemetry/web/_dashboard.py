@@ -63,6 +63,7 @@ _SCRIPT = """
     if (!doc.ok) { say("Could not change it: " + doc.error); return; }
     show(doc);
     if (!want) {
+      $("install-id").textContent = "(none)";
       say("Recorded: telemetry off. The install id was forgotten; nothing more is sent.");
     } else if (doc.enabled) {
       say("Recorded: telemetry on.");
@@ -94,20 +95,31 @@ _SCRIPT = """
       : "";
     say("Deleted " + doc.deleted.length + " file(s)." + quote);
     $("payload-count").textContent = "0";
+    $("install-id").textContent = "(none)";
+    for (const id of ["summary", "charts", "payloads"]) {
+      const section = $(id);
+      if (section) {
+        section.replaceChildren(document.createElement("p"));
+        section.firstChild.textContent = "Deleted: the local log is empty now.";
+      }
+    }
   });
 })();
 """
 
 
-def _csp(nonce: str) -> str:
-    return (
+def _csp(nonce: str, *, header: bool = True) -> str:
+    """The page's policy; ``frame-ancestors`` only in the header (a browser ignores it, with
+    a console error, in a ``<meta>``)."""
+    policy = (
         "default-src 'none'; "
         f"script-src 'nonce-{nonce}'; "
         "style-src 'unsafe-inline'; "
         "connect-src 'self'; "
         "img-src data:; "
-        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        "base-uri 'none'; form-action 'none'"
     )
+    return policy + "; frame-ancestors 'none'" if header else policy
 
 
 def _e(value: object) -> str:
@@ -115,7 +127,7 @@ def _e(value: object) -> str:
 
 
 def _collected_html() -> str:
-    from codeweaver_telemetry.events.catalog import schema_rows
+    from codeweaver_telemetry.events.catalog import ALL_EVENTS, schema_rows
 
     by_event: dict[str, list[Any]] = defaultdict(list)
     for row in schema_rows():
@@ -131,8 +143,9 @@ def _collected_html() -> str:
             f"<td>{_e(r.rule)}</td></tr>"
             for r in rows
         )
+        label = "every event" if event == ALL_EVENTS else f"<code>{_e(event)}</code>"
         parts.append(
-            f'<details class="event-schema"><summary><code>{_e(event)}</code> '
+            f'<details class="event-schema"><summary>{label} '
             f"({len(rows)} properties)</summary>"
             '<div class="scroll"><table><thead><tr><th>property</th><th>meaning</th>'
             f"<th>rule</th></tr></thead><tbody>{items}</tbody></table></div></details>"
@@ -156,12 +169,12 @@ def _status_html(status: dict[str, Any]) -> str:
         '<section id="status"><h2>Status</h2>'
         f'<p class="big">Telemetry is <strong id="state" data-enabled="{str(enabled).lower()}">'
         f"{'ON' if enabled else 'OFF'}</strong></p>"
-        '<dl class="facts">'
+        '<dl class="meta">'
         f'<dt>Decided by</dt><dd id="source">{_e(status["source"])}</dd>'
         f'<dt>Why</dt><dd id="reason">{_e(status["reason"])}</dd>'
         f"<dt>Policy</dt><dd>{_e(status['policy'])}</dd>"
         f"<dt>Sends to</dt><dd>{_e(sends_to)}</dd>"
-        f"<dt>Install id</dt><dd>{_e(status['install_id'] or '(none)')}</dd>"
+        f'<dt>Install id</dt><dd id="install-id">{_e(status["install_id"] or "(none)")}</dd>'
         f'<dt>Logged payloads</dt><dd id="payload-count">{int(status["logged_payloads"])}</dd>'
         f"<dt>Denied</dt><dd>{_e(deny)}</dd>"
         "</dl>"
@@ -208,7 +221,7 @@ def _render(token: str, nonce: str) -> str:
         + payloads_html(payloads, max_payloads=_PAGE_PAYLOADS)
         + f'<script nonce="{nonce}">{_SCRIPT}</script>'
     )
-    page = page_html("Telemetry dashboard", body, csp=_csp(nonce))
+    page = page_html("Telemetry dashboard", body, csp=_csp(nonce, header=False))
     # The token goes on <body> for the script; the page itself is only served with it.
     return page.replace("<body>", f'<body data-token="{_e(token)}">', 1)
 
