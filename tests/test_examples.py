@@ -38,6 +38,13 @@ SHOWN: dict[str, tuple[str, ...]] = {
     "own_posthog_host.py": ("configured_by", '"how": "environment"', '"how": "code"', "<email>"),
     "long_running_service.py": ("codeweaver_error", "codeweaver_session"),
     "async_app.py": ("codeweaver_search", "codeweaver_error", "codeweaver_session"),
+    "web_dashboard.py": (
+        "codeweaver_search",
+        "settings_page_viewed",
+        "codeweaver_session",
+        "<email>",
+        "<path>",
+    ),
 }
 RAW_PERSONAL_DATA = ("alice@example.com", "/home/alice")
 
