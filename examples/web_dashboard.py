@@ -71,7 +71,9 @@ class LocalServer:
     """The app served by uvicorn on 127.0.0.1 and a free port, in a daemon thread."""
 
     def __init__(self, app: Starlette) -> None:
-        self._sock = socket.socket()
+        # Name IPPROTO_TCP: asyncio turns Nagle off only for sockets that say TCP, and with
+        # Nagle on, every keep-alive answer waits about 40 ms for a delayed ACK.
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.bind(("127.0.0.1", 0))
         self.port: int = self._sock.getsockname()[1]
         config = uvicorn.Config(app, log_level="warning", lifespan="off")

@@ -354,7 +354,7 @@ def test_the_router_mounts_in_a_starlette_app(clean_env: Path) -> None:
             Mount("/settings/telemetry", app=telemetry_router()),
         ]
     )
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))

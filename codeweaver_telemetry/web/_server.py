@@ -147,7 +147,9 @@ def start_dashboard(port: int = 0, *, token: str | None = None) -> Dashboard:
     import uvicorn
 
     token = token or secrets.token_urlsafe(32)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY only on sockets that say so, and
+    # without it every keep-alive answer waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.bind(("127.0.0.1", port))
     except OSError:
@@ -171,5 +173,8 @@ def start_dashboard(port: int = 0, *, token: str | None = None) -> Dashboard:
     thread.start()
     while not server.started and thread.is_alive():
         ready.wait(0.01)
+    if not server.started:
+        sock.close()
+        raise OSError(f"the dashboard server on 127.0.0.1:{bound} did not start")
     url = f"http://127.0.0.1:{bound}/?token={token}"
     return Dashboard(url=url, port=bound, token=token, _server=server, _thread=thread)
