@@ -7,7 +7,7 @@ core library's import cost with and without the web extra, measured in the same 
 - the log: ``BENCH_WEB_N`` payloads (default 10,000) written by a real client (sessions of
   searches, errors and custom events), on the local log only.
 - ``report --html``: time to write the page and its size, for the whole log (the page holds
-  the newest 500 payloads) and for an empty log.
+  the newest 200 payloads) and for an empty log.
 - the web API, served by ``start_dashboard()`` on 127.0.0.1 over keep-alive HTTP: median
   and p95 latency of ``GET /api/status``, ``/api/report``, ``/api/payloads?limit=50`` and
   the dashboard page, over ``BENCH_WEB_CALLS`` calls each (default 30).
@@ -137,7 +137,7 @@ def main() -> None:
         full_s, full_size = _html(base / "full.html")
         print(f"report --html, empty log: {empty_size / 1024:6.1f} KiB in {empty_s * 1000:6.1f} ms")
         print(
-            f"report --html, {lines:,} payloads (page holds the newest 500): "
+            f"report --html, {lines:,} payloads (page holds the newest 200): "
             f"{full_size / 1024:6.1f} KiB in {full_s * 1000:6.1f} ms"
         )
         from codeweaver_telemetry.web import start_dashboard

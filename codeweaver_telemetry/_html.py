@@ -111,6 +111,13 @@ def _e(value: object) -> str:
     return html.escape(_SURROGATE.sub("\ufffd", str(value)), quote=True)
 
 
+def _text(value: str) -> str:
+    """``value`` escaped for element text only (``&``, ``<``, ``>``): quotes need no escape
+    there, and leaving them keeps the payloads' JSON about a fifth smaller. Never for an
+    attribute."""
+    return html.escape(_SURROGATE.sub("\ufffd", value), quote=False)
+
+
 def _int(value: int) -> str:
     return f"{value:,}"
 
@@ -458,7 +465,7 @@ def payloads_html(payloads: Sequence[Mapping[str, Any]], *, max_payloads: int = 
             f'<span class="mono">{_e(when) if isinstance(when, str) else "(no time)"}</span>'
             f"<code>{_e(name)}</code>"
             f'<span class="muted">{_e(_bytes(size)) if size is not None else "? bytes"}</span>'
-            f"</summary><pre>{_e(_payload_json(payload))}</pre></details>\n"
+            f"</summary><pre>{_text(_payload_json(payload))}</pre></details>\n"
         )
     parts.append("</section>\n")
     return "".join(parts)

@@ -16,7 +16,15 @@ Commands::
     schema    every event the library ships and every property it can carry
     report    a summary of the local log: events per name and day, sessions, search
               latency, errors, usage, flags, size, and what is not in the log;
-              ``--since``/``--until`` (ISO 8601, UTC without an offset) narrow it
+              ``--since``/``--until`` (ISO 8601, UTC without an offset) narrow it;
+              ``--html FILE`` also writes it as one self-contained HTML page: the
+              summary, charts (per day, per event, search latency, usage) and the
+              newest 200 payloads (``--payloads N``) with their exact JSON; the page
+              has no script and loads nothing (its Content-Security-Policy is
+              ``default-src 'none'``); it holds the payloads' text, so treat it like
+              the log itself
+    serve     the dashboard and web API on 127.0.0.1 (needs the ``[web]`` extra); prints
+              the URL with its random token and serves until interrupted
 
 ``deny`` and ``allow`` edit the deny file, ``telemetry-deny.toml`` beside the user config file
 (``<user config dir>/codeweaver/``, created 0600 when missing); the settings always read it.
@@ -359,7 +367,12 @@ class _Capture(_Output):
         self.result = {"schema_version": JSON_SCHEMA_VERSION, "command": self.command, **fields}
 
 
+HTML_PAYLOADS = 200
+"""How many payloads (the newest) ``report --html`` puts in the page unless ``--payloads``
+says otherwise."""
+
 _DEFAULT_OPTIONS: dict[str, Any] = {
+    "payloads": HTML_PAYLOADS,
     "n": 10,
     "output": None,
     "refresh": False,
@@ -897,6 +910,13 @@ def _parser() -> argparse.ArgumentParser:
         help="also write the report as one self-contained HTML page (charts and payloads; "
         "it loads nothing from the network when opened)",
     )
+    report.add_argument(
+        "--payloads",
+        type=_count,
+        default=HTML_PAYLOADS,
+        metavar="N",
+        help=f"with --html: the newest N payloads in the page (default {HTML_PAYLOADS})",
+    )
     serve = sub.add_parser(
         "serve",
         parents=[common],
@@ -906,6 +926,17 @@ def _parser() -> argparse.ArgumentParser:
         "--port", type=int, default=0, help="the port to listen on (default: a free one)"
     )
     return parser
+
+
+def _count(text: str) -> int:
+    """``--payloads``: a whole number >= 0; a usage error (exit 2) otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
 
 
 def _instant(text: str) -> datetime:
@@ -1009,9 +1040,14 @@ def local_report(
 
 
 def cmd_report(
-    out: _Output, *, since: datetime | None, until: datetime | None, html: str | None = None
+    out: _Output,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    html: str | None = None,
+    payloads: int = 0,
 ) -> int:
-    report, payloads, log_file = local_report(since=since, until=until)
+    report, logged, log_file = local_report(since=since, until=until)
     directory = log_file.parent
     fields = report.to_json()
     if html is not None:
@@ -1019,9 +1055,10 @@ def cmd_report(
 
         page = render_report_html(
             report,
-            report_payloads(payloads, since=since, until=until),
+            report_payloads(logged, since=since, until=until),
             log_file=str(directory / LOG_FILE),
             generated_at=datetime.now(timezone.utc),
+            max_payloads=payloads,
         )
         Path(html).write_text(page, encoding="utf-8")
     out.document({"log_file": str(directory / LOG_FILE), "html": html, **fields})
@@ -1132,7 +1169,9 @@ def _run(args: argparse.Namespace, out: _Output) -> int:
     if args.command == "serve":
         return cmd_serve(out, port=args.port)
     if args.command == "report":
-        return cmd_report(out, since=args.since, until=args.until, html=args.html)
+        return cmd_report(
+            out, since=args.since, until=args.until, html=args.html, payloads=args.payloads
+        )
     return cmd_delete(out)
 
 

@@ -12,6 +12,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -164,6 +165,25 @@ def test_since_until_limit_and_order(clean_env: Path, tmp_path: Path) -> None:
     assert [json.loads(pre)["event"] for pre in page.pres] == ["no_time", "codeweaver_error"]
     assert page.attr("data-left-out") == ["4"]
     assert "4 older payloads left out" in text
+
+
+def test_payloads_option_sets_how_many_the_page_holds(clean_env: Path, tmp_path: Path) -> None:
+    """--payloads N keeps the newest N (0: none; the default 200); a negative or non-number
+    is a usage error (exit 2)."""
+    write_log(clean_env, DAY_LOG)
+    _, text = html_report(tmp_path / "r.html", "--payloads", "2")
+    page = Page(text)
+    assert [json.loads(pre) for pre in page.pres] == DAY_LOG[::-1][:2]
+    assert page.attr("data-left-out") == [str(len(DAY_LOG) - 2)]
+    _, text = html_report(tmp_path / "r.html", "--payloads", "0")
+    assert Page(text).pres == []
+    _, text = html_report(tmp_path / "r.html")
+    assert len(Page(text).pres) == len(DAY_LOG)  # under the default of 200
+    for bad in ("-1", "two"):
+        with pytest.raises(SystemExit) as exited:
+            main(["report", "--html", str(tmp_path / "x.html"), "--payloads", bad])
+        assert exited.value.code == 2
+    assert not (tmp_path / "x.html").exists()
 
 
 def test_an_empty_log_renders_a_small_page(clean_env: Path, tmp_path: Path) -> None:
