@@ -295,7 +295,9 @@ _EQUALS_VALUE: Final = r"(?![\[{])[^\s\"'&,;]+(?<![.)\]}])"
 _NOT_A_ROUTE: Final = (
     "".join(f"(?<!{method} /)" for method in ("GET", "PUT", "POST", "HEAD", "PATCH", "DELETE"))
     + r"(?!(?:api|v[0-9]{1,2}(?:beta|alpha)?[0-9]*|graphql)/)"
-    + r"(?![^\s\"'<>]*\{\w+\})"  # a route template: /collections/{name}/points
+    # a route template: /collections/{name}/points (looked for within 512 characters: an
+    # unbounded look-ahead from every slash is quadratic on a long run without spaces)
+    + r"(?![^\s\"'<>]{0,512}\{\w+\})"
 )
 
 _STREET_TYPES: Final = (
@@ -326,7 +328,10 @@ DEFAULT_PATTERNS: Final[tuple[Pattern, ...]] = (
     Pattern(
         "url_credentials",
         r"://(?<=[A-Za-z0-9+.-]://)"
-        r"(?P<secret>[^\s/\"'<>]+(?=@[\w\[])|[^\s/\"'<>:@]+:[^\s\"'<>]+?(?=@[\w\[][^\s/@]*(?:[/:]|$)))@",
+        # The password's lazy run is bounded: unbounded, each ``://`` in a long run with
+        # no ``@`` scanned to its end (quadratic; 50,000 ``http://a`` took minutes).
+        r"(?P<secret>[^\s/\"'<>]+(?=@[\w\[])"
+        r"|[^\s/\"'<>:@]+:[^\s\"'<>]{1,512}?(?=@[\w\[][^\s/@]*(?:[/:]|$)))@",
         "<credentials>",
         "RFC 3986 section 3.2.1 userinfo",
         "postgres://admin:p@ss#w0rd@db.example.com:5432/app",
