@@ -288,3 +288,54 @@ def browser_page(
     finally:
         with contextlib.suppress(Exception):
             context.close()
+
+
+# -- what both pages share -----------------------------------------------------------------------
+SIZES: dict[str, dict[str, Any]] = {
+    "desktop": {"viewport": (1280, 900)},
+    "phone": {"viewport": (390, 844), "mobile": True},
+}
+"""The screens a page is checked on (``browser_page`` keyword arguments)."""
+
+CHARTS = ("days", "events", "latency", "usage")
+"""The ``data-chart`` names of the report's four charts."""
+
+# One chart's facts: how many figures, the svg's box, and how many bars are drawn visibly.
+_CHART_FACTS = """(name) => {
+  const figures = document.querySelectorAll(`figure[data-chart="${name}"]`);
+  const svg = figures.length ? figures[0].querySelector("svg") : null;
+  const box = svg ? svg.getBoundingClientRect() : null;
+  const bars = svg ? [...svg.querySelectorAll("rect")] : [];
+  const visible = bars.filter((bar) => {
+    const b = bar.getBoundingClientRect();
+    const style = getComputedStyle(bar);
+    return b.width > 0 && b.height > 0 && style.visibility !== "hidden"
+      && style.display !== "none";
+  });
+  return {
+    figures: figures.length,
+    svg: box ? [box.width, box.height] : null,
+    visible: visible.length,
+  };
+}"""
+
+
+def assert_charts_drawn(page: Page) -> None:
+    """Each of the four charts is there once, with data: an svg with a non-empty box and at
+    least one bar drawn with an area; no chart says it has no data."""
+    assert page.locator('figure[data-empty="true"]').count() == 0
+    for name in CHARTS:
+        facts = page.evaluate(_CHART_FACTS, name)
+        assert facts["figures"] == 1, (name, facts)
+        assert facts["svg"] is not None, (name, facts)
+        assert min(facts["svg"]) > 0, (name, facts)
+        assert facts["visible"] >= 1, (name, facts)
+
+
+def assert_fits(page: Page, size: str) -> None:
+    """On the phone the page is device-wide (390) and never scrolls sideways."""
+    if size == "phone":
+        width = page.evaluate("window.innerWidth")
+        scroll_width = page.evaluate("document.documentElement.scrollWidth")
+        assert width == 390, width
+        assert scroll_width <= width, f"the page scrolls sideways: {scroll_width} > {width}"

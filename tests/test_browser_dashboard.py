@@ -22,40 +22,23 @@ import pytest
 from codeweaver_telemetry import TelemetryClient
 from codeweaver_telemetry.cli import EXIT_OK, main
 from codeweaver_telemetry.web import NEVER_COLLECTED, Dashboard, start_dashboard
-from tests._browser import ARTIFACTS, Watched, browser_page, close_browser, require_chromium
+from tests._browser import (
+    ARTIFACTS,
+    SIZES,
+    Watched,
+    assert_charts_drawn,
+    assert_fits,
+    browser_page,
+    close_browser,
+    require_chromium,
+)
 from tests.test_report import raw_payloads, run_sessions
 
 if TYPE_CHECKING:
     from playwright.sync_api import Request
 
-CHARTS = ("days", "events", "latency", "usage")
 EXPORT_NAME = "codeweaver-telemetry-export.json"
 TOKEN_HEADER = "x-telemetry-token"
-
-SIZES: dict[str, dict[str, Any]] = {
-    "desktop": {"viewport": (1280, 900)},
-    "phone": {"viewport": (390, 844), "mobile": True},
-}
-
-# One chart's facts: how many figures, the svg's box, and how many bars are drawn.
-_CHART_FACTS = """(name) => {
-  const figures = document.querySelectorAll(`figure[data-chart="${name}"]`);
-  const svg = figures.length ? figures[0].querySelector("svg") : null;
-  const box = svg ? svg.getBoundingClientRect() : null;
-  const bars = svg ? [...svg.querySelectorAll("rect")] : [];
-  const visible = bars.filter((bar) => {
-    const b = bar.getBoundingClientRect();
-    const style = getComputedStyle(bar);
-    return b.width > 0 && b.height > 0 && style.visibility !== "hidden"
-      && style.display !== "none";
-  });
-  return {
-    figures: figures.length,
-    svg: box ? [box.width, box.height] : null,
-    visible: visible.length,
-  };
-}"""
-
 
 # --- helpers and fixtures ------------------------------------------------------------------
 
@@ -176,20 +159,10 @@ def test_the_dashboard_shows_status_lists_and_charts(size: str, dashboard: Dashb
         never = page.locator("#never > li").all_inner_texts()
         assert [" ".join(item.split()) for item in never] == list(NEVER_COLLECTED)
         assert page.locator("details.event-schema").count() > 0
-        assert page.locator('figure[data-empty="true"]').count() == 0
-        for name in CHARTS:
-            facts = page.evaluate(_CHART_FACTS, name)
-            assert facts["figures"] == 1, (name, facts)
-            assert facts["svg"] is not None, (name, facts)
-            assert min(facts["svg"]) > 0, (name, facts)
-            assert facts["visible"] >= 1, (name, facts)
+        assert_charts_drawn(page)
         assert page.locator("details.payload").count() == status["logged_payloads"]
         assert page.is_hidden("#confirm")
-        width = page.evaluate("window.innerWidth")
-        scroll_width = page.evaluate("document.documentElement.scrollWidth")
-        if size == "phone":
-            assert width == 390  # the page asks for a device-width viewport
-            assert scroll_width <= width, f"the page scrolls sideways: {scroll_width} > {width}"
+        assert_fits(page, size)
         shot = watched.screenshot()
         watched.assert_clean()
         prefix = f"http://127.0.0.1:{dashboard.port}/"

@@ -21,7 +21,10 @@ from codeweaver_telemetry import TelemetryClient
 from codeweaver_telemetry.cli import EXIT_OK, main
 from tests._browser import (
     ARTIFACTS,
+    SIZES,
     Watched,
+    assert_charts_drawn,
+    assert_fits,
     browser_page,
     close_browser,
     is_local_url,
@@ -187,34 +190,10 @@ def test_a_page_error_is_a_console_error(site: tuple[str, list[str]]) -> None:
 
 # --- the HTML report -----------------------------------------------------------------------
 
-CHARTS = ("days", "events", "latency", "usage")
 
 HOSTILE = """<img src=x onerror="console.error('xss')"><script>console.error('xss')</script>"""
 # As long as HOSTILE, so that a report with it and one with this lay out the same elements.
 HARMLESS = "harmless words " * (len(HOSTILE) // 15) + "x" * (len(HOSTILE) % 15)
-
-SIZES: dict[str, dict[str, Any]] = {
-    "desktop": {"viewport": (1280, 900)},
-    "phone": {"viewport": (390, 844), "mobile": True},
-}
-
-# Per chart: its figure count, the svg's box, and how many of its bars have an area.
-_CHART_FACTS = """(name) => {
-  const figures = document.querySelectorAll(`figure[data-chart="${name}"]`);
-  const svg = figures.length ? figures[0].querySelector("svg") : null;
-  const box = svg ? svg.getBoundingClientRect() : null;
-  const rects = svg ? [...svg.querySelectorAll("rect")] : [];
-  const drawn = rects.filter((r) => {
-    const b = r.getBoundingClientRect();
-    return b.width > 0 && b.height > 0;
-  });
-  return {
-    figures: figures.length,
-    svg: box ? [box.width, box.height] : null,
-    rects: rects.length,
-    drawn: drawn.length,
-  };
-}"""
 
 # Every element's tag, and any attribute that would run script.
 _ELEMENTS = """() => [...document.querySelectorAll("*")].map((el) => el.tagName.toLowerCase())"""
@@ -277,18 +256,8 @@ def test_the_report_shows_its_charts_and_loads_nothing(
         csp = page.locator('meta[http-equiv="Content-Security-Policy"]').get_attribute("content")
         assert csp is not None
         assert "default-src 'none'" in csp
-        assert page.locator('figure[data-empty="true"]').count() == 0
-        for name in CHARTS:
-            facts = page.evaluate(_CHART_FACTS, name)
-            assert facts["figures"] == 1, (name, facts)
-            assert facts["svg"] is not None, (name, facts)
-            assert min(facts["svg"]) > 0, (name, facts)
-            assert facts["drawn"] >= 1, (name, facts)
-        width = page.evaluate("window.innerWidth")
-        scroll_width = page.evaluate("document.documentElement.scrollWidth")
-        if size == "phone":
-            assert width == 390  # the page sets a device-width viewport
-            assert scroll_width <= width, f"the page scrolls sideways: {scroll_width} > {width}"
+        assert_charts_drawn(page)
+        assert_fits(page, size)
         shot = watched.screenshot()
         watched.assert_clean()
         assert watched.requests == [html.as_uri()]
