@@ -125,7 +125,7 @@ from codeweaver_telemetry._config import (
     user_config_file,
 )
 from codeweaver_telemetry._files import LOCK_FILE as _LOCK_FILE
-from codeweaver_telemetry._files import ensure_private_dir, write_atomic
+from codeweaver_telemetry._files import ensure_private_dir, exclusive_lock, write_atomic
 from codeweaver_telemetry._internal import ENV_PREFIX
 from codeweaver_telemetry._spool import SPOOL_DIR, Spool
 from codeweaver_telemetry.consent import ConsentDecision, consent_sources, decide
@@ -585,9 +585,21 @@ def cmd_delete(out: _Output) -> int:
         out.line(f"Nothing to delete: {directory} {why}.")
         out.document(result)
         return EXIT_OK
-    state = _state(StateStore(directory))
-    deleted = Spool(directory / SPOOL_DIR).clear()
-    deleted.extend(path for path in _owned_files(directory) if _remove(path))
+    lock = directory / _LOCK_FILE
+    had_lock = lock.is_file()
+    try:
+        # Under the state lock: a consent change in flight finishes first (its temp file is
+        # never removed under it), and one that comes after waits for the delete.
+        with exclusive_lock(lock):
+            state = _state(StateStore(directory))
+            deleted = Spool(directory / SPOOL_DIR).clear()
+            deleted.extend(p for p in _owned_files(directory) if p != lock and _remove(p))
+    except TimeoutError:
+        raise CommandFailed(
+            f"another process holds the lock of {directory}; nothing was deleted, try again"
+        ) from None
+    if _remove(lock) and had_lock:  # the lock goes last (and is not news if we made it)
+        deleted.append(lock)
     # (a file another process removed first, such as a temp file, is simply not listed)
     if not deleted:
         out.line(f"Nothing to delete: no telemetry files in {directory}.")
@@ -1060,7 +1072,10 @@ def cmd_report(
             generated_at=datetime.now(timezone.utc),
             max_payloads=payloads,
         )
-        Path(html).write_text(page, encoding="utf-8")
+        target = Path(html)
+        # 0600 like the log it copies, written whole (temp file and rename: a link planted
+        # at the name is replaced, never followed).
+        write_atomic(target.parent, target.name, page.encode("utf-8", "surrogatepass"))
     out.document({"log_file": str(directory / LOG_FILE), "html": html, **fields})
     if html is not None:
         out.line(f"Wrote {html} (open it in a browser; it loads nothing from the network).")

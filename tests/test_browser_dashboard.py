@@ -282,6 +282,12 @@ def test_delete_asks_first_and_then_removes_everything(
         assert install_id in message, message
         assert page.inner_text("#payload-count") == "0"
         assert page.inner_text("#install-id") == "(none)"
+        after = cli_json("status")  # no state file: the policy decides again, and the page
+        page.wait_for_function(  # shows that decision, not the one before the delete
+            "(want) => document.getElementById('state').textContent === want",
+            arg="ON" if after["enabled"] else "OFF",
+        )
+        assert page.inner_text("#source") == after["source"]
         assert page.locator("details.payload").count() == 0  # the deleted log is gone
         assert page.locator("#charts svg").count() == 0
         watched.screenshot()
@@ -323,8 +329,9 @@ def test_the_page_asks_only_its_own_server_and_sends_the_token_in_a_header(
             prefix + "api/consent",
             prefix + "api/export",
             prefix + "api/delete",
+            prefix + "api/status",  # after a delete, the page shows the decision anew
         ]
-        assert [r.method for r in calls] == ["POST", "GET", "POST"]
+        assert [r.method for r in calls] == ["POST", "GET", "POST", "GET"]
         for request in network:
             assert request.url.startswith(prefix), request.url
         for request in calls:

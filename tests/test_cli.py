@@ -118,6 +118,28 @@ def test_delete_removes_everything_and_prints_the_id(
     assert "Nothing to delete" in run("delete")
 
 
+def test_delete_waits_for_the_state_lock_and_says_when_it_cannot(
+    clean_env: Path, make_client: Callable[..., TelemetryClient]
+) -> None:
+    """delete works under the state lock, so a consent change in flight is never cut; while
+    another process holds it, delete fails cleanly (exit 1) and removes nothing."""
+    from codeweaver_telemetry._files import LOCK_FILE, exclusive_lock
+
+    client = make_client()
+    client.capture("x", {})
+    client.shutdown(timeout=5)
+    directory = state_dir(clean_env)
+    before = sorted(p.name for p in directory.iterdir())
+    out = io.StringIO()
+    with exclusive_lock(directory / LOCK_FILE):
+        assert main(["delete", "--json"], out=out) == 1
+    document = json.loads(out.getvalue())
+    assert "holds the lock" in document["error"]
+    assert sorted(p.name for p in directory.iterdir()) == before
+    assert LOCK_FILE in run("delete")  # and once it is free, the lock file goes too
+    assert not directory.exists()
+
+
 def test_delete_keeps_files_that_are_not_telemetrys(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -186,6 +186,20 @@ def test_payloads_option_sets_how_many_the_page_holds(clean_env: Path, tmp_path:
     assert not (tmp_path / "x.html").exists()
 
 
+def test_the_page_is_private_and_replaces_a_planted_link(clean_env: Path, tmp_path: Path) -> None:
+    """The page holds the payloads' text: it is written 0600, like the log, and a link at
+    its name is replaced, never written through."""
+    write_log(clean_env, DAY_LOG)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me", encoding="utf-8")
+    page = tmp_path / "r.html"
+    page.symlink_to(victim)
+    html_report(page)
+    assert not page.is_symlink()
+    assert victim.read_text(encoding="utf-8") == "keep me"
+    assert page.stat().st_mode & 0o777 == 0o600
+
+
 def test_an_empty_log_renders_a_small_page(clean_env: Path, tmp_path: Path) -> None:
     """No log at all: the page still renders, every chart says it has no data, and the
     page is small."""

@@ -226,6 +226,31 @@ def test_a_bad_consent_request_changes_nothing(
     assert not dashboard_state_file().exists()
 
 
+def test_an_oversized_or_nested_body_is_refused(dashboard: Dashboard) -> None:
+    """A body past 16 KiB is 413 and a JSON nesting past the parser's depth is 400; neither
+    changes anything nor breaks the server."""
+    big = b'{"enabled": false, "pad": "' + b"x" * (17 * 1024) + b'"}'
+    assert api(dashboard, "POST", "/consent", body=big).status == 413
+    deep = b"[" * 8_000 + b"]" * 8_000  # under the size bound, past the parser's depth
+    answer = api(dashboard, "POST", "/consent", body=deep)
+    assert answer.status == 400
+    assert answer.json()["ok"] is False
+    assert not dashboard_state_file().exists()
+    assert api(dashboard, "GET", "/status").status == 200
+
+
+def test_the_token_stays_out_of_repr(dashboard: Dashboard) -> None:
+    """An app that logs the object does not log the token."""
+    assert dashboard.token not in repr(dashboard)
+    assert str(dashboard.port) in repr(dashboard)
+
+
+def test_sec_fetch_site_is_read_whatever_its_case(dashboard: Dashboard) -> None:
+    for value in ("Cross-Site", "SAME-SITE"):
+        headers = {"Sec-Fetch-Site": value}
+        assert api(dashboard, "GET", "/status", headers=headers).status == 403
+
+
 def test_get_does_not_change_consent(dashboard: Dashboard) -> None:
     assert api(dashboard, "GET", "/consent").status == 405
     assert api(dashboard, "GET", "/delete").status == 405

@@ -29,6 +29,8 @@ _PAGE_LIMIT_DEFAULT = 50
 _NO_STORE = {"Cache-Control": "no-store"}
 _EXPORT_NAME = "codeweaver-telemetry-export.json"
 _UNSAFE_SITES = ("cross-site", "same-site")
+MAX_BODY_BYTES = 16 * 1024
+"""The largest request body a ``POST`` route reads (its JSON is a few bytes): 413 above."""
 
 
 class _BadRequest(Exception):
@@ -59,7 +61,7 @@ async def _command(command: str, **options: Any) -> JSONResponse:
 
 def _same_origin(request: Request) -> bool:
     """False for a request a browser marks as sent by another site or origin."""
-    if request.headers.get("sec-fetch-site", "same-origin") in _UNSAFE_SITES:
+    if request.headers.get("sec-fetch-site", "same-origin").lower() in _UNSAFE_SITES:
         return False
     origin = request.headers.get("origin")
     if origin is None:
@@ -80,9 +82,14 @@ async def _body(request: Request, command: str) -> dict[str, Any]:
     if kind != "application/json":
         # A form or a "simple" cross-site request cannot set this type without asking first.
         raise _BadRequest(f"{command}: send the body as application/json", 415)
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_BODY_BYTES:
+            raise _BadRequest(f"{command}: the body is larger than {MAX_BODY_BYTES} bytes", 413)
     try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise _BadRequest(f"{command}: the body is not JSON") from None
     if not isinstance(body, dict):
         raise _BadRequest(f"{command}: the body must be a JSON object")
@@ -212,9 +219,12 @@ def telemetry_router() -> Router:
     ``GET /status``, ``POST /consent``, ``GET /report``, ``GET /payloads``, ``GET /export``,
     ``POST /delete``, ``GET /flags``, ``GET /schema``.
 
-    State-changing routes take ``application/json`` only and refuse a browser request from
-    another origin. They do not check who is asking: put the app's own authentication in
-    front, or use ``codeweaver-telemetry serve``, which adds a token and Host checks.
+    State-changing routes take ``application/json`` only (16 KiB at most) and refuse a
+    browser request from another origin. They do not check who is asking, nor the ``Host``
+    (a site whose name points at the app's address sends a matching ``Origin``): put the
+    app's own authentication and a trusted-host check (Starlette's
+    ``TrustedHostMiddleware``) in front, or use ``codeweaver-telemetry serve``, which adds
+    a token and a fixed list of hosts.
     """
     return Router(
         routes=[

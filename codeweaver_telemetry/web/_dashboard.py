@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import secrets
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -49,6 +50,11 @@ _SCRIPT = """
     body: JSON.stringify(body),
   });
   const say = (text) => { $("message").textContent = text; };
+  const answer = async (response) => {
+    const type = response.headers.get("Content-Type") || "";
+    if (type.startsWith("application/json")) return response.json();
+    return { ok: false, error: "the server answered " + response.status };
+  };
   const show = (doc) => {
     $("state").textContent = doc.enabled ? "ON" : "OFF";
     $("state").dataset.enabled = String(doc.enabled);
@@ -59,7 +65,7 @@ _SCRIPT = """
   };
   $("consent").addEventListener("click", async () => {
     const want = $("consent").dataset.enabled !== "true";
-    const doc = await (await post("consent", { enabled: want })).json();
+    const doc = await answer(await post("consent", { enabled: want }));
     if (!doc.ok) { say("Could not change it: " + doc.error); return; }
     show(doc);
     if (!want) {
@@ -88,12 +94,14 @@ _SCRIPT = """
   $("cancel").addEventListener("click", () => { $("confirm").hidden = true; });
   $("confirm-delete").addEventListener("click", async () => {
     $("confirm").hidden = true;
-    const doc = await (await post("delete", { confirm: true })).json();
+    const doc = await answer(await post("delete", { confirm: true }));
     if (!doc.ok) { say("Delete failed: " + doc.error); return; }
     const quote = doc.install_id
       ? " To have what was already sent deleted, give the vendor this install id: " + doc.install_id
       : "";
-    say("Deleted " + doc.deleted.length + " file(s)." + quote);
+    // No state file now: the policy decides again; show that before saying it is done.
+    const status = await answer(await api("status"));
+    if (status.ok) show(status);
     $("payload-count").textContent = "0";
     $("install-id").textContent = "(none)";
     for (const id of ["summary", "charts", "payloads"]) {
@@ -103,6 +111,7 @@ _SCRIPT = """
         section.firstChild.textContent = "Deleted: the local log is empty now.";
       }
     }
+    say("Deleted " + doc.deleted.length + " file(s)." + quote);
   });
 })();
 """
@@ -226,9 +235,17 @@ def _render(token: str, nonce: str) -> str:
     return page.replace("<body>", f'<body data-token="{_e(token)}">', 1)
 
 
-async def dashboard_page(request: Request) -> Response:
-    """``GET /``: the dashboard (the guard in front has checked the token and Host)."""
-    token = request.headers.get("x-telemetry-token") or request.query_params.get("token", "")
+def dashboard_page(token: str) -> Callable[[Request], Awaitable[Response]]:
+    """The endpoint of ``GET /`` for a server whose token is ``token`` (the guard in front
+    checks every request; the page hands the token to its script)."""
+
+    async def page(request: Request) -> Response:
+        return await _page(token)
+
+    return page
+
+
+async def _page(token: str) -> Response:
     nonce = secrets.token_urlsafe(16)
     page = await run_in_threadpool(_render, token, nonce)
     return HTMLResponse(

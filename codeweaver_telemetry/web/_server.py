@@ -84,7 +84,7 @@ class _Guard:
         origin = headers.get(b"origin")
         if origin is not None and origin.lower() not in self.origins:
             return 403, "refused a request from another origin"
-        if headers.get(b"sec-fetch-site", b"same-origin") in (b"cross-site", b"same-site"):
+        if headers.get(b"sec-fetch-site", b"same-origin").lower() in (b"cross-site", b"same-site"):
             return 403, "refused a request from another site"
         given = headers.get(TOKEN_HEADER.lower().encode())
         if given is None:
@@ -99,7 +99,7 @@ def dashboard_app(*, token: str, port: int) -> _ASGI:
     """The dashboard page at ``/`` and the web API under ``/api``, behind the guard."""
     app = Starlette(
         routes=[
-            Route("/", dashboard_page, methods=["GET"]),
+            Route("/", dashboard_page(token), methods=["GET"]),
             Mount("/api", app=telemetry_router()),
         ]
     )
@@ -110,10 +110,10 @@ def dashboard_app(*, token: str, port: int) -> _ASGI:
 class Dashboard:
     """A running dashboard server (see :func:`start_dashboard`)."""
 
-    url: str
-    """The address to open, token included."""
+    url: str = field(repr=False)
+    """The address to open, token included (kept out of ``repr``: apps log objects)."""
     port: int
-    token: str
+    token: str = field(repr=False)
     _server: Any = field(repr=False)
     _thread: threading.Thread = field(repr=False)
 
@@ -162,6 +162,8 @@ def start_dashboard(port: int = 0, *, token: str | None = None) -> Dashboard:
         access_log=False,  # the URLs carry the token
         lifespan="off",
         server_header=False,
+        proxy_headers=False,  # nothing is in front of it
+        limit_concurrency=64,
     )
     server = uvicorn.Server(config)
     ready = threading.Event()
