@@ -1003,3 +1003,39 @@ def test_snapshot_keeps_uuids_and_decimals_as_they_are() -> None:
     copied = snapshot({"id": value, "amounts": [amount]})
     assert copied["id"] is value
     assert copied["amounts"][0] is amount
+
+
+def test_end_session_builds_the_session_event_on_the_worker(
+    make_client: Callable[..., TelemetryClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """end_session() only reads the session's facts: the event model (whose first build
+    imports the models and compiles the scrubber) is built on the worker thread."""
+    from codeweaver_telemetry._session import PendingSession
+
+    built_on: list[threading.Thread] = []
+    original = PendingSession.model
+
+    def model(self: PendingSession) -> Any:
+        built_on.append(threading.current_thread())
+        return original(self)
+
+    monkeypatch.setattr(PendingSession, "model", model)
+    sink = InMemorySink()
+    client = make_client(sink=sink)
+    client.start_session({"v": 1})
+    client.end_session()
+    assert client.flush(5)
+    assert [e["event"] for e in sent(sink)] == ["codeweaver_session"]
+    assert built_on
+    assert threading.current_thread() not in built_on
+
+
+def test_a_session_event_that_cannot_be_built_still_sends_its_duration(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from codeweaver_telemetry._session import PendingSession
+
+    with caplog.at_level("WARNING", logger="codeweaver_telemetry"):
+        built = PendingSession({}, 1.25, {"no_such_fact": 1}).build()
+    assert built == {"duration_seconds": 1.25}
+    assert "session statistics could not be read" in caplog.text
