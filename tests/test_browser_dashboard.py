@@ -301,6 +301,32 @@ def test_delete_asks_first_and_then_removes_everything(
 # --- 5. what the page requests -------------------------------------------------------------
 
 
+def test_older_payloads_page_in_from_the_api(
+    dashboard: Dashboard, logged: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page holds the newest payloads; "Show older payloads" pages in the rest from
+    GET /api/payloads, each as the same expandable JSON, until the oldest is there."""
+    from codeweaver_telemetry.web import _dashboard
+
+    monkeypatch.setattr(_dashboard, "_PAGE_PAYLOADS", 5)
+    assert len(logged) > 5
+    with browser_page("dashboard-older") as watched:
+        open_dashboard(watched, dashboard)
+        page = watched.page
+        assert page.locator("details.payload").count() == 5
+        assert page.inner_text("#older") == f"Show older payloads ({len(logged) - 5} more)"
+        page.click("#older")
+        page.wait_for_function(
+            "(n) => document.querySelectorAll('details.payload').length === n",
+            arg=len(logged),
+        )
+        assert page.locator("#older").count() == 0  # nothing older is left
+        assert page.locator("[data-left-out]").count() == 0
+        texts = page.locator("details.payload pre").all_text_contents()
+        assert [json.loads(text) for text in texts] == logged[::-1]  # newest first, all
+        watched.assert_clean()
+
+
 def test_the_page_asks_only_its_own_server_and_sends_the_token_in_a_header(
     dashboard: Dashboard,
 ) -> None:

@@ -90,6 +90,39 @@ _SCRIPT = """
     setTimeout(() => URL.revokeObjectURL(link.href), 5000);
     say("Exported: codeweaver-telemetry-export.json.");
   });
+  const older = $("older");
+  if (older) older.addEventListener("click", async () => {
+    const list = $("payloads");
+    const shown = list.querySelectorAll("details.payload").length;
+    const page = await answer(await api("payloads?limit=200&offset=" + shown));
+    if (!page.ok) { say("Could not load older payloads: " + page.error); return; }
+    const encoder = new TextEncoder();
+    for (const payload of page.payloads) {
+      const item = document.createElement("details");
+      item.className = "payload";
+      const head = document.createElement("summary");
+      const when = document.createElement("span");
+      when.className = "mono";
+      when.textContent = typeof payload.timestamp === "string" ? payload.timestamp : "(no time)";
+      const name = document.createElement("code");
+      name.textContent = String(payload.event);
+      const size = document.createElement("span");
+      size.className = "muted";
+      size.textContent = encoder.encode(JSON.stringify(payload)).length + " bytes";
+      head.append(when, name, size);
+      const body = document.createElement("pre");
+      body.textContent = JSON.stringify(payload, null, 2);
+      item.append(head, body);
+      older.before(item);
+    }
+    const now = shown + page.payloads.length;
+    if (now >= page.total) {
+      older.remove();
+      const note = list.querySelector("[data-left-out]");
+      if (note) note.remove();  // "older payloads left out": not any more
+    }
+    else older.textContent = "Show older payloads (" + (page.total - now) + " more)";
+  });
   $("delete").addEventListener("click", () => { $("confirm").hidden = false; });
   $("cancel").addEventListener("click", () => { $("confirm").hidden = true; });
   $("confirm-delete").addEventListener("click", async () => {
@@ -104,6 +137,7 @@ _SCRIPT = """
     if (status.ok) show(status);
     $("payload-count").textContent = "0";
     $("install-id").textContent = "(none)";
+    if (older) older.remove();
     for (const id of ["summary", "charts", "payloads"]) {
       const section = $(id);
       if (section) {
@@ -207,6 +241,19 @@ _ACTIONS = (
 )
 
 
+def _with_older(section: str, total: int) -> str:
+    """The payload section, with a button that pages in older payloads (from ``GET
+    /api/payloads``) when the page holds only the newest."""
+    if total <= _PAGE_PAYLOADS:
+        return section
+    more = total - _PAGE_PAYLOADS
+    button = (
+        f'<button id="older" type="button">Show older payloads ({more:,} more)</button>\n</section>'
+    )
+    head, _, tail = section.rpartition("</section>")
+    return head + button + tail
+
+
 def _render(token: str, nonce: str) -> str:
     from codeweaver_telemetry._html import (
         charts_html,
@@ -227,7 +274,7 @@ def _render(token: str, nonce: str) -> str:
         + _collected_html()
         + summary_html(report)
         + charts_html(report)
-        + payloads_html(payloads, max_payloads=_PAGE_PAYLOADS)
+        + _with_older(payloads_html(payloads, max_payloads=_PAGE_PAYLOADS), len(payloads))
         + f'<script nonce="{nonce}">{_SCRIPT}</script>'
     )
     page = page_html("Telemetry dashboard", body, csp=_csp(nonce, header=False))
