@@ -776,7 +776,7 @@ def test_stored_disable_leaves_no_install_id(
 
 _IMPORT_PROBE = textwrap.dedent(
     """
-    import json, sys
+    import json, sys, time
     from codeweaver_telemetry import TelemetryClient
     client = TelemetryClient()
     client.start_session({"tool": "x"})
@@ -785,6 +785,11 @@ _IMPORT_PROBE = textwrap.dedent(
     client.get_all_feature_flags()
     client.end_session()
     client.flush(0.2)
+    # An enabled client loads posthog on its flag thread, in the background: give it the
+    # time (a disabled one has no such thread, and must not have loaded it by now).
+    deadline = time.monotonic() + (10 if client.decision.allowed else 0)
+    while "posthog" not in sys.modules and time.monotonic() < deadline:
+        time.sleep(0.01)
     client.shutdown(timeout=0.2)
     print(json.dumps({
         "enabled_at_start": client.decision.allowed,
