@@ -38,7 +38,7 @@ _DIRTY_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>dirty</title></head>
 <body>
 <p>This page misbehaves on purpose.</p>
-<img id="outside" src="https://example.com/a.png" alt="">
+<img id="outside" src="https://example.invalid/a.png" alt="">
 <script>
   console.error("harness self-test: an error");
   const img = document.getElementById("outside");
@@ -121,7 +121,7 @@ def site() -> Iterator[tuple[str, list[str]]]:
         ("data:text/plain,hi", True),
         ("blob:http://127.0.0.1/0d1f", True),
         ("about:blank", True),
-        ("https://example.com/a.png", False),
+        ("https://example.invalid/a.png", False),
         ("http://example.invalid/x", False),
         ("http://127.0.0.2/", False),
         ("http://localhost.example.com/", False),
@@ -147,7 +147,7 @@ def test_the_harness_catches_console_errors_and_stops_outside_requests(
         outcome = watched.page.evaluate("window.outcome")
         assert outcome == ["failed", "failed", "closed"]  # none of them got through
         assert any("harness self-test: an error" in e for e in watched.console_errors)
-        assert "https://example.com/a.png" in watched.blocked
+        assert "https://example.invalid/a.png" in watched.blocked
         assert "http://example.invalid/x" in watched.blocked
         assert "ws://example.invalid/ws" in watched.blocked
         assert "ws://example.invalid/ws" in watched.websockets
@@ -157,7 +157,7 @@ def test_the_harness_catches_console_errors_and_stops_outside_requests(
             watched.assert_clean()
     message = str(failed.value)
     assert "harness self-test: an error" in message
-    assert "https://example.com/a.png" in message
+    assert "https://example.invalid/a.png" in message
     assert "http://example.invalid/x" in message
     assert seen == ["/dirty"]
 
