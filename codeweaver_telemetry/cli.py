@@ -165,6 +165,7 @@ __all__ = [
     "CommandFailed",
     "main",
     "run_command",
+    "status_fields",
 ]
 
 EXIT_OK = 0
@@ -423,46 +424,57 @@ def _state(store: StateStore) -> TelemetryState | None:
         return None
 
 
-def cmd_status(out: _Output) -> int:
+def status_fields(*, logged_payloads: int | None = None) -> dict[str, Any]:
+    """The fields of ``status --json`` (without the common ones): the decision a client would
+    make now, where events go, and what is kept.
+
+    Args:
+        logged_payloads: the payloads in the local log, when the caller has read it already;
+            counted here otherwise.
+    """
     settings, error = load_settings()
     store = StateStore(settings.resolved_state_dir)
     decision = _decision(settings, store, error)
     state = _state(store)
-    install_id = state.install_id if state else None
-    log_file = store.directory / LOG_FILE
     remote = settings.posthog_api_key is not None
+    if logged_payloads is None:
+        logged_payloads = sum(1 for _ in read_log(store.directory))
+    return {
+        "enabled": decision.allowed,
+        "source": decision.source,
+        "reason": decision.reason,
+        "policy": settings.consent_policy,
+        "destination": "posthog" if remote else "local",
+        "posthog_host": settings.posthog_host if remote else None,
+        "state_dir": str(store.directory),
+        "state_file": str(store.path),
+        "log_file": str(store.directory / LOG_FILE),
+        "install_id": state.install_id if state else None,
+        "logged_payloads": logged_payloads,
+        "config_error": error,
+        "deny_events": list(settings.deny_events),
+        "deny_properties": list(settings.deny_properties),
+    }
+
+
+def cmd_status(out: _Output) -> int:
+    fields = status_fields()
     destination = (
-        f"PostHog at {settings.posthog_host}" if remote else f"the local log only ({log_file})"
+        f"PostHog at {fields['posthog_host']}"
+        if fields["destination"] == "posthog"
+        else f"the local log only ({fields['log_file']})"
     )
-    logged = sum(1 for _ in read_log(store.directory))
-    out.line(f"Telemetry is {'ON' if decision.allowed else 'OFF'}.")
-    out.line(f"  decided by: {decision.source}")
-    out.line(f"  why:        {decision.reason}")
-    out.line(f"  policy:     {settings.consent_policy}")
+    out.line(f"Telemetry is {'ON' if fields['enabled'] else 'OFF'}.")
+    out.line(f"  decided by: {fields['source']}")
+    out.line(f"  why:        {fields['reason']}")
+    out.line(f"  policy:     {fields['policy']}")
     out.line(f"  sends to:   {destination}")
-    out.line(f"  state:      {store.path}")
-    out.line(f"  install id: {install_id or '(none)'}")
-    out.line(f"  logged:     {logged} payloads in {log_file}")
-    out.line(f"  denied events:     {_listed(settings.deny_events)}")
-    out.line(f"  denied properties: {_listed(settings.deny_properties)}")
-    out.document(
-        {
-            "enabled": decision.allowed,
-            "source": decision.source,
-            "reason": decision.reason,
-            "policy": settings.consent_policy,
-            "destination": "posthog" if remote else "local",
-            "posthog_host": settings.posthog_host if remote else None,
-            "state_dir": str(store.directory),
-            "state_file": str(store.path),
-            "log_file": str(log_file),
-            "install_id": install_id,
-            "logged_payloads": logged,
-            "config_error": error,
-            "deny_events": list(settings.deny_events),
-            "deny_properties": list(settings.deny_properties),
-        }
-    )
+    out.line(f"  state:      {fields['state_file']}")
+    out.line(f"  install id: {fields['install_id'] or '(none)'}")
+    out.line(f"  logged:     {fields['logged_payloads']} payloads in {fields['log_file']}")
+    out.line(f"  denied events:     {_listed(fields['deny_events'])}")
+    out.line(f"  denied properties: {_listed(fields['deny_properties'])}")
+    out.document(fields)
     return EXIT_OK
 
 
