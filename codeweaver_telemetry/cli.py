@@ -368,13 +368,16 @@ class _Capture(_Output):
         self.result = {"schema_version": JSON_SCHEMA_VERSION, "command": self.command, **fields}
 
 
+PREVIEW_PAYLOADS = 10
+"""How many payloads ``preview`` prints unless ``-n`` says otherwise."""
+
 HTML_PAYLOADS = 200
 """How many payloads (the newest) ``report --html`` puts in the page unless ``--payloads``
 says otherwise."""
 
 _DEFAULT_OPTIONS: dict[str, Any] = {
     "payloads": HTML_PAYLOADS,
-    "n": 10,
+    "n": PREVIEW_PAYLOADS,
     "output": None,
     "refresh": False,
     "since": None,
@@ -889,7 +892,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("enable", parents=[common], help="opt in")
     sub.add_parser("disable", parents=[common], help="opt out and forget the install id")
     preview = sub.add_parser("preview", parents=[common], help="print the last payloads sent")
-    preview.add_argument("-n", type=int, default=10, help="how many (default 10)")
+    preview.add_argument(
+        "-n", type=int, default=PREVIEW_PAYLOADS, help=f"how many (default {PREVIEW_PAYLOADS})"
+    )
     export = sub.add_parser("export", parents=[common], help="everything kept locally, as JSON")
     export.add_argument("-o", "--output", help="write to this file instead of stdout")
     sub.add_parser("delete", parents=[common], help="remove everything kept locally")
